@@ -1,0 +1,105 @@
+//! The `Lock` trait: distributed leases with fencing tokens.
+
+use std::time::{Duration, Instant, SystemTime};
+
+use async_trait::async_trait;
+
+use crate::error::{Error, ErrorCode, Result};
+use crate::validate;
+
+/// Shortest lease TTL accepted.
+pub const MIN_LEASE_TTL: Duration = Duration::from_millis(10);
+/// Longest lease TTL accepted.
+pub const MAX_LEASE_TTL: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// A held lease: proof of holding a lock until `expires_at`.
+///
+/// Pass it back to [`Lock::release`] or [`Lock::extend`]. Hand the `fencing_token` to the
+/// resource the lock protects: it strictly increases for a key across all acquisitions, so the
+/// resource can refuse writes from a holder whose lease expired and was taken over.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    /// The locked key.
+    pub key: String,
+    /// Random proof of ownership, checked by release and extend.
+    pub token: String,
+    /// Strictly increasing per key across every acquisition.
+    pub fencing_token: u64,
+    /// When the lease lapses unless extended.
+    pub expires_at: SystemTime,
+}
+
+/// Distributed leases.
+///
+/// # Contract
+///
+/// * `try_acquire` takes the lock if nobody holds a live lease on the key, else returns `None`.
+/// * Every successful acquisition gets a fencing token greater than every earlier one for that
+///   key, whoever held it and however it ended (release or expiry).
+/// * After the TTL a lease lapses and another caller can take the lock.
+/// * `release` and `extend` succeed only with the current, unexpired lease; otherwise
+///   `LockNotHeld`. Extending keeps the fencing token and sets the expiry to now + `ttl`.
+/// * TTLs are between [`MIN_LEASE_TTL`] and [`MAX_LEASE_TTL`].
+#[async_trait]
+pub trait Lock: Send + Sync + std::fmt::Debug {
+    /// Takes the lock if it is free.
+    async fn try_acquire(&self, key: &str, ttl: Duration) -> Result<Option<Lease>>;
+
+    /// Gives the lock back. `LockNotHeld` if `lease` is not the current live lease.
+    async fn release(&self, lease: &Lease) -> Result<()>;
+
+    /// Pushes the expiry to now + `ttl`. `LockNotHeld` if `lease` is not the current live lease.
+    async fn extend(&self, lease: &Lease, ttl: Duration) -> Result<Lease>;
+
+    /// Retries `try_acquire` with jittered backoff until `wait` has passed (then `Timeout`).
+    async fn acquire(&self, key: &str, ttl: Duration, wait: Duration) -> Result<Lease> {
+        let deadline = Instant::now() + wait;
+        let mut backoff = Duration::from_millis(5);
+        loop {
+            if let Some(lease) = self.try_acquire(key, ttl).await? {
+                return Ok(lease);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(Error::timeout(format!(
+                    "lock was not free within {} ms",
+                    wait.as_millis()
+                ))
+                .with_context("key", validate::escape(key)));
+            }
+            let jitter = Duration::from_micros(fastrand::u64(0..=backoff.as_micros() as u64));
+            tokio::time::sleep((backoff / 2 + jitter / 2).min(deadline - now)).await;
+            backoff = (backoff * 2).min(Duration::from_millis(200));
+        }
+    }
+}
+
+/// Checks a lock key and TTL.
+pub fn validate_lease_request(key: &str, ttl: Duration) -> Result<()> {
+    validate::lock_key(key)?;
+    validate_ttl(key, ttl)
+}
+
+/// Checks a lease TTL.
+pub fn validate_ttl(key: &str, ttl: Duration) -> Result<()> {
+    if !(MIN_LEASE_TTL..=MAX_LEASE_TTL).contains(&ttl) {
+        return Err(Error::invalid_input(format!(
+            "lease TTL must be between {} ms and {} s; got {} ms",
+            MIN_LEASE_TTL.as_millis(),
+            MAX_LEASE_TTL.as_secs(),
+            ttl.as_millis()
+        ))
+        .with_context("key", validate::escape(key)));
+    }
+    Ok(())
+}
+
+/// The `LockNotHeld` error for a lease.
+pub fn not_held(lease: &Lease) -> Error {
+    Error::new(
+        ErrorCode::LockNotHeld,
+        "the lease is not the current holder's (released, expired or taken over)",
+    )
+    .with_context("key", validate::escape(&lease.key))
+    .with_context("fencing_token", lease.fencing_token)
+}

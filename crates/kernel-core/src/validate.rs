@@ -1,0 +1,311 @@
+//! Input rules, identical on every driver and checked here before any I/O.
+//!
+//! Every driver calls these functions at the top of each operation, so a rejected input is an
+//! `InvalidInput` error naming the rule and nothing is written. The conformance suite checks
+//! that every driver does.
+
+use serde_json::Value;
+
+use crate::error::{Error, Result};
+use crate::Metadata;
+
+/// Longest namespace, in bytes.
+pub const MAX_NAMESPACE_LEN: usize = 128;
+/// Longest key (document, lock or rate-limit key), in bytes.
+pub const MAX_KEY_LEN: usize = 1024;
+/// Longest event type, correlation id or causation id, in bytes.
+pub const MAX_LABEL_LEN: usize = 256;
+/// Namespaces starting with this are reserved for the kernel's own bookkeeping.
+pub const RESERVED_PREFIX: &str = "_kernel";
+/// Most events one append may carry.
+pub const MAX_EVENTS_PER_APPEND: usize = 1000;
+/// Most items one batch (`get_many`, `put_many`, `delete_many`) may carry.
+pub const MAX_BATCH_SIZE: usize = 1000;
+
+/// Size limits for values and metadata, configurable per driver.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest serialized JSON value (and, separately, metadata object), in bytes.
+    pub max_value_bytes: usize,
+    /// Deepest nesting of arrays and objects in a value or metadata.
+    pub max_depth: usize,
+}
+
+impl Limits {
+    /// 1 MiB values, 64 levels of nesting.
+    pub const DEFAULT: Limits = Limits {
+        max_value_bytes: 1024 * 1024,
+        max_depth: 64,
+    };
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits::DEFAULT
+    }
+}
+
+/// A namespace: 1..=128 bytes of `[A-Za-z0-9_.-]`, not starting with `_kernel`.
+pub fn namespace(ns: &str) -> Result<()> {
+    check_name(ns, "namespace").map_err(|e| e.with_context("namespace", escape(ns)))
+}
+
+fn check_name(name: &str, what: &str) -> Result<()> {
+    if name.is_empty() {
+        return Err(Error::invalid_input(format!("{what} must not be empty")));
+    }
+    if name.len() > MAX_NAMESPACE_LEN {
+        return Err(Error::invalid_input(format!(
+            "{what} is {} bytes; the limit is {MAX_NAMESPACE_LEN}",
+            name.len()
+        )));
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')))
+    {
+        return Err(Error::invalid_input(format!(
+            "{what} may contain only A-Z, a-z, 0-9, '_', '.' and '-'; found {c:?}"
+        )));
+    }
+    if name.starts_with(RESERVED_PREFIX) {
+        return Err(Error::invalid_input(format!(
+            "{what} must not start with the reserved prefix {RESERVED_PREFIX:?}"
+        )));
+    }
+    Ok(())
+}
+
+/// A document key: 1..=1024 bytes of UTF-8 without NUL.
+pub fn key(key: &str) -> Result<()> {
+    check_key(key, "key")
+}
+
+/// A lock key: the same rule as a document key.
+pub fn lock_key(key: &str) -> Result<()> {
+    check_key(key, "lock key")
+}
+
+/// A rate-limit key: the same rule as a document key.
+pub fn rate_limit_key(key: &str) -> Result<()> {
+    check_key(key, "rate-limit key")
+}
+
+fn check_key(k: &str, what: &'static str) -> Result<()> {
+    let err = |msg: String| Err(Error::invalid_input(msg).with_context("key", escape(k)));
+    if k.is_empty() {
+        return err(format!("{what} must not be empty"));
+    }
+    if k.len() > MAX_KEY_LEN {
+        return err(format!(
+            "{what} is {} bytes; the limit is {MAX_KEY_LEN}",
+            k.len()
+        ));
+    }
+    if k.contains('\0') {
+        return err(format!("{what} must not contain NUL"));
+    }
+    Ok(())
+}
+
+/// A stream name: `category-id`, the namespace rule plus at least one `-` that is neither first
+/// nor last. The category is what stands before the first `-`.
+pub fn stream(stream: &str) -> Result<()> {
+    let ctx = |e: Error| e.with_context("stream", escape(stream));
+    check_name(stream, "stream name").map_err(ctx)?;
+    match stream.find('-') {
+        Some(i) if i > 0 && i + 1 < stream.len() => Ok(()),
+        _ => Err(ctx(Error::invalid_input(
+            "stream name must be `category-id`: a '-' with text on both sides",
+        ))),
+    }
+}
+
+/// A category (the part of a stream name before the first `-`).
+pub fn category(category: &str) -> Result<()> {
+    check_name(category, "category").map_err(|e| e.with_context("category", escape(category)))?;
+    if category.contains('-') {
+        return Err(Error::invalid_input("category must not contain '-'")
+            .with_context("category", escape(category)));
+    }
+    Ok(())
+}
+
+/// The category of a stream name (which must already be valid).
+pub fn category_of(stream: &str) -> &str {
+    stream.split_once('-').map_or(stream, |(c, _)| c)
+}
+
+/// An event type, correlation id or causation id: 1..=256 bytes without NUL.
+pub fn label(value: &str, what: &'static str) -> Result<()> {
+    if value.is_empty() || value.len() > MAX_LABEL_LEN || value.contains('\0') {
+        return Err(Error::invalid_input(format!(
+            "{what} must be 1..={MAX_LABEL_LEN} bytes without NUL"
+        ))
+        .with_context(what, escape(value)));
+    }
+    Ok(())
+}
+
+/// A JSON value within the size and depth limits.
+pub fn value(value: &Value, limits: &Limits) -> Result<()> {
+    check_json(value, limits, "value")
+}
+
+/// A metadata object within the size and depth limits.
+pub fn metadata(metadata: &Metadata, limits: &Limits) -> Result<()> {
+    // Metadata is an object, so its own depth is one level more than its members'.
+    let mut size = 2usize;
+    for (i, (k, v)) in metadata.iter().enumerate() {
+        if i > 0 {
+            size += 1;
+        }
+        size += json_len_str(k) + 1;
+        if depth(v) + 1 > limits.max_depth {
+            return Err(too_deep("metadata", limits));
+        }
+        size = size.saturating_add(json_len(v)?);
+    }
+    if size > limits.max_value_bytes {
+        return Err(too_big("metadata", size, limits));
+    }
+    Ok(())
+}
+
+fn check_json(v: &Value, limits: &Limits, what: &'static str) -> Result<()> {
+    // Depth first: it is cheap and guards the recursive size walk.
+    if depth(v) > limits.max_depth {
+        return Err(too_deep(what, limits));
+    }
+    let size = json_len(v)?;
+    if size > limits.max_value_bytes {
+        return Err(too_big(what, size, limits));
+    }
+    Ok(())
+}
+
+fn too_deep(what: &str, limits: &Limits) -> Error {
+    Error::invalid_input(format!(
+        "{what} nests deeper than the limit of {} levels",
+        limits.max_depth
+    ))
+}
+
+fn too_big(what: &str, size: usize, limits: &Limits) -> Error {
+    Error::invalid_input(format!(
+        "{what} is {size} bytes of JSON; the limit is {} bytes",
+        limits.max_value_bytes
+    ))
+}
+
+/// Nesting depth: a scalar is 0, `[]` and `{}` are 1. Iterative so hostile input cannot
+/// overflow the stack.
+pub fn depth(v: &Value) -> usize {
+    let mut max = 0;
+    let mut stack = vec![(v, 0usize)];
+    while let Some((v, d)) = stack.pop() {
+        match v {
+            Value::Array(items) => {
+                max = max.max(d + 1);
+                stack.extend(items.iter().map(|i| (i, d + 1)));
+            }
+            Value::Object(map) => {
+                max = max.max(d + 1);
+                stack.extend(map.values().map(|i| (i, d + 1)));
+            }
+            _ => max = max.max(d),
+        }
+    }
+    max
+}
+
+/// Length of the compact JSON serialization, without allocating it.
+pub fn json_len(v: &Value) -> Result<usize> {
+    struct Counter(usize);
+    impl std::io::Write for Counter {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut c = Counter(0);
+    serde_json::to_writer(&mut c, v)
+        .map_err(|e| Error::invalid_input("value cannot be serialized as JSON").with_source(e))?;
+    Ok(c.0)
+}
+
+fn json_len_str(s: &str) -> usize {
+    json_len(&Value::String(s.to_owned())).unwrap_or(s.len() + 2)
+}
+
+/// Shortens and escapes user input for error messages so a hostile key cannot flood a log line.
+pub fn escape(input: &str) -> String {
+    const MAX: usize = 100;
+    let mut out = String::new();
+    for (i, c) in input.chars().enumerate() {
+        if i == MAX {
+            out.push_str("...");
+            break;
+        }
+        out.extend(c.escape_debug());
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ErrorCode;
+    use serde_json::json;
+
+    #[test]
+    fn namespace_rules() {
+        assert!(namespace("users").is_ok());
+        assert!(namespace("a.b-c_D9").is_ok());
+        for bad in ["", "has space", "slash/", "_kernel_x", "ünï"] {
+            let e = namespace(bad).unwrap_err();
+            assert_eq!(e.code(), ErrorCode::InvalidInput, "{bad}");
+        }
+        assert!(namespace(&"a".repeat(128)).is_ok());
+        assert!(namespace(&"a".repeat(129)).is_err());
+    }
+
+    #[test]
+    fn stream_rules() {
+        assert!(stream("order-1").is_ok());
+        assert!(stream("order-1-2").is_ok());
+        for bad in ["order", "-1", "order-", "or der-1", ""] {
+            assert!(stream(bad).is_err(), "{bad}");
+        }
+        assert_eq!(category_of("order-1-2"), "order");
+    }
+
+    #[test]
+    fn key_rules() {
+        assert!(key("a%_*?'\\ü").is_ok());
+        assert!(key("").is_err());
+        assert!(key("a\0b").is_err());
+        assert!(key(&"k".repeat(1024)).is_ok());
+        assert!(key(&"k".repeat(1025)).is_err());
+    }
+
+    #[test]
+    fn value_limits() {
+        let limits = Limits {
+            max_value_bytes: 10,
+            max_depth: 2,
+        };
+        assert!(value(&json!([[1]]), &limits).is_ok());
+        assert!(value(&json!([[[1]]]), &limits).is_err());
+        assert!(value(&json!("12345678"), &limits).is_ok());
+        assert!(value(&json!("123456789"), &limits).is_err());
+        let mut deep = json!(1);
+        for _ in 0..1_000 {
+            deep = json!([deep]);
+        }
+        assert!(value(&deep, &Limits::DEFAULT).is_err());
+    }
+}
