@@ -386,7 +386,9 @@ pub trait EventStore: Send + Sync + std::fmt::Debug {
 pub fn validate_append(stream: &str, events: &[NewEvent], limits: &Limits) -> Result<()> {
     validate::stream(stream)?;
     if events.is_empty() {
-        return Err(Error::invalid_input("append needs at least one event").with_context("stream", stream));
+        return Err(
+            Error::invalid_input("append needs at least one event").with_context("stream", stream)
+        );
     }
     if events.len() > validate::MAX_EVENTS_PER_APPEND {
         return Err(Error::invalid_input(format!(
@@ -398,9 +400,14 @@ pub fn validate_append(stream: &str, events: &[NewEvent], limits: &Limits) -> Re
     }
     let mut seen = std::collections::HashSet::with_capacity(events.len());
     for e in events {
-        let ctx = |err: Error| err.with_context("stream", stream).with_context("event_id", e.id);
+        let ctx = |err: Error| {
+            err.with_context("stream", stream)
+                .with_context("event_id", e.id)
+        };
         if !seen.insert(e.id) {
-            return Err(ctx(Error::invalid_input("the same event id appears twice in one append")));
+            return Err(ctx(Error::invalid_input(
+                "the same event id appears twice in one append",
+            )));
         }
         validate::label(&e.event_type, "event_type").map_err(ctx)?;
         if let Some(c) = &e.correlation_id {
@@ -458,4 +465,15 @@ pub fn check_idempotent(
         .with_context("stream", stream)
         .with_context("event_id", events[0].id))
     }
+}
+
+/// Checks a snapshot's version against the stream's current version: it must be `1..=current`.
+pub fn validate_snapshot_version(stream: &str, version: u64, current: u64) -> Result<()> {
+    if version == 0 || version > current {
+        return Err(Error::invalid_input(format!(
+            "snapshot version {version} is outside the stream's versions 1..={current}"
+        ))
+        .with_context("stream", stream));
+    }
+    Ok(())
 }

@@ -155,7 +155,9 @@ impl AggregateHistory {
 pub trait EventStoreExt: EventStore {
     /// The stream's last version (0 when it has no events).
     async fn stream_version(&self, stream: &str) -> Result<u64> {
-        let last = self.read_stream(stream, ReadStream::backward().limit(1)).await?;
+        let last = self
+            .read_stream(stream, ReadStream::backward().limit(1))
+            .await?;
         Ok(last.first().map_or(0, |e| e.version))
     }
 
@@ -181,7 +183,13 @@ pub trait LockExt: Lock {
     ///
     /// A release that fails after `f` succeeded is returned as the error: the caller must learn
     /// that the lease may have lapsed while `f` ran.
-    async fn with_lock<F, Fut, T>(&self, key: &str, ttl: Duration, wait: Duration, f: F) -> Result<T>
+    async fn with_lock<F, Fut, T>(
+        &self,
+        key: &str,
+        ttl: Duration,
+        wait: Duration,
+        f: F,
+    ) -> Result<T>
     where
         F: FnOnce(Lease) -> Fut + Send,
         Fut: Future<Output = Result<T>> + Send,

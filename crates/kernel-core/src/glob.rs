@@ -35,8 +35,10 @@ impl Glob {
     /// Compiles a pattern. A trailing lone `\` is an `InvalidInput` error.
     pub fn new(pattern: &str) -> Result<Glob> {
         if pattern.len() > crate::validate::MAX_KEY_LEN * 2 {
-            return Err(Error::invalid_input("glob pattern is longer than 2048 bytes")
-                .with_context("pattern", crate::validate::escape(pattern)));
+            return Err(
+                Error::invalid_input("glob pattern is longer than 2048 bytes")
+                    .with_context("pattern", crate::validate::escape(pattern)),
+            );
         }
         if pattern.contains('\0') {
             return Err(Error::invalid_input("glob pattern must not contain NUL")
@@ -210,7 +212,10 @@ mod tests {
         assert!(!g.matches(r"100%_a?\[x]"));
         assert_eq!(g.to_sql_like(), r"100\%\_*?\\[x]");
         assert!(Glob::new("abc\\").is_err());
-        assert_eq!(Glob::new(&escape_glob("a*?\\b")).unwrap().literal_prefix(), "a*?\\b");
+        assert_eq!(
+            Glob::new(&escape_glob("a*?\\b")).unwrap().literal_prefix(),
+            "a*?\\b"
+        );
     }
 
     #[test]
@@ -224,9 +229,6 @@ mod tests {
     fn upper_bound() {
         assert_eq!(prefix_upper_bound("ab").as_deref(), Some("ac"));
         assert_eq!(prefix_upper_bound(""), None);
-        assert_eq!(
-            prefix_upper_bound("a\u{10FFFF}").as_deref(),
-            Some("b")
-        );
+        assert_eq!(prefix_upper_bound("a\u{10FFFF}").as_deref(), Some("b"));
     }
 }

@@ -58,8 +58,7 @@ pub trait StorageDriver: Send + Sync + std::fmt::Debug {
     ) -> Result<Entry>;
 
     /// Removes `key`; `true` if a live entry was removed.
-    async fn delete(&self, namespace: &str, key: &str, condition: DeleteCondition)
-        -> Result<bool>;
+    async fn delete(&self, namespace: &str, key: &str, condition: DeleteCondition) -> Result<bool>;
 
     /// Whether a live entry is at `key`.
     async fn exists(&self, namespace: &str, key: &str) -> Result<bool>;

@@ -101,7 +101,8 @@ pub fn paged(
             // A reader must only return positions past `after`; filtering again means a faulty
             // page cannot make the loop spin on the same events.
             let after = st.after;
-            st.buffer.extend(page.into_iter().filter(|e| e.position > after));
+            st.buffer
+                .extend(page.into_iter().filter(|e| e.position > after));
             if !st.buffer.is_empty() {
                 continue;
             }

@@ -1,0 +1,566 @@
+//! Documents: one ordered map per namespace, behind the driver's read-write lock.
+
+use std::collections::{BTreeMap, HashSet};
+use std::ops::Bound;
+use std::time::{Instant, SystemTime};
+
+use async_trait::async_trait;
+use kernel_core::glob::prefix_upper_bound;
+use kernel_core::validate::{self, escape, MAX_BATCH_SIZE};
+use kernel_core::{
+    merge_metadata, BatchDelete, BatchPut, Capabilities, DeleteCondition, Entry, Error, Filter,
+    Isolation, ListOptions, ListPage, Metadata, MetadataMode, NamespaceInfo, PutCondition,
+    PutOptions, Query, Result, Status, StorageDriver, Transaction, Value,
+};
+
+use crate::transaction::MemoryTransaction;
+use crate::MemoryDriver;
+
+/// A stored document and the stamp of the write that produced it (transactions validate reads
+/// against stamps, which unlike versions never repeat after a delete and re-create).
+#[derive(Debug, Clone)]
+pub(crate) struct Stored {
+    pub(crate) entry: Entry,
+    pub(crate) stamp: u64,
+}
+
+impl Stored {
+    pub(crate) fn live(&self, now: SystemTime) -> bool {
+        self.entry.expires_at.is_none_or(|t| t > now)
+    }
+}
+
+#[derive(Debug)]
+pub(crate) struct NsState {
+    pub(crate) info: NamespaceInfo,
+    pub(crate) entries: BTreeMap<String, Stored>,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct DocState {
+    pub(crate) namespaces: BTreeMap<String, NsState>,
+    pub(crate) stamp: u64,
+    writes_since_purge: u64,
+}
+
+/// A write decided against the current state, ready to apply.
+pub(crate) enum Planned {
+    Put(Entry),
+    Delete,
+}
+
+impl DocState {
+    pub(crate) fn live(&self, ns: &str, key: &str, now: SystemTime) -> Option<&Stored> {
+        self.namespaces
+            .get(ns)?
+            .entries
+            .get(key)
+            .filter(|s| s.live(now))
+    }
+
+    /// Decides a put: checks the condition, computes the new entry.
+    pub(crate) fn plan_put(
+        current: Option<&Entry>,
+        ns: &str,
+        key: &str,
+        value: Value,
+        options: PutOptions,
+        now: SystemTime,
+    ) -> Result<Entry> {
+        check_put_condition(current, ns, key, options.condition)?;
+        let expires_at = options.ttl.map(|ttl| now + ttl);
+        Ok(match current {
+            Some(cur) => Entry {
+                namespace: ns.to_owned(),
+                key: key.to_owned(),
+                value,
+                metadata: options.metadata.unwrap_or_else(|| cur.metadata.clone()),
+                version: cur.version + 1,
+                created_at: cur.created_at,
+                updated_at: now,
+                expires_at,
+            },
+            None => Entry {
+                namespace: ns.to_owned(),
+                key: key.to_owned(),
+                value,
+                metadata: options.metadata.unwrap_or_default(),
+                version: 1,
+                created_at: now,
+                updated_at: now,
+                expires_at,
+            },
+        })
+    }
+
+    pub(crate) fn ensure_namespace(&mut self, ns: &str, now: SystemTime) -> &mut NsState {
+        self.namespaces
+            .entry(ns.to_owned())
+            .or_insert_with(|| NsState {
+                info: NamespaceInfo {
+                    name: ns.to_owned(),
+                    metadata: Metadata::new(),
+                    created_at: now,
+                },
+                entries: BTreeMap::new(),
+            })
+    }
+
+    pub(crate) fn apply(&mut self, ns: &str, key: &str, planned: Planned, now: SystemTime) {
+        self.stamp += 1;
+        let stamp = self.stamp;
+        match planned {
+            Planned::Put(entry) => {
+                self.ensure_namespace(ns, now)
+                    .entries
+                    .insert(key.to_owned(), Stored { entry, stamp });
+            }
+            Planned::Delete => {
+                if let Some(state) = self.namespaces.get_mut(ns) {
+                    state.entries.remove(key);
+                }
+            }
+        }
+        // Expired entries are invisible already; sweeping now and then only bounds memory.
+        self.writes_since_purge += 1;
+        if self.writes_since_purge >= 4096 {
+            self.purge_expired(now);
+        }
+    }
+
+    pub(crate) fn purge_expired(&mut self, now: SystemTime) -> usize {
+        self.writes_since_purge = 0;
+        let mut removed = 0;
+        for state in self.namespaces.values_mut() {
+            let before = state.entries.len();
+            state.entries.retain(|_, s| s.live(now));
+            removed += before - state.entries.len();
+        }
+        removed
+    }
+
+    fn live_entries<'a>(
+        &'a self,
+        ns: &str,
+        now: SystemTime,
+    ) -> impl Iterator<Item = &'a Entry> + 'a {
+        self.namespaces
+            .get(ns)
+            .into_iter()
+            .flat_map(|s| s.entries.values())
+            .filter(move |s| s.live(now))
+            .map(|s| &s.entry)
+    }
+}
+
+pub(crate) fn check_put_condition(
+    current: Option<&Entry>,
+    ns: &str,
+    key: &str,
+    condition: PutCondition,
+) -> Result<()> {
+    match (condition, current) {
+        (PutCondition::Always, _) | (PutCondition::IfAbsent, None) => Ok(()),
+        (PutCondition::IfAbsent, Some(_)) => Err(Error::new(
+            kernel_core::ErrorCode::AlreadyExists,
+            "the key already exists",
+        )
+        .with_context("namespace", ns)
+        .with_context("key", escape(key))),
+        (PutCondition::IfVersion(v), cur) => {
+            let current = cur.map(|e| e.version);
+            if current == Some(v) {
+                Ok(())
+            } else {
+                Err(version_conflict(ns, key, v, current))
+            }
+        }
+    }
+}
+
+pub(crate) fn check_delete_condition(
+    current: Option<&Entry>,
+    ns: &str,
+    key: &str,
+    condition: DeleteCondition,
+) -> Result<()> {
+    match condition {
+        DeleteCondition::Always => Ok(()),
+        DeleteCondition::IfVersion(v) => {
+            let current = current.map(|e| e.version);
+            if current == Some(v) {
+                Ok(())
+            } else {
+                Err(version_conflict(ns, key, v, current))
+            }
+        }
+    }
+}
+
+fn version_conflict(ns: &str, key: &str, expected: u64, current: Option<u64>) -> Error {
+    Error::conflict(format!("expected version {expected}"))
+        .with_context("namespace", ns)
+        .with_context("key", escape(key))
+        .with_current_version(current)
+}
+
+pub(crate) fn check_doc(
+    ns: &str,
+    key: &str,
+    value: &Value,
+    options: &PutOptions,
+    limits: &kernel_core::Limits,
+) -> Result<()> {
+    validate::namespace(ns)?;
+    validate::key(key).map_err(|e| e.with_context("namespace", ns))?;
+    let ctx = |e: Error| {
+        e.with_context("namespace", ns)
+            .with_context("key", escape(key))
+    };
+    validate::value(value, limits).map_err(ctx)?;
+    if let Some(m) = &options.metadata {
+        validate::metadata(m, limits).map_err(ctx)?;
+    }
+    if options.ttl.is_some_and(|t| t.is_zero()) {
+        return Err(ctx(Error::invalid_input("TTL must be greater than zero")));
+    }
+    Ok(())
+}
+
+fn check_key(ns: &str, key: &str) -> Result<()> {
+    validate::namespace(ns)?;
+    validate::key(key).map_err(|e| e.with_context("namespace", ns))
+}
+
+fn check_batch<'a>(ns: &str, keys: impl ExactSizeIterator<Item = &'a str>) -> Result<()> {
+    validate::namespace(ns)?;
+    if keys.len() > MAX_BATCH_SIZE {
+        return Err(Error::invalid_input(format!(
+            "batch has {} items; the limit is {MAX_BATCH_SIZE}",
+            keys.len()
+        ))
+        .with_context("namespace", ns));
+    }
+    let mut seen = HashSet::new();
+    for k in keys {
+        validate::key(k).map_err(|e| e.with_context("namespace", ns))?;
+        if !seen.insert(k) {
+            return Err(
+                Error::invalid_input("the same key appears twice in one batch")
+                    .with_context("namespace", ns)
+                    .with_context("key", escape(k)),
+            );
+        }
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl StorageDriver for MemoryDriver {
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            transactions: true,
+            isolation: Some(Isolation::Serializable),
+            native_query: false,
+            ttl: true,
+            atomic_batch: true,
+            single_round_trip_batch: true,
+            max_value_bytes: self.inner.limits.max_value_bytes,
+            max_depth: self.inner.limits.max_depth,
+            max_batch_size: MAX_BATCH_SIZE,
+            durable: false,
+        }
+    }
+
+    async fn status(&self) -> Result<Status> {
+        let started = Instant::now();
+        let now = SystemTime::now();
+        let docs = self.inner.docs_read()?;
+        let entries = docs
+            .namespaces
+            .values()
+            .map(|s| s.entries.values().filter(|e| e.live(now)).count() as u64)
+            .sum();
+        Ok(Status {
+            backend: "memory".into(),
+            healthy: true,
+            latency: started.elapsed(),
+            namespaces: Some(docs.namespaces.len() as u64),
+            entries: Some(entries),
+            details: Default::default(),
+        })
+    }
+
+    async fn get(&self, ns: &str, key: &str) -> Result<Option<Entry>> {
+        check_key(ns, key)?;
+        let docs = self.inner.docs_read()?;
+        Ok(docs
+            .live(ns, key, SystemTime::now())
+            .map(|s| s.entry.clone()))
+    }
+
+    async fn put(&self, ns: &str, key: &str, value: Value, options: PutOptions) -> Result<Entry> {
+        check_doc(ns, key, &value, &options, &self.inner.limits)?;
+        let now = SystemTime::now();
+        let mut docs = self.inner.docs_write()?;
+        let current = docs.live(ns, key, now).map(|s| &s.entry);
+        let entry = DocState::plan_put(current, ns, key, value, options, now)?;
+        docs.apply(ns, key, Planned::Put(entry.clone()), now);
+        Ok(entry)
+    }
+
+    async fn delete(&self, ns: &str, key: &str, condition: DeleteCondition) -> Result<bool> {
+        check_key(ns, key)?;
+        let now = SystemTime::now();
+        let mut docs = self.inner.docs_write()?;
+        let current = docs.live(ns, key, now).map(|s| &s.entry);
+        check_delete_condition(current, ns, key, condition)?;
+        let existed = current.is_some();
+        docs.apply(ns, key, Planned::Delete, now);
+        Ok(existed)
+    }
+
+    async fn exists(&self, ns: &str, key: &str) -> Result<bool> {
+        Ok(self.get(ns, key).await?.is_some())
+    }
+
+    async fn get_many(&self, ns: &str, keys: &[String]) -> Result<Vec<Option<Entry>>> {
+        validate::namespace(ns)?;
+        if keys.len() > MAX_BATCH_SIZE {
+            return Err(Error::invalid_input(format!(
+                "batch has {} keys; the limit is {MAX_BATCH_SIZE}",
+                keys.len()
+            ))
+            .with_context("namespace", ns));
+        }
+        for k in keys {
+            validate::key(k).map_err(|e| e.with_context("namespace", ns))?;
+        }
+        let now = SystemTime::now();
+        let docs = self.inner.docs_read()?;
+        Ok(keys
+            .iter()
+            .map(|k| docs.live(ns, k, now).map(|s| s.entry.clone()))
+            .collect())
+    }
+
+    async fn put_many(&self, ns: &str, items: Vec<BatchPut>) -> Result<Vec<Entry>> {
+        check_batch(ns, items.iter().map(|i| i.key.as_str()))?;
+        for i in &items {
+            check_doc(ns, &i.key, &i.value, &i.options, &self.inner.limits)?;
+        }
+        let now = SystemTime::now();
+        let mut docs = self.inner.docs_write()?;
+        // Decide every item before applying any, so a failed condition writes nothing.
+        let mut planned = Vec::with_capacity(items.len());
+        for i in items {
+            let current = docs.live(ns, &i.key, now).map(|s| &s.entry);
+            let entry = DocState::plan_put(current, ns, &i.key, i.value, i.options, now)?;
+            planned.push(entry);
+        }
+        for entry in &planned {
+            docs.apply(ns, &entry.key, Planned::Put(entry.clone()), now);
+        }
+        Ok(planned)
+    }
+
+    async fn delete_many(&self, ns: &str, items: Vec<BatchDelete>) -> Result<u64> {
+        check_batch(ns, items.iter().map(|i| i.key.as_str()))?;
+        let now = SystemTime::now();
+        let mut docs = self.inner.docs_write()?;
+        let mut removed = 0;
+        for i in &items {
+            let current = docs.live(ns, &i.key, now).map(|s| &s.entry);
+            check_delete_condition(current, ns, &i.key, i.condition)?;
+            removed += u64::from(current.is_some());
+        }
+        for i in &items {
+            docs.apply(ns, &i.key, Planned::Delete, now);
+        }
+        Ok(removed)
+    }
+
+    async fn list(&self, ns: &str, options: &ListOptions) -> Result<ListPage> {
+        validate::namespace(ns)?;
+        let glob = options
+            .validate()
+            .map_err(|e| e.with_context("namespace", ns))?;
+        let now = SystemTime::now();
+        let docs = self.inner.docs_read()?;
+        let Some(state) = docs.namespaces.get(ns) else {
+            return Ok(ListPage {
+                entries: Vec::new(),
+                next_cursor: None,
+            });
+        };
+        // Narrow the scan to the prefix range (a glob's literal prefix counts too).
+        let mut prefix = options.prefix.clone().unwrap_or_default();
+        if let Some(g) = &glob {
+            let lp = g.literal_prefix();
+            if lp.starts_with(prefix.as_str()) {
+                prefix = lp;
+            }
+        }
+        let lower = Bound::Included(prefix.clone());
+        let upper = match prefix_upper_bound(&prefix) {
+            Some(u) if !prefix.is_empty() => Bound::Excluded(u),
+            _ => Bound::Unbounded,
+        };
+        let range = state.entries.range::<String, _>((lower, upper));
+        let admitted = |(k, s): (&String, &Stored)| {
+            (s.live(now) && options.admits(k, glob.as_ref())).then(|| s.entry.clone())
+        };
+        let want = options
+            .limit
+            .map(|l| l.saturating_add(1))
+            .unwrap_or(usize::MAX);
+        let entries: Vec<Entry> = if options.reverse {
+            range
+                .rev()
+                .filter_map(admitted)
+                .skip(options.offset)
+                .take(want)
+                .collect()
+        } else {
+            range
+                .filter_map(admitted)
+                .skip(options.offset)
+                .take(want)
+                .collect()
+        };
+        Ok(ListPage::from_overfetch(entries, options.limit))
+    }
+
+    async fn query(&self, ns: &str, query: &Query) -> Result<Vec<Entry>> {
+        validate::namespace(ns)?;
+        query
+            .validate()
+            .map_err(|e| e.with_context("namespace", ns))?;
+        let now = SystemTime::now();
+        let docs = self.inner.docs_read()?;
+        Ok(query.apply(
+            docs.live_entries(ns, now)
+                .map(|e| (e.key.clone(), e.value.clone(), e.clone())),
+        ))
+    }
+
+    async fn count(&self, ns: &str, filter: Option<&Filter>) -> Result<u64> {
+        validate::namespace(ns)?;
+        if let Some(f) = filter {
+            f.validate().map_err(|e| e.with_context("namespace", ns))?;
+        }
+        let now = SystemTime::now();
+        let docs = self.inner.docs_read()?;
+        Ok(docs
+            .live_entries(ns, now)
+            .filter(|e| filter.is_none_or(|f| f.matches(&e.value)))
+            .count() as u64)
+    }
+
+    async fn clear(&self, ns: &str) -> Result<u64> {
+        validate::namespace(ns)?;
+        let now = SystemTime::now();
+        let mut docs = self.inner.docs_write()?;
+        let Some(state) = docs.namespaces.get_mut(ns) else {
+            return Ok(0);
+        };
+        let live = state.entries.values().filter(|s| s.live(now)).count() as u64;
+        state.entries.clear();
+        docs.stamp += 1;
+        Ok(live)
+    }
+
+    async fn create_namespace(&self, ns: &str, metadata: Metadata) -> Result<NamespaceInfo> {
+        validate::namespace(ns)?;
+        validate::metadata(&metadata, &self.inner.limits)
+            .map_err(|e| e.with_context("namespace", ns))?;
+        let now = SystemTime::now();
+        let mut docs = self.inner.docs_write()?;
+        if docs.namespaces.contains_key(ns) {
+            return Err(Error::new(
+                kernel_core::ErrorCode::AlreadyExists,
+                "the namespace already exists",
+            )
+            .with_context("namespace", ns));
+        }
+        let state = docs.ensure_namespace(ns, now);
+        state.info.metadata = metadata;
+        Ok(state.info.clone())
+    }
+
+    async fn drop_namespace(&self, ns: &str, recursive: bool) -> Result<bool> {
+        validate::namespace(ns)?;
+        let now = SystemTime::now();
+        let mut docs = self.inner.docs_write()?;
+        let Some(state) = docs.namespaces.get(ns) else {
+            return Ok(false);
+        };
+        let live = state.entries.values().filter(|s| s.live(now)).count();
+        if live > 0 && !recursive {
+            return Err(Error::conflict(format!(
+                "the namespace holds {live} entries; drop it with recursive to remove them"
+            ))
+            .with_context("namespace", ns));
+        }
+        docs.namespaces.remove(ns);
+        docs.stamp += 1;
+        Ok(true)
+    }
+
+    async fn list_namespaces(&self) -> Result<Vec<NamespaceInfo>> {
+        let docs = self.inner.docs_read()?;
+        Ok(docs.namespaces.values().map(|s| s.info.clone()).collect())
+    }
+
+    async fn get_metadata(&self, ns: &str, key: &str) -> Result<Option<Metadata>> {
+        Ok(self.get(ns, key).await?.map(|e| e.metadata))
+    }
+
+    async fn set_metadata(
+        &self,
+        ns: &str,
+        key: &str,
+        metadata: Metadata,
+        mode: MetadataMode,
+    ) -> Result<Entry> {
+        check_key(ns, key)?;
+        let now = SystemTime::now();
+        let mut docs = self.inner.docs_write()?;
+        let Some(current) = docs.live(ns, key, now).map(|s| s.entry.clone()) else {
+            return Err(Error::not_found("no live entry to set metadata on")
+                .with_context("namespace", ns)
+                .with_context("key", escape(key)));
+        };
+        let mut next = current;
+        match mode {
+            MetadataMode::Replace => next.metadata = metadata,
+            MetadataMode::Merge => merge_metadata(&mut next.metadata, metadata),
+        }
+        validate::metadata(&next.metadata, &self.inner.limits).map_err(|e| {
+            e.with_context("namespace", ns)
+                .with_context("key", escape(key))
+        })?;
+        next.version += 1;
+        next.updated_at = now;
+        docs.apply(ns, key, Planned::Put(next.clone()), now);
+        Ok(next)
+    }
+
+    async fn begin(&self) -> Result<Box<dyn Transaction>> {
+        Ok(Box::new(MemoryTransaction::new(self.clone())))
+    }
+}
+
+impl MemoryDriver {
+    pub(crate) fn docs_read(&self) -> Result<std::sync::RwLockReadGuard<'_, DocState>> {
+        self.inner.docs_read()
+    }
+
+    pub(crate) fn docs_write(&self) -> Result<std::sync::RwLockWriteGuard<'_, DocState>> {
+        self.inner.docs_write()
+    }
+
+    pub(crate) fn value_limits(&self) -> &kernel_core::Limits {
+        &self.inner.limits
+    }
+}
