@@ -1,1 +1,238 @@
-//! t
+//! Booting the kernel from environment variables and TOML, and every configuration error.
+
+use kernel_bootstrap::{BackendKind, Kernel, KernelConfig, Role};
+use kernel_core::{json, ErrorCode, PutOptions};
+
+fn vars(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+fn config_error(pairs: &[(&str, &str)]) -> kernel_core::Error {
+    let result = KernelConfig::from_vars(vars(pairs)).and_then(|c| c.resolve());
+    match result {
+        Ok(resolved) => panic!("expected a Config error for {pairs:?}, got {resolved:?}"),
+        Err(e) => e,
+    }
+}
+
+#[test]
+fn empty_environment_means_memory_everywhere() {
+    let resolved = KernelConfig::from_vars(vars(&[]))
+        .unwrap()
+        .resolve()
+        .unwrap();
+    for role in Role::ALL {
+        assert_eq!(resolved.backend(role), BackendKind::Memory);
+    }
+    assert_eq!(resolved.limits, kernel_core::Limits::DEFAULT);
+}
+
+#[test]
+fn storage_mode_aliases() {
+    for (raw, kind) in [
+        ("IN_MEMORY", BackendKind::Memory),
+        ("memory", BackendKind::Memory),
+        ("in-memory", BackendKind::Memory),
+        ("SUPABASE", BackendKind::Postgres),
+        ("postgresql", BackendKind::Postgres),
+        ("Redis", BackendKind::Redis),
+    ] {
+        assert_eq!(raw.parse::<BackendKind>().unwrap(), kind, "{raw}");
+    }
+}
+
+#[test]
+fn per_role_overrides_from_env() {
+    let resolved = KernelConfig::from_vars(vars(&[
+        ("KERNEL_STORAGE_MODE", "SUPABASE"),
+        ("DATABASE_URL", "postgres://app:pw@db:5432/app"),
+        ("REDIS_URL", "redis://cache:6379"),
+        ("KERNEL_LOCKS_BACKEND", "redis"),
+        ("KERNEL_RATE_LIMITS_BACKEND", "redis"),
+        ("KERNEL_POSTGRES_POOL_SIZE", "4"),
+        ("KERNEL_KEY_PREFIX", "myapp"),
+    ]))
+    .unwrap()
+    .resolve()
+    .unwrap();
+    assert_eq!(resolved.backend(Role::Documents), BackendKind::Postgres);
+    assert_eq!(resolved.backend(Role::Events), BackendKind::Postgres);
+    assert_eq!(resolved.backend(Role::Locks), BackendKind::Redis);
+    assert_eq!(resolved.backend(Role::RateLimits), BackendKind::Redis);
+    assert_eq!(resolved.postgres.as_ref().unwrap().pool_size, 4);
+    assert_eq!(resolved.redis.as_ref().unwrap().key_prefix, "myapp");
+}
+
+#[test]
+fn toml_file_with_env_on_top() {
+    let dir = std::env::temp_dir().join(format!("kernel-cfg-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("kernel.toml");
+    std::fs::write(
+        &path,
+        r#"
+storage_mode = "memory"
+
+[backends]
+events = "postgres"
+
+[postgres]
+url = "postgres://postgres@127.0.0.1:5432/postgres"
+pool_size = 8
+migrate_on_boot = false
+
+[limits]
+max_value_bytes = 4096
+"#,
+    )
+    .unwrap();
+    let resolved = KernelConfig::from_vars(vars(&[
+        ("KERNEL_CONFIG_FILE", path.to_str().unwrap()),
+        ("KERNEL_POSTGRES_POOL_SIZE", "2"),
+    ]))
+    .unwrap()
+    .resolve()
+    .unwrap();
+    assert_eq!(resolved.backend(Role::Documents), BackendKind::Memory);
+    assert_eq!(resolved.backend(Role::Events), BackendKind::Postgres);
+    let pg = resolved.postgres.unwrap();
+    assert_eq!(pg.pool_size, 2, "the environment overrides the file");
+    assert!(!pg.migrate_on_boot);
+    assert_eq!(resolved.limits.max_value_bytes, 4096);
+    std::fs::remove_dir_all(dir).ok();
+}
+
+#[test]
+fn unknown_backend_names_the_setting() {
+    let e = config_error(&[("KERNEL_STORAGE_MODE", "mongo")]);
+    assert_eq!(e.code(), ErrorCode::Config);
+    assert_eq!(e.context_value("setting"), Some("KERNEL_STORAGE_MODE"));
+    let e = config_error(&[("KERNEL_EVENTS_BACKEND", "kafka")]);
+    assert_eq!(e.context_value("setting"), Some("KERNEL_EVENTS_BACKEND"));
+}
+
+#[test]
+fn missing_urls_are_named() {
+    let e = config_error(&[("KERNEL_STORAGE_MODE", "postgres")]);
+    assert_eq!(e.context_value("setting"), Some("DATABASE_URL"));
+    let e = config_error(&[("KERNEL_LOCKS_BACKEND", "redis")]);
+    assert_eq!(e.context_value("setting"), Some("REDIS_URL"));
+}
+
+#[test]
+fn malformed_values_are_named() {
+    for (name, value) in [
+        ("KERNEL_POSTGRES_POOL_SIZE", "many"),
+        ("KERNEL_MAX_VALUE_BYTES", "-1"),
+        ("KERNEL_MIGRATE_ON_BOOT", "perhaps"),
+        ("KERNEL_REDIS_OPERATION_TIMEOUT_MS", "1s"),
+    ] {
+        let e = config_error(&[
+            ("KERNEL_STORAGE_MODE", "postgres"),
+            ("KERNEL_LOCKS_BACKEND", "redis"),
+            ("DATABASE_URL", "postgres://h/db"),
+            ("REDIS_URL", "redis://h"),
+            (name, value),
+        ]);
+        assert_eq!(e.code(), ErrorCode::Config, "{name}");
+        assert_eq!(e.context_value("setting"), Some(name), "{e}");
+    }
+    let e = config_error(&[("KERNEL_MAX_DEPTH", "0")]);
+    assert_eq!(e.context_value("setting"), Some("KERNEL_MAX_DEPTH"));
+    let e = config_error(&[
+        ("KERNEL_STORAGE_MODE", "postgres"),
+        ("DATABASE_URL", "mysql://h/db"),
+    ]);
+    assert_eq!(e.context_value("setting"), Some("DATABASE_URL"));
+    let e = config_error(&[
+        ("KERNEL_STORAGE_MODE", "redis"),
+        ("REDIS_URL", "redis://h"),
+        ("KERNEL_KEY_PREFIX", "a{b}"),
+    ]);
+    assert_eq!(e.context_value("setting"), Some("KERNEL_KEY_PREFIX"));
+}
+
+#[test]
+fn bad_toml_is_a_config_error() {
+    let e = KernelConfig::from_toml_str("storage_mode = 3").unwrap_err();
+    assert_eq!(e.code(), ErrorCode::Config);
+    let e = KernelConfig::from_toml_str("[postgres]\nnot_a_key = 1").unwrap_err();
+    assert_eq!(e.code(), ErrorCode::Config);
+    assert!(e.to_string().contains("not_a_key"), "{e}");
+    let e = KernelConfig::from_vars(vars(&[("KERNEL_CONFIG_FILE", "/nonexistent/kernel.toml")]))
+        .unwrap_err();
+    assert_eq!(e.context_value("setting"), Some("KERNEL_CONFIG_FILE"));
+}
+
+#[test]
+fn passwords_never_show() {
+    let secret = "s3cr3t-pa55";
+    let cfg = KernelConfig::from_vars(vars(&[
+        ("KERNEL_STORAGE_MODE", "postgres"),
+        ("KERNEL_LOCKS_BACKEND", "redis"),
+        (
+            "DATABASE_URL",
+            &format!("postgres://app:{secret}@db:5432/app"),
+        ),
+        ("REDIS_URL", &format!("redis://:{secret}@cache:6379")),
+    ]))
+    .unwrap();
+    let resolved = cfg.resolve().unwrap();
+    for shown in [format!("{cfg:?}"), format!("{resolved:?}")] {
+        assert!(!shown.contains(secret), "password leaked: {shown}");
+        assert!(shown.contains("***"), "{shown}");
+    }
+    let e = KernelConfig::from_vars(vars(&[
+        ("KERNEL_STORAGE_MODE", "postgres"),
+        ("DATABASE_URL", &format!("mysql://app:{secret}@db/app")),
+    ]))
+    .unwrap()
+    .resolve()
+    .unwrap_err();
+    assert!(!e.to_string().contains(secret), "{e}");
+    assert!(!format!("{e:?}").contains(secret), "{e:?}");
+}
+
+#[tokio::test]
+async fn boots_memory_kernel_and_reports_health() {
+    let kernel = Kernel::boot(
+        KernelConfig::from_vars(vars(&[("KERNEL_STORAGE_MODE", "IN_MEMORY")])).unwrap(),
+    )
+    .await
+    .unwrap();
+    kernel
+        .storage()
+        .put("boot", "k", json!(1), PutOptions::new())
+        .await
+        .unwrap();
+    let report = kernel.health().await;
+    assert!(report.healthy);
+    assert_eq!(report.components.len(), 4);
+    assert!(report
+        .components
+        .iter()
+        .all(|c| c.backend == "memory" && c.healthy));
+    kernel.shutdown().await;
+    kernel.shutdown().await;
+    assert!(
+        !kernel.health().await.healthy,
+        "a shut-down kernel is not healthy"
+    );
+}
+
+#[tokio::test]
+async fn memory_roles_share_one_driver() {
+    let kernel = Kernel::boot(KernelConfig::default()).await.unwrap();
+    let limits = kernel.config().limits;
+    assert_eq!(limits, kernel_core::Limits::DEFAULT);
+    let big = "x".repeat(limits.max_value_bytes + 1);
+    let e = kernel
+        .storage()
+        .put("boot", "big", json!(big), PutOptions::new())
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), ErrorCode::InvalidInput);
+}

@@ -1,0 +1,546 @@
+//! Configuration: one type loadable from a TOML file and from environment variables with the
+//! same keys (environment wins), resolved into checked settings before anything connects.
+//!
+//! Every setting is `Option` in the raw form (as in deadpool-postgres' `Config`), so "not set"
+//! and "set" are different things and defaults live in one place: [`KernelConfig::resolve`].
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use kernel_core::{Error, Limits, Result};
+use serde::Deserialize;
+
+use crate::secret::SecretUrl;
+
+/// Which backend serves a role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum BackendKind {
+    /// In-process (`driver-memory`); accepts `memory`, `in_memory`, `in-memory`, `IN_MEMORY`.
+    Memory,
+    /// PostgreSQL (`driver-postgres`); accepts `postgres`, `postgresql`, `SUPABASE`.
+    Postgres,
+    /// Redis (`driver-redis`); accepts `redis`.
+    Redis,
+}
+
+impl BackendKind {
+    /// The canonical name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackendKind::Memory => "memory",
+            BackendKind::Postgres => "postgres",
+            BackendKind::Redis => "redis",
+        }
+    }
+}
+
+impl std::fmt::Display for BackendKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for BackendKind {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s.trim().to_ascii_lowercase().replace('-', "_").as_str() {
+            "memory" | "in_memory" | "inmemory" => Ok(BackendKind::Memory),
+            "postgres" | "postgresql" | "supabase" => Ok(BackendKind::Postgres),
+            "redis" => Ok(BackendKind::Redis),
+            _ => Err(format!(
+                "expected memory, postgres or redis (aliases: IN_MEMORY, SUPABASE); got {s:?}"
+            )),
+        }
+    }
+}
+
+/// The four roles a kernel fills.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Role {
+    /// `StorageDriver`.
+    Documents,
+    /// `EventStore`.
+    Events,
+    /// `Lock`.
+    Locks,
+    /// `RateLimiter`.
+    RateLimits,
+}
+
+impl Role {
+    /// Every role, in report order.
+    pub const ALL: [Role; 4] = [Role::Documents, Role::Events, Role::Locks, Role::RateLimits];
+
+    /// The role's name in reports and settings.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Documents => "documents",
+            Role::Events => "events",
+            Role::Locks => "locks",
+            Role::RateLimits => "rate_limits",
+        }
+    }
+}
+
+/// Per-role backend overrides (`[backends]` in TOML).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoleBackends {
+    /// `KERNEL_DOCUMENTS_BACKEND` / `backends.documents`.
+    pub documents: Option<String>,
+    /// `KERNEL_EVENTS_BACKEND` / `backends.events`.
+    pub events: Option<String>,
+    /// `KERNEL_LOCKS_BACKEND` / `backends.locks`.
+    pub locks: Option<String>,
+    /// `KERNEL_RATE_LIMITS_BACKEND` / `backends.rate_limits`.
+    pub rate_limits: Option<String>,
+}
+
+/// `[postgres]` settings.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresSettings {
+    /// `DATABASE_URL` / `postgres.url`.
+    pub url: Option<SecretUrl>,
+    /// `KERNEL_POSTGRES_POOL_SIZE` / `postgres.pool_size` (default 16).
+    pub pool_size: Option<usize>,
+    /// `KERNEL_POSTGRES_CONNECT_TIMEOUT_MS` (default 5000).
+    pub connect_timeout_ms: Option<u64>,
+    /// `KERNEL_POSTGRES_OPERATION_TIMEOUT_MS` (default 30000).
+    pub operation_timeout_ms: Option<u64>,
+    /// `KERNEL_MIGRATE_ON_BOOT` / `postgres.migrate_on_boot` (default true).
+    pub migrate_on_boot: Option<bool>,
+}
+
+/// `[redis]` settings.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisSettings {
+    /// `REDIS_URL` / `redis.url`.
+    pub url: Option<SecretUrl>,
+    /// `KERNEL_REDIS_POOL_SIZE` (default 8).
+    pub pool_size: Option<usize>,
+    /// `KERNEL_REDIS_CONNECT_TIMEOUT_MS` (default 5000).
+    pub connect_timeout_ms: Option<u64>,
+    /// `KERNEL_REDIS_OPERATION_TIMEOUT_MS` (default 10000).
+    pub operation_timeout_ms: Option<u64>,
+    /// `KERNEL_KEY_PREFIX` / `redis.key_prefix` (default `kernel`).
+    pub key_prefix: Option<String>,
+}
+
+/// `[limits]` settings.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitSettings {
+    /// `KERNEL_MAX_VALUE_BYTES` / `limits.max_value_bytes` (default 1048576).
+    pub max_value_bytes: Option<usize>,
+    /// `KERNEL_MAX_DEPTH` / `limits.max_depth` (default 64).
+    pub max_depth: Option<usize>,
+}
+
+/// The raw configuration, as read. See `docs/configuration.md` for the table of keys.
+///
+/// ```
+/// use kernel_bootstrap::{BackendKind, KernelConfig, Role};
+///
+/// let cfg = KernelConfig::from_toml_str(r#"
+///     storage_mode = "IN_MEMORY"
+///     [limits]
+///     max_value_bytes = 65536
+/// "#).unwrap();
+/// let resolved = cfg.resolve().unwrap();
+/// assert_eq!(resolved.backend(Role::Locks), BackendKind::Memory);
+/// assert_eq!(resolved.limits.max_value_bytes, 65536);
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KernelConfig {
+    /// `KERNEL_STORAGE_MODE` / `storage_mode`: default backend of every role (default memory).
+    pub storage_mode: Option<String>,
+    /// Per-role overrides.
+    #[serde(default)]
+    pub backends: RoleBackends,
+    /// PostgreSQL.
+    #[serde(default)]
+    pub postgres: PostgresSettings,
+    /// Redis.
+    #[serde(default)]
+    pub redis: RedisSettings,
+    /// Value limits.
+    #[serde(default)]
+    pub limits: LimitSettings,
+}
+
+/// Environment variables read by [`KernelConfig::from_env`], with the TOML key each sets.
+pub const ENV_KEYS: &[(&str, &str)] = &[
+    ("KERNEL_STORAGE_MODE", "storage_mode"),
+    ("KERNEL_DOCUMENTS_BACKEND", "backends.documents"),
+    ("KERNEL_EVENTS_BACKEND", "backends.events"),
+    ("KERNEL_LOCKS_BACKEND", "backends.locks"),
+    ("KERNEL_RATE_LIMITS_BACKEND", "backends.rate_limits"),
+    ("DATABASE_URL", "postgres.url"),
+    ("KERNEL_POSTGRES_POOL_SIZE", "postgres.pool_size"),
+    (
+        "KERNEL_POSTGRES_CONNECT_TIMEOUT_MS",
+        "postgres.connect_timeout_ms",
+    ),
+    (
+        "KERNEL_POSTGRES_OPERATION_TIMEOUT_MS",
+        "postgres.operation_timeout_ms",
+    ),
+    ("KERNEL_MIGRATE_ON_BOOT", "postgres.migrate_on_boot"),
+    ("REDIS_URL", "redis.url"),
+    ("KERNEL_REDIS_POOL_SIZE", "redis.pool_size"),
+    (
+        "KERNEL_REDIS_CONNECT_TIMEOUT_MS",
+        "redis.connect_timeout_ms",
+    ),
+    (
+        "KERNEL_REDIS_OPERATION_TIMEOUT_MS",
+        "redis.operation_timeout_ms",
+    ),
+    ("KERNEL_KEY_PREFIX", "redis.key_prefix"),
+    ("KERNEL_MAX_VALUE_BYTES", "limits.max_value_bytes"),
+    ("KERNEL_MAX_DEPTH", "limits.max_depth"),
+];
+
+/// Names a TOML file to read before the environment.
+pub const CONFIG_FILE_ENV: &str = "KERNEL_CONFIG_FILE";
+
+impl KernelConfig {
+    /// Parses TOML text.
+    pub fn from_toml_str(text: &str) -> Result<KernelConfig> {
+        toml::from_str(text).map_err(|e| {
+            // toml's message names the offending key and line; it never holds a URL's value
+            // because URLs are strings and a type error reports the type, not the text.
+            Error::config("toml", format!("invalid configuration: {}", e.message()))
+                .with_context("span", format!("{:?}", e.span()))
+        })
+    }
+
+    /// Reads a TOML file.
+    pub fn from_toml_file(path: impl AsRef<Path>) -> Result<KernelConfig> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            Error::config(CONFIG_FILE_ENV, "cannot read the configuration file")
+                .with_context("path", path.display())
+                .with_source(e)
+        })?;
+        KernelConfig::from_toml_str(&text).map_err(|e| e.with_context("path", path.display()))
+    }
+
+    /// Reads the process environment: the file named by `KERNEL_CONFIG_FILE` if set, then every
+    /// variable in [`ENV_KEYS`] on top.
+    pub fn from_env() -> Result<KernelConfig> {
+        KernelConfig::from_vars(std::env::vars())
+    }
+
+    /// Like [`KernelConfig::from_env`] over any set of variables (tests use this instead of
+    /// mutating the process environment).
+    pub fn from_vars(vars: impl IntoIterator<Item = (String, String)>) -> Result<KernelConfig> {
+        let vars: Vec<(String, String)> = vars.into_iter().collect();
+        let get = |name: &str| {
+            vars.iter()
+                .rev()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.clone())
+        };
+        let mut cfg = match get(CONFIG_FILE_ENV) {
+            Some(path) if !path.trim().is_empty() => KernelConfig::from_toml_file(path.trim())?,
+            _ => KernelConfig::default(),
+        };
+        cfg.apply_vars(|name| get(name))?;
+        Ok(cfg)
+    }
+
+    /// Overlays environment-style variables on this configuration.
+    pub fn apply_vars(&mut self, get: impl Fn(&str) -> Option<String>) -> Result<()> {
+        for (env, _) in ENV_KEYS {
+            let Some(raw) = get(env) else { continue };
+            let value = raw.trim().to_owned();
+            if value.is_empty() {
+                continue;
+            }
+            self.set(env, value)?;
+        }
+        Ok(())
+    }
+
+    fn set(&mut self, env: &str, v: String) -> Result<()> {
+        match env {
+            "KERNEL_STORAGE_MODE" => self.storage_mode = Some(v),
+            "KERNEL_DOCUMENTS_BACKEND" => self.backends.documents = Some(v),
+            "KERNEL_EVENTS_BACKEND" => self.backends.events = Some(v),
+            "KERNEL_LOCKS_BACKEND" => self.backends.locks = Some(v),
+            "KERNEL_RATE_LIMITS_BACKEND" => self.backends.rate_limits = Some(v),
+            "DATABASE_URL" => self.postgres.url = Some(SecretUrl::new(v)),
+            "KERNEL_POSTGRES_POOL_SIZE" => self.postgres.pool_size = Some(parse(env, &v)?),
+            "KERNEL_POSTGRES_CONNECT_TIMEOUT_MS" => {
+                self.postgres.connect_timeout_ms = Some(parse(env, &v)?)
+            }
+            "KERNEL_POSTGRES_OPERATION_TIMEOUT_MS" => {
+                self.postgres.operation_timeout_ms = Some(parse(env, &v)?)
+            }
+            "KERNEL_MIGRATE_ON_BOOT" => self.postgres.migrate_on_boot = Some(parse_bool(env, &v)?),
+            "REDIS_URL" => self.redis.url = Some(SecretUrl::new(v)),
+            "KERNEL_REDIS_POOL_SIZE" => self.redis.pool_size = Some(parse(env, &v)?),
+            "KERNEL_REDIS_CONNECT_TIMEOUT_MS" => {
+                self.redis.connect_timeout_ms = Some(parse(env, &v)?)
+            }
+            "KERNEL_REDIS_OPERATION_TIMEOUT_MS" => {
+                self.redis.operation_timeout_ms = Some(parse(env, &v)?)
+            }
+            "KERNEL_KEY_PREFIX" => self.redis.key_prefix = Some(v),
+            "KERNEL_MAX_VALUE_BYTES" => self.limits.max_value_bytes = Some(parse(env, &v)?),
+            "KERNEL_MAX_DEPTH" => self.limits.max_depth = Some(parse(env, &v)?),
+            other => {
+                return Err(Error::internal("unknown configuration variable")
+                    .with_context("setting", other))
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks every setting and fills the defaults.
+    pub fn resolve(&self) -> Result<ResolvedConfig> {
+        let default = match &self.storage_mode {
+            Some(s) => kind("KERNEL_STORAGE_MODE", s)?,
+            None => BackendKind::Memory,
+        };
+        let role = |env: &str, v: &Option<String>| match v {
+            Some(s) => kind(env, s),
+            None => Ok(default),
+        };
+        let roles = [
+            role("KERNEL_DOCUMENTS_BACKEND", &self.backends.documents)?,
+            role("KERNEL_EVENTS_BACKEND", &self.backends.events)?,
+            role("KERNEL_LOCKS_BACKEND", &self.backends.locks)?,
+            role("KERNEL_RATE_LIMITS_BACKEND", &self.backends.rate_limits)?,
+        ];
+        let limits = Limits {
+            max_value_bytes: range(
+                "KERNEL_MAX_VALUE_BYTES",
+                self.limits.max_value_bytes,
+                Limits::DEFAULT.max_value_bytes,
+                1..=256 * 1024 * 1024,
+            )?,
+            max_depth: range(
+                "KERNEL_MAX_DEPTH",
+                self.limits.max_depth,
+                Limits::DEFAULT.max_depth,
+                1..=1024,
+            )?,
+        };
+        let postgres = if roles.contains(&BackendKind::Postgres) {
+            let url = self.postgres.url.clone().ok_or_else(|| {
+                Error::config(
+                    "DATABASE_URL",
+                    "a role uses postgres, so DATABASE_URL (postgres.url) must be set, e.g. \
+                     postgres://user:password@host:5432/db",
+                )
+            })?;
+            check_url("DATABASE_URL", &url, &["postgres", "postgresql"])?;
+            Some(PostgresResolved {
+                url,
+                pool_size: range(
+                    "KERNEL_POSTGRES_POOL_SIZE",
+                    self.postgres.pool_size,
+                    16,
+                    1..=1000,
+                )?,
+                connect_timeout: ms(
+                    "KERNEL_POSTGRES_CONNECT_TIMEOUT_MS",
+                    self.postgres.connect_timeout_ms,
+                    5_000,
+                )?,
+                operation_timeout: ms(
+                    "KERNEL_POSTGRES_OPERATION_TIMEOUT_MS",
+                    self.postgres.operation_timeout_ms,
+                    30_000,
+                )?,
+                migrate_on_boot: self.postgres.migrate_on_boot.unwrap_or(true),
+            })
+        } else {
+            None
+        };
+        let redis = if roles.contains(&BackendKind::Redis) {
+            let url = self.redis.url.clone().ok_or_else(|| {
+                Error::config(
+                    "REDIS_URL",
+                    "a role uses redis, so REDIS_URL (redis.url) must be set, e.g. \
+                     redis://127.0.0.1:6379",
+                )
+            })?;
+            check_url("REDIS_URL", &url, &["redis", "rediss"])?;
+            let key_prefix = self
+                .redis
+                .key_prefix
+                .clone()
+                .unwrap_or_else(|| "kernel".into());
+            if key_prefix.is_empty()
+                || key_prefix.len() > 64
+                || key_prefix.contains(['{', '}', ' ', '\0'])
+            {
+                return Err(Error::config(
+                    "KERNEL_KEY_PREFIX",
+                    "key prefix must be 1..=64 bytes without '{', '}', spaces or NUL",
+                ));
+            }
+            Some(RedisResolved {
+                url,
+                pool_size: range("KERNEL_REDIS_POOL_SIZE", self.redis.pool_size, 8, 1..=256)?,
+                connect_timeout: ms(
+                    "KERNEL_REDIS_CONNECT_TIMEOUT_MS",
+                    self.redis.connect_timeout_ms,
+                    5_000,
+                )?,
+                operation_timeout: ms(
+                    "KERNEL_REDIS_OPERATION_TIMEOUT_MS",
+                    self.redis.operation_timeout_ms,
+                    10_000,
+                )?,
+                key_prefix,
+            })
+        } else {
+            None
+        };
+        Ok(ResolvedConfig {
+            roles,
+            postgres,
+            redis,
+            limits,
+        })
+    }
+}
+
+/// Checked settings with defaults filled in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResolvedConfig {
+    roles: [BackendKind; 4],
+    /// Present when a role uses Postgres.
+    pub postgres: Option<PostgresResolved>,
+    /// Present when a role uses Redis.
+    pub redis: Option<RedisResolved>,
+    /// Value limits for every driver.
+    pub limits: Limits,
+}
+
+impl ResolvedConfig {
+    /// The backend serving a role.
+    pub fn backend(&self, role: Role) -> BackendKind {
+        self.roles[Role::ALL.iter().position(|r| *r == role).unwrap_or(0)]
+    }
+}
+
+/// Checked Postgres settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PostgresResolved {
+    /// Connection URL (redacted in Debug).
+    pub url: SecretUrl,
+    /// Pool size.
+    pub pool_size: usize,
+    /// Connect timeout.
+    pub connect_timeout: Duration,
+    /// Per-operation timeout.
+    pub operation_timeout: Duration,
+    /// Run pending migrations at boot.
+    pub migrate_on_boot: bool,
+}
+
+/// Checked Redis settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisResolved {
+    /// Connection URL (redacted in Debug).
+    pub url: SecretUrl,
+    /// Pool size.
+    pub pool_size: usize,
+    /// Connect timeout.
+    pub connect_timeout: Duration,
+    /// Per-operation timeout.
+    pub operation_timeout: Duration,
+    /// Prefix of every key.
+    pub key_prefix: String,
+}
+
+fn kind(setting: &str, value: &str) -> Result<BackendKind> {
+    value
+        .parse()
+        .map_err(|msg: String| Error::config(setting, msg))
+}
+
+fn parse<T: FromStr>(setting: &str, value: &str) -> Result<T> {
+    value.parse().map_err(|_| {
+        Error::config(
+            setting,
+            format!(
+                "expected a whole number, got {:?}",
+                kernel_core::validate::escape(value)
+            ),
+        )
+    })
+}
+
+fn parse_bool(setting: &str, value: &str) -> Result<bool> {
+    match value.to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Ok(true),
+        "0" | "false" | "no" | "off" => Ok(false),
+        _ => Err(Error::config(
+            setting,
+            format!(
+                "expected true or false, got {:?}",
+                kernel_core::validate::escape(value)
+            ),
+        )),
+    }
+}
+
+fn range(
+    setting: &str,
+    value: Option<usize>,
+    default: usize,
+    allowed: std::ops::RangeInclusive<usize>,
+) -> Result<usize> {
+    let v = value.unwrap_or(default);
+    if !allowed.contains(&v) {
+        return Err(Error::config(
+            setting,
+            format!(
+                "expected a value between {} and {}, got {v}",
+                allowed.start(),
+                allowed.end()
+            ),
+        ));
+    }
+    Ok(v)
+}
+
+fn ms(setting: &str, value: Option<u64>, default: u64) -> Result<Duration> {
+    let v = value.unwrap_or(default);
+    if v == 0 || v > 3_600_000 {
+        return Err(Error::config(
+            setting,
+            format!("expected milliseconds between 1 and 3600000, got {v}"),
+        ));
+    }
+    Ok(Duration::from_millis(v))
+}
+
+fn check_url(setting: &str, url: &SecretUrl, schemes: &[&str]) -> Result<()> {
+    let raw = url.expose();
+    let scheme = raw.split_once("://").map(|(s, _)| s.to_ascii_lowercase());
+    match scheme {
+        Some(s) if schemes.contains(&s.as_str()) => Ok(()),
+        // Postgres also accepts `key=value` connection strings.
+        None if schemes.contains(&"postgres") && raw.contains('=') => Ok(()),
+        _ => Err(Error::config(
+            setting,
+            format!(
+                "expected a URL starting with {}://, got {}",
+                schemes[0],
+                url.redacted()
+            ),
+        )),
+    }
+}

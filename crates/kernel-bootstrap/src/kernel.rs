@@ -1,0 +1,258 @@
+//! The `Kernel`: the configured drivers behind the four traits, with health and shutdown.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use driver_memory::MemoryDriver;
+use kernel_core::{Error, EventStore, Lock, RateLimiter, Result, StorageDriver};
+use serde::Serialize;
+
+use crate::config::{BackendKind, KernelConfig, ResolvedConfig, Role};
+
+/// How long one health probe may take before the component counts as unhealthy.
+pub const HEALTH_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// One booted backend, shared by every role it serves.
+#[derive(Debug, Clone)]
+enum Backend {
+    Memory(MemoryDriver),
+}
+
+impl Backend {
+    fn kind(&self) -> BackendKind {
+        match self {
+            Backend::Memory(_) => BackendKind::Memory,
+        }
+    }
+
+    fn storage(&self) -> Arc<dyn StorageDriver> {
+        match self {
+            Backend::Memory(d) => Arc::new(d.clone()),
+        }
+    }
+
+    fn events(&self) -> Arc<dyn EventStore> {
+        match self {
+            Backend::Memory(d) => Arc::new(d.clone()),
+        }
+    }
+
+    fn locks(&self) -> Arc<dyn Lock> {
+        match self {
+            Backend::Memory(d) => Arc::new(d.clone()),
+        }
+    }
+
+    fn rate_limiter(&self) -> Arc<dyn RateLimiter> {
+        match self {
+            Backend::Memory(d) => Arc::new(d.clone()),
+        }
+    }
+
+    async fn probe(&self) -> Result<()> {
+        let status = match self {
+            Backend::Memory(d) => d.status().await?,
+        };
+        if status.healthy {
+            Ok(())
+        } else {
+            Err(Error::unavailable("backend reports itself unhealthy")
+                .with_context("backend", self.kind()))
+        }
+    }
+
+    async fn shutdown(&self) {
+        match self {
+            Backend::Memory(d) => d.shutdown(),
+        }
+    }
+}
+
+async fn connect(kind: BackendKind, config: &ResolvedConfig) -> Result<Backend> {
+    match kind {
+        BackendKind::Memory => Ok(Backend::Memory(MemoryDriver::with_limits(config.limits))),
+        BackendKind::Postgres | BackendKind::Redis => Err(Error::config(
+            "KERNEL_STORAGE_MODE",
+            format!("the {kind} backend is not wired into kernel-bootstrap in this build"),
+        )
+        .with_context("backend", kind)),
+    }
+}
+
+/// The storage kernel: documents, events, locks and rate limits, each served by the backend
+/// the configuration chose.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> kernel_core::Result<()> {
+/// use kernel_bootstrap::{Kernel, KernelConfig};
+/// use kernel_core::{json, PutOptions};
+///
+/// let kernel = Kernel::boot(KernelConfig::default()).await?; // memory everywhere
+/// kernel.storage().put("users", "alice", json!({"age": 30}), PutOptions::new()).await?;
+/// assert!(kernel.health().await.healthy);
+/// kernel.shutdown().await;
+/// # Ok(()) }
+/// ```
+pub struct Kernel {
+    config: ResolvedConfig,
+    backends: Vec<Backend>,
+    storage: Arc<dyn StorageDriver>,
+    events: Arc<dyn EventStore>,
+    locks: Arc<dyn Lock>,
+    rate_limiter: Arc<dyn RateLimiter>,
+    shut_down: AtomicBool,
+}
+
+impl std::fmt::Debug for Kernel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Kernel")
+            .field("config", &self.config)
+            .field("shut_down", &self.shut_down.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+impl Kernel {
+    /// Reads the configuration from the environment (and `KERNEL_CONFIG_FILE`) and boots.
+    pub async fn from_env() -> Result<Kernel> {
+        Kernel::boot(KernelConfig::from_env()?).await
+    }
+
+    /// Resolves the configuration, connects each backend once (roles on the same backend share
+    /// it), health-checks them, and fails naming the backend that failed.
+    pub async fn boot(config: KernelConfig) -> Result<Kernel> {
+        let resolved = config.resolve()?;
+        let mut backends: Vec<Backend> = Vec::new();
+        for role in Role::ALL {
+            let kind = resolved.backend(role);
+            if !backends.iter().any(|b| b.kind() == kind) {
+                let backend = connect(kind, &resolved).await?;
+                backend.probe().await.map_err(|e| {
+                    Error::unavailable(format!("{kind} backend failed its boot health check"))
+                        .with_context("backend", kind)
+                        .with_source(e)
+                })?;
+                tracing::info!(backend = %kind, "kernel backend connected");
+                backends.push(backend);
+            }
+        }
+        let pick = |role: Role| -> Result<&Backend> {
+            let kind = resolved.backend(role);
+            backends.iter().find(|b| b.kind() == kind).ok_or_else(|| {
+                Error::internal("no backend booted for a role").with_context("role", role.as_str())
+            })
+        };
+        let storage = pick(Role::Documents)?.storage();
+        let events = pick(Role::Events)?.events();
+        let locks = pick(Role::Locks)?.locks();
+        let rate_limiter = pick(Role::RateLimits)?.rate_limiter();
+        Ok(Kernel {
+            config: resolved,
+            backends,
+            storage,
+            events,
+            locks,
+            rate_limiter,
+            shut_down: AtomicBool::new(false),
+        })
+    }
+
+    /// Documents.
+    pub fn storage(&self) -> &Arc<dyn StorageDriver> {
+        &self.storage
+    }
+
+    /// Events.
+    pub fn events(&self) -> &Arc<dyn EventStore> {
+        &self.events
+    }
+
+    /// Locks.
+    pub fn locks(&self) -> &Arc<dyn Lock> {
+        &self.locks
+    }
+
+    /// Rate limits.
+    pub fn rate_limiter(&self) -> &Arc<dyn RateLimiter> {
+        &self.rate_limiter
+    }
+
+    /// The resolved configuration (secrets redacted in its Debug).
+    pub fn config(&self) -> &ResolvedConfig {
+        &self.config
+    }
+
+    /// Probes every backend once (with [`HEALTH_PROBE_TIMEOUT`]) and reports each role.
+    pub async fn health(&self) -> HealthReport {
+        let probes = futures::future::join_all(self.backends.iter().map(|b| async move {
+            let started = Instant::now();
+            let outcome = match tokio::time::timeout(HEALTH_PROBE_TIMEOUT, b.probe()).await {
+                Ok(r) => r,
+                Err(_) => Err(Error::timeout(format!(
+                    "health probe took longer than {} ms",
+                    HEALTH_PROBE_TIMEOUT.as_millis()
+                ))
+                .with_context("backend", b.kind())),
+            };
+            (b.kind(), outcome, started.elapsed())
+        }))
+        .await;
+        let components: Vec<ComponentHealth> = Role::ALL
+            .iter()
+            .filter_map(|role| {
+                let kind = self.config.backend(*role);
+                let (_, outcome, latency) = probes.iter().find(|(k, _, _)| *k == kind)?;
+                Some(ComponentHealth {
+                    component: role.as_str().to_owned(),
+                    backend: kind.as_str().to_owned(),
+                    healthy: outcome.is_ok(),
+                    latency_ms: latency.as_secs_f64() * 1000.0,
+                    error: outcome.as_ref().err().map(ToString::to_string),
+                })
+            })
+            .collect();
+        let healthy =
+            !self.shut_down.load(Ordering::SeqCst) && components.iter().all(|c| c.healthy);
+        HealthReport {
+            healthy,
+            components,
+        }
+    }
+
+    /// Ends subscriptions and closes every backend. A second call does nothing.
+    pub async fn shutdown(&self) {
+        if self.shut_down.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        for b in &self.backends {
+            b.shutdown().await;
+            tracing::info!(backend = %b.kind(), "kernel backend shut down");
+        }
+    }
+}
+
+/// Health of every role and an overall verdict.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct HealthReport {
+    /// Every component is healthy (and the kernel is not shut down).
+    pub healthy: bool,
+    /// One entry per role.
+    pub components: Vec<ComponentHealth>,
+}
+
+/// Health of one role.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ComponentHealth {
+    /// `documents`, `events`, `locks` or `rate_limits`.
+    pub component: String,
+    /// The backend serving it.
+    pub backend: String,
+    /// Whether its probe succeeded.
+    pub healthy: bool,
+    /// Probe latency in milliseconds.
+    pub latency_ms: f64,
+    /// The probe's error, if any.
+    pub error: Option<String>,
+}
