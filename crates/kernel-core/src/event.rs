@@ -147,7 +147,8 @@ impl ExpectedVersion {
 /// What an append did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AppendResult {
-    /// The stream's version after the append (the last appended event's version).
+    /// The version of this batch's last event. After a fresh append that is the stream's
+    /// version; after an idempotent re-append of an older batch, later events may follow it.
     pub stream_version: u64,
     /// The global positions of the appended events, in order.
     pub positions: Vec<u64>,
@@ -346,8 +347,8 @@ pub type EventSubscription = BoxStream<'static, Result<RecordedEvent>>;
 /// * `subscribe(after, filter)` yields every matching event with position `> after`, in order,
 ///   first those already stored, then new ones as they commit; it reads in bounded pages, so a
 ///   slow consumer does not grow memory.
-/// * Snapshots: `save_snapshot` stores state at a version `1..=current`; `load_snapshot` returns
-///   the highest version saved.
+/// * Snapshots: `save_snapshot` stores state at a version `1..=current` (otherwise
+///   `InvalidInput` naming the stream); `load_snapshot` returns the highest version saved.
 #[async_trait]
 pub trait EventStore: Send + Sync + std::fmt::Debug {
     /// Appends events atomically under an expected version.

@@ -142,7 +142,8 @@ pub fn gcra(tat: Option<u64>, now: u64, quota: &Quota, cost: u32) -> GcraStep {
 ///   concurrent checks never allow more than the quota.
 /// * A check of cost `c` is allowed when `c` units are free; it then consumes them. A denied
 ///   check consumes nothing and says how long to wait (`retry_after`).
-/// * Cost 0 peeks without consuming; a cost above `quota.limit` is `InvalidInput`.
+/// * Cost 0 peeks without consuming (read `remaining`; `allowed` is always true for a peek);
+///   a cost above `quota.limit` is `InvalidInput`.
 /// * State for a key lapses once it is back to its full burst.
 #[async_trait]
 pub trait RateLimiter: Send + Sync + std::fmt::Debug {

@@ -115,7 +115,8 @@ pub trait StorageDriver: Send + Sync + std::fmt::Debug {
 ///
 /// Dropping a transaction without committing rolls it back. A commit that lost a race to a
 /// concurrent writer fails with a retryable `Conflict` and writes nothing; conditions on puts
-/// and deletes are checked against the transaction's view when the operation is called.
+/// and deletes are checked against the transaction's view when the operation is called. Each
+/// staged write to a key adds 1 to its version, as outside a transaction.
 #[async_trait]
 pub trait Transaction: Send {
     /// The live entry at `key` as this transaction sees it.
