@@ -1,0 +1,201 @@
+//! The driver's settings, and the URL redaction that keeps a password out of every `Debug`.
+
+use std::fmt;
+use std::time::Duration;
+
+use kernel_core::{Error, Limits, Result};
+
+/// Longest key prefix accepted: every Redis key carries it, so it should stay short.
+pub const MAX_KEY_PREFIX_LEN: usize = 256;
+
+/// Settings of a [`crate::RedisDriver`].
+///
+/// A plain struct: fill it from configuration (kernel-bootstrap does) or start from
+/// [`RedisConfig::new`]. `Debug` never shows the password of `url`.
+///
+/// ```
+/// use driver_redis::RedisConfig;
+///
+/// let config = RedisConfig::new("redis://app:s3cret@cache.internal:6379/0");
+/// let shown = format!("{config:?}");
+/// assert!(!shown.contains("s3cret"));
+/// assert!(shown.contains("cache.internal"));
+/// ```
+#[derive(Clone)]
+pub struct RedisConfig {
+    /// `redis://[user[:password]@]host[:port][/db]` (also `rediss://`, `redis-cluster://`,
+    /// `redis-sentinel://`, as fred reads them).
+    pub url: String,
+    /// Connections in the pool (at least 1). Each runs scripts one at a time, so this bounds how
+    /// many scripts one driver has in flight.
+    pub pool_size: usize,
+    /// How long connecting (TCP, AUTH, SELECT) may take.
+    pub connect_timeout: Duration,
+    /// How long one command may take before it fails with `Timeout`.
+    pub operation_timeout: Duration,
+    /// Put before every Redis key, so several applications (and tests) share one server.
+    /// At most [`MAX_KEY_PREFIX_LEN`] bytes, without `{` or `}` (they would break hash tags).
+    pub key_prefix: String,
+    /// Value and metadata size / depth limits.
+    pub limits: Limits,
+}
+
+impl RedisConfig {
+    /// Defaults around `url`: 4 connections, 5 s connect and operation timeouts, prefix
+    /// `kernel:`, default limits.
+    pub fn new(url: impl Into<String>) -> RedisConfig {
+        RedisConfig {
+            url: url.into(),
+            pool_size: 4,
+            connect_timeout: Duration::from_secs(5),
+            operation_timeout: Duration::from_secs(5),
+            key_prefix: "kernel:".to_owned(),
+            limits: Limits::DEFAULT,
+        }
+    }
+
+    /// The URL with any password replaced by `***`, for logs and errors.
+    pub fn redacted_url(&self) -> String {
+        redact_url(&self.url)
+    }
+
+    /// Checks every setting; each error names the setting.
+    pub fn validate(&self) -> Result<()> {
+        if self.url.trim().is_empty() {
+            return Err(Error::config("url", "the Redis URL is empty"));
+        }
+        if self.pool_size == 0 {
+            return Err(Error::config(
+                "pool_size",
+                "the pool needs at least 1 connection",
+            ));
+        }
+        if self.connect_timeout.is_zero() {
+            return Err(Error::config(
+                "connect_timeout",
+                "must be greater than zero",
+            ));
+        }
+        if self.operation_timeout.is_zero() {
+            return Err(Error::config(
+                "operation_timeout",
+                "must be greater than zero",
+            ));
+        }
+        if self.key_prefix.len() > MAX_KEY_PREFIX_LEN {
+            return Err(Error::config(
+                "key_prefix",
+                format!(
+                    "is {} bytes; the limit is {MAX_KEY_PREFIX_LEN}",
+                    self.key_prefix.len()
+                ),
+            ));
+        }
+        if self.key_prefix.contains(['{', '}']) {
+            return Err(Error::config(
+                "key_prefix",
+                "must not contain '{' or '}': they would move keys out of their hash-tag slot",
+            ));
+        }
+        if self.limits.max_value_bytes == 0 || self.limits.max_depth == 0 {
+            return Err(Error::config(
+                "limits",
+                "value size and depth limits must be positive",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        RedisConfig::new("redis://127.0.0.1:6379")
+    }
+}
+
+impl fmt::Debug for RedisConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisConfig")
+            .field("url", &self.redacted_url())
+            .field("pool_size", &self.pool_size)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("operation_timeout", &self.operation_timeout)
+            .field("key_prefix", &self.key_prefix)
+            .field("limits", &self.limits)
+            .finish()
+    }
+}
+
+/// Replaces the password of a URL's user-info with `***` (`redis://user:***@host`). A user-info
+/// without `:` is taken as a bare password (`redis://***@host`), as some clients read it.
+pub fn redact_url(url: &str) -> String {
+    let Some(scheme_end) = url.find("://") else {
+        // Not a URL we understand: show nothing that could be a secret.
+        return if url.contains('@') {
+            "***".to_owned()
+        } else {
+            url.to_owned()
+        };
+    };
+    let rest_start = scheme_end + 3;
+    let rest = &url[rest_start..];
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let authority = &rest[..authority_end];
+    let Some(at) = authority.rfind('@') else {
+        return url.to_owned();
+    };
+    let userinfo = &authority[..at];
+    let shown = match userinfo.find(':') {
+        Some(colon) => format!("{}:***", &userinfo[..colon]),
+        None => "***".to_owned(),
+    };
+    format!(
+        "{}{}{}{}",
+        &url[..rest_start],
+        shown,
+        &authority[at..],
+        &rest[authority_end..]
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redaction_hides_every_password_form() {
+        assert_eq!(redact_url("redis://u:pw@h:1/2"), "redis://u:***@h:1/2");
+        assert_eq!(redact_url("redis://:pw@h"), "redis://:***@h");
+        assert_eq!(redact_url("rediss://pw@h?x=1"), "rediss://***@h?x=1");
+        assert_eq!(redact_url("redis://h:6379"), "redis://h:6379");
+        assert_eq!(redact_url("redis://u:p@ss@h/0"), "redis://u:***@h/0");
+        assert_eq!(redact_url("garbage@thing"), "***");
+        let config = RedisConfig::new("redis://user:hunter2@h");
+        let debug = format!("{config:?}");
+        assert!(!debug.contains("hunter2"), "{debug}");
+        assert!(debug.contains("user:***@h"), "{debug}");
+    }
+
+    #[test]
+    fn validation_names_the_setting() {
+        let mut c = RedisConfig::default();
+        assert!(c.validate().is_ok());
+        c.key_prefix = "a{b".into();
+        assert_eq!(
+            c.validate().unwrap_err().context_value("setting"),
+            Some("key_prefix")
+        );
+        c = RedisConfig::default();
+        c.pool_size = 0;
+        assert_eq!(
+            c.validate().unwrap_err().context_value("setting"),
+            Some("pool_size")
+        );
+        c = RedisConfig::default();
+        c.operation_timeout = Duration::ZERO;
+        assert_eq!(
+            c.validate().unwrap_err().context_value("setting"),
+            Some("operation_timeout")
+        );
+    }
+}

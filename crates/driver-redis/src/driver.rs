@@ -1,0 +1,390 @@
+//! The driver value: connection pool, scripts, key layout, the subscription wake-up, status and
+//! shutdown.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use fred::clients::{Client, Pool};
+use fred::interfaces::{ClientLike, EventInterface, PubsubInterface, ServerInterface};
+use fred::types::config::{Config as FredConfig, ReconnectPolicy};
+use fred::types::scripts::Script;
+use fred::types::{Builder, ConnectHandle, InfoKind, Value as RedisValue};
+use kernel_core::subscription::{HeadSender, HeadSignal, SubscriptionConfig};
+use kernel_core::{Error, ErrorCode, Result, Status};
+use tokio::sync::broadcast::error::RecvError;
+
+use crate::config::RedisConfig;
+use crate::error::map_err;
+use crate::keys::KeySpace;
+use crate::scripts::Scripts;
+
+/// The Redis driver: every kernel trait on one pool. Cheap to clone; clones share the pool.
+///
+/// Create it with [`RedisDriver::connect`]; end it with [`RedisDriver::shutdown`], which ends
+/// subscriptions and closes the connections.
+#[derive(Clone)]
+pub struct RedisDriver {
+    pub(crate) inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub(crate) config: RedisConfig,
+    fred_config: FredConfig,
+    pub(crate) pool: Pool,
+    pub(crate) keys: KeySpace,
+    pub(crate) scripts: Scripts,
+    pub(crate) head: HeadSender,
+    pub(crate) subscription: SubscriptionConfig,
+    notifier: tokio::sync::OnceCell<Notifier>,
+    closed: AtomicBool,
+    connection: Mutex<Option<ConnectHandle>>,
+}
+
+/// The dedicated pub/sub connection that turns append notifications into wake-ups.
+struct Notifier {
+    client: Client,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl fmt::Debug for RedisDriver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisDriver")
+            .field("url", &self.inner.config.redacted_url())
+            .field("key_prefix", &self.inner.config.key_prefix)
+            .field("pool_size", &self.inner.config.pool_size)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisDriver {
+    /// Connects a pool to the server in `config.url`, loads the scripts and checks the server
+    /// answers.
+    ///
+    /// A malformed setting is a `Config` error naming it; an unreachable server is
+    /// `Unavailable` naming the backend and the (redacted) URL.
+    pub async fn connect(config: RedisConfig) -> Result<RedisDriver> {
+        config.validate()?;
+        let shown = config.redacted_url();
+        let fred_config = FredConfig::from_url(&config.url).map_err(|e| {
+            Error::config(
+                "url",
+                format!("malformed Redis URL {shown}: {}", e.details()),
+            )
+        })?;
+        let pool = builder(&fred_config, &config)
+            .build_pool(config.pool_size)
+            .map_err(|e| {
+                Error::config(
+                    "url",
+                    format!("cannot build a Redis client for {shown}: {}", e.details()),
+                )
+            })?;
+        let unreachable = |why: String| {
+            Error::unavailable(format!("Redis at {shown} is unreachable: {why}"))
+                .with_context("backend", "redis")
+                .with_context("url", &shown)
+        };
+        // fred's own connect timeout applies per attempt; this bounds the whole handshake.
+        let deadline = config.connect_timeout + Duration::from_millis(500);
+        let handle = match tokio::time::timeout(deadline, pool.init()).await {
+            Ok(Ok(handle)) => handle,
+            Ok(Err(e)) => {
+                let mapped = map_err(e, "connect");
+                return Err(if mapped.code() == ErrorCode::Config {
+                    mapped.with_context("url", &shown)
+                } else {
+                    unreachable(mapped.to_string())
+                });
+            }
+            Err(_) => {
+                // The half-open pool is discarded; the error that matters is the timeout.
+                if let Err(e) = pool.quit().await {
+                    tracing::debug!(error = %e, "closing the half-open Redis pool failed");
+                }
+                return Err(unreachable(format!(
+                    "no connection within {} ms",
+                    deadline.as_millis()
+                )));
+            }
+        };
+        let (head, _) = tokio::sync::watch::channel(HeadSignal::default());
+        let driver = RedisDriver {
+            inner: Arc::new(Inner {
+                keys: KeySpace::new(&config.key_prefix),
+                config,
+                fred_config,
+                pool,
+                scripts: Scripts::new(),
+                head,
+                subscription: SubscriptionConfig::default(),
+                notifier: tokio::sync::OnceCell::new(),
+                closed: AtomicBool::new(false),
+                connection: Mutex::new(Some(handle)),
+            }),
+        };
+        // Loading every script now fails fast on a server without scripting, and spares the
+        // first call of each its NOSCRIPT round trip.
+        let loads = driver
+            .inner
+            .scripts
+            .all()
+            .map(|s| s.load(driver.inner.pool.next()));
+        for result in futures::future::join_all(loads).await {
+            if let Err(e) = result {
+                let err = map_err(e, "script load");
+                if let Err(close) = driver.shutdown().await {
+                    tracing::debug!(error = %close, "closing the Redis pool after a failed script load failed");
+                }
+                return Err(err.with_context("url", driver.inner.config.redacted_url()));
+            }
+        }
+        tracing::debug!(url = %driver.inner.config.redacted_url(), "connected to Redis");
+        Ok(driver)
+    }
+
+    /// Ends every subscription (after it yields what is stored) and closes the connections.
+    /// Later calls on this driver (and its clones) fail with `Unavailable`. Calling it again is
+    /// harmless.
+    pub async fn shutdown(&self) -> Result<()> {
+        if self.inner.closed.swap(true, Ordering::SeqCst) {
+            return Ok(());
+        }
+        self.inner.head.send_modify(|s| s.closed = true);
+        if let Some(n) = self.inner.notifier.get() {
+            n.task.abort();
+            n.client.quit().await.map_err(|e| map_err(e, "shutdown"))?;
+        }
+        self.inner
+            .pool
+            .quit()
+            .await
+            .map_err(|e| map_err(e, "shutdown"))?;
+        let handle = self
+            .inner
+            .connection
+            .lock()
+            .map_err(|_| Error::internal("the connection handle lock is poisoned"))?
+            .take();
+        if let Some(handle) = handle {
+            // The connection task ends once every connection has closed.
+            match tokio::time::timeout(Duration::from_secs(5), handle).await {
+                Ok(Ok(Ok(()))) | Err(_) => {}
+                Ok(Ok(Err(e))) => {
+                    tracing::debug!(error = %e, "Redis connection task ended with an error")
+                }
+                Ok(Err(e)) => tracing::debug!(error = %e, "Redis connection task failed"),
+            }
+        }
+        Ok(())
+    }
+
+    /// The configured key prefix.
+    pub fn key_prefix(&self) -> &str {
+        self.inner.keys.prefix()
+    }
+
+    /// Fails with `Unavailable` once the driver has been shut down.
+    pub(crate) fn ensure_open(&self, operation: &'static str) -> Result<()> {
+        if self.inner.closed.load(Ordering::SeqCst) {
+            return Err(Error::unavailable("the Redis driver has been shut down")
+                .with_context("backend", "redis")
+                .with_context("operation", operation)
+                .with_retryable(false));
+        }
+        Ok(())
+    }
+
+    /// Runs one of the driver's scripts by SHA (reloading it on `NOSCRIPT`).
+    pub(crate) async fn run(
+        &self,
+        script: &Script,
+        operation: &'static str,
+        keys: Vec<String>,
+        args: Vec<RedisValue>,
+    ) -> Result<RedisValue> {
+        self.ensure_open(operation)?;
+        script
+            .evalsha_with_reload::<RedisValue, _, _>(self.inner.pool.next_connected(), keys, args)
+            .await
+            .map_err(|e| map_err(e, operation))
+    }
+
+    /// Health and server details: `PING` latency, memory, key count, version.
+    pub(crate) async fn server_status(&self) -> Result<Status> {
+        self.ensure_open("status")?;
+        let pool = &self.inner.pool;
+        let started = Instant::now();
+        let ping: std::result::Result<String, _> = pool.ping(None).await;
+        let latency = started.elapsed();
+        let mut details = BTreeMap::new();
+        details.insert(
+            "key_prefix".to_owned(),
+            self.inner.config.key_prefix.clone(),
+        );
+        if let Err(e) = ping {
+            details.insert("error".to_owned(), map_err(e, "status").to_string());
+            return Ok(Status {
+                backend: "redis".into(),
+                healthy: false,
+                latency,
+                namespaces: None,
+                entries: None,
+                details,
+            });
+        }
+        let info: String = pool
+            .info(Some(InfoKind::All))
+            .await
+            .map_err(|e| map_err(e, "status"))?;
+        for line in info.lines() {
+            if let Some((k, v)) = line.trim().split_once(':') {
+                if matches!(
+                    k,
+                    "redis_version"
+                        | "redis_mode"
+                        | "used_memory"
+                        | "used_memory_human"
+                        | "maxmemory"
+                        | "maxmemory_policy"
+                        | "aof_enabled"
+                        | "rdb_last_bgsave_status"
+                        | "role"
+                ) {
+                    details.insert(k.to_owned(), v.to_owned());
+                }
+            }
+        }
+        let dbsize: u64 = pool.dbsize().await.map_err(|e| map_err(e, "status"))?;
+        // Every key of the database, all prefixes: counting this prefix's entries is a scan.
+        details.insert("dbsize".to_owned(), dbsize.to_string());
+        Ok(Status {
+            backend: "redis".into(),
+            healthy: true,
+            latency,
+            namespaces: None,
+            entries: None,
+            details,
+        })
+    }
+
+    /// Starts (once) the pub/sub connection that wakes subscriptions when an append commits.
+    pub(crate) async fn ensure_notifier(&self) -> Result<()> {
+        let inner = &self.inner;
+        inner
+            .notifier
+            .get_or_try_init(|| async {
+                let client = builder(&inner.fred_config, &inner.config)
+                    .build()
+                    .map_err(|e| map_err(e, "subscribe"))?;
+                client.init().await.map_err(|e| map_err(e, "subscribe"))?;
+                let channel = inner.keys.notify_channel();
+                let messages = client.message_rx();
+                let reconnects = client.reconnect_rx();
+                client
+                    .subscribe(channel.clone())
+                    .await
+                    .map_err(|e| map_err(e, "subscribe"))?;
+                let task = tokio::spawn(listen(
+                    Arc::downgrade(inner),
+                    client.clone(),
+                    channel,
+                    messages,
+                    reconnects,
+                ));
+                Ok::<_, Error>(Notifier { client, task })
+            })
+            .await?;
+        Ok(())
+    }
+}
+
+/// Forwards notifications to the driver's head signal until the driver or the connection goes.
+async fn listen(
+    inner: Weak<Inner>,
+    client: Client,
+    channel: String,
+    mut messages: tokio::sync::broadcast::Receiver<fred::types::Message>,
+    mut reconnects: tokio::sync::broadcast::Receiver<fred::types::config::Server>,
+) {
+    let wake = |position: u64| match inner.upgrade() {
+        Some(inner) => {
+            inner
+                .head
+                .send_modify(|s| s.position = s.position.max(position));
+            true
+        }
+        None => false,
+    };
+    loop {
+        let alive = tokio::select! {
+            message = messages.recv() => match message {
+                Ok(m) => wake(m.value.as_u64().unwrap_or(0)),
+                // Dropped notifications: wake anyway, subscribers re-read from their position.
+                Err(RecvError::Lagged(_)) => wake(0),
+                Err(RecvError::Closed) => false,
+            },
+            reconnect = reconnects.recv() => match reconnect {
+                Ok(_) | Err(RecvError::Lagged(_)) => {
+                    // A new connection has no subscriptions, and appends may have gone by.
+                    if let Err(e) = client.subscribe(channel.clone()).await {
+                        tracing::warn!(error = %e, "re-subscribing to Redis notifications failed; subscriptions fall back to polling");
+                    }
+                    wake(0)
+                }
+                Err(RecvError::Closed) => false,
+            },
+        };
+        if !alive {
+            return;
+        }
+    }
+}
+
+fn builder(fred_config: &FredConfig, config: &RedisConfig) -> Builder {
+    let mut builder = Builder::from_config(fred_config.clone());
+    let connect_timeout = config.connect_timeout;
+    let operation_timeout = config.operation_timeout;
+    builder
+        .with_connection_config(|c| {
+            c.connection_timeout = connect_timeout;
+            c.internal_command_timeout = connect_timeout;
+            // No silent re-sends after a dropped connection: a script may have run before the
+            // reply was lost. The caller sees a retryable `Unavailable` and the retry layer
+            // repeats only what is safe to repeat.
+            c.max_command_attempts = 1;
+        })
+        .with_performance_config(|p| {
+            p.default_command_timeout = operation_timeout;
+        })
+        .set_policy(ReconnectPolicy::new_exponential(0, 100, 5_000, 2));
+    builder
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.head.send_modify(|s| s.closed = true);
+        if let Some(n) = self.notifier.get() {
+            n.task.abort();
+        }
+        if !self.closed.load(Ordering::SeqCst) {
+            // Dropped without `shutdown`: close the connections if a runtime is still around.
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                let pool = self.pool.clone();
+                let notifier = self.notifier.get().map(|n| n.client.clone());
+                runtime.spawn(async move {
+                    if let Some(client) = notifier {
+                        if let Err(e) = client.quit().await {
+                            tracing::debug!(error = %e, "closing the Redis notification connection failed");
+                        }
+                    }
+                    if let Err(e) = pool.quit().await {
+                        tracing::debug!(error = %e, "closing the Redis pool failed");
+                    }
+                });
+            }
+        }
+    }
+}

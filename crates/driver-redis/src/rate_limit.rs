@@ -1,0 +1,61 @@
+//! `RateLimiter` on Redis: GCRA in one script on the server clock (no module needed), the same
+//! arithmetic as `kernel_core::rate_limit::gcra`.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use fred::interfaces::KeysInterface;
+use fred::types::Value as RedisValue;
+use kernel_core::validate::{self, escape};
+use kernel_core::{Quota, RateDecision, RateLimiter, Result};
+
+use crate::codec::Reply;
+use crate::error::map_err;
+use crate::RedisDriver;
+
+#[async_trait]
+impl RateLimiter for RedisDriver {
+    async fn check(&self, key: &str, quota: &Quota, cost: u32) -> Result<RateDecision> {
+        quota.validate(key, cost)?;
+        let reply = self
+            .run(
+                &self.inner.scripts.gcra,
+                "rate_limit_check",
+                vec![self.inner.keys.rate(key)],
+                vec![
+                    RedisValue::from(quota.interval_micros().to_string()),
+                    RedisValue::from(quota.period_micros().to_string()),
+                    RedisValue::from(i64::from(cost)),
+                    RedisValue::from(i64::from(quota.limit)),
+                ],
+            )
+            .await
+            .map_err(|e| e.with_context("key", escape(key)))?;
+        let mut reply = Reply::new(reply, "rate_limit_check");
+        let allowed = reply.u64()? == 1;
+        let remaining = u32::try_from(reply.u64()?)
+            .unwrap_or(u32::MAX)
+            .min(quota.limit);
+        let retry_after = Duration::from_micros(reply.u64()?);
+        let reset_after = Duration::from_micros(reply.u64()?);
+        Ok(RateDecision {
+            allowed,
+            limit: quota.limit,
+            remaining,
+            retry_after,
+            reset_after,
+        })
+    }
+
+    async fn reset(&self, key: &str) -> Result<()> {
+        validate::rate_limit_key(key)?;
+        self.ensure_open("rate_limit_reset")?;
+        let _: i64 = self
+            .inner
+            .pool
+            .del(self.inner.keys.rate(key))
+            .await
+            .map_err(|e| map_err(e, "rate_limit_reset").with_context("key", escape(key)))?;
+        Ok(())
+    }
+}

@@ -1,0 +1,260 @@
+//! Optimistic transactions: reads record the write stamp (`REV`) of what they saw, writes are
+//! staged in memory, and one commit script re-checks every recorded stamp before applying every
+//! staged write. A change by anyone else in between fails the commit with a retryable
+//! `Conflict` and writes nothing ([`kernel_core::Isolation::OptimisticWatch`]).
+//!
+//! Stamps come from a per-namespace counter bumped by every write and never reset (it survives
+//! a namespace drop), so unlike versions they do not repeat after a delete and re-create.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use fred::types::Value as RedisValue;
+use kernel_core::validate::escape;
+use kernel_core::{
+    DeleteCondition, Entry, Error, PutCondition, PutOptions, Result, Transaction, Value,
+};
+
+use crate::codec::{micros, to_json, Reply};
+use crate::storage::{already_exists, check_doc, check_key, version_conflict};
+use crate::RedisDriver;
+
+type Slot = (String, String);
+
+enum Staged {
+    Put {
+        entry: Entry,
+        ttl: Option<Duration>,
+        /// Created by this transaction (absent before, or deleted by it first).
+        created_new: bool,
+    },
+    Delete,
+}
+
+struct Seen {
+    /// Stamp of the live entry read (`None`: absent or expired).
+    stamp: Option<u64>,
+    entry: Option<Entry>,
+}
+
+pub(crate) struct RedisTransaction {
+    driver: RedisDriver,
+    reads: BTreeMap<Slot, Seen>,
+    writes: BTreeMap<Slot, Staged>,
+}
+
+impl RedisTransaction {
+    pub(crate) fn new(driver: RedisDriver) -> RedisTransaction {
+        RedisTransaction {
+            driver,
+            reads: BTreeMap::new(),
+            writes: BTreeMap::new(),
+        }
+    }
+
+    /// The slot as this transaction sees it: its own staged write, else what it read before
+    /// (repeatable), else a fresh read that it records. Also tells whether the entry seen was
+    /// created by this transaction.
+    async fn view(&mut self, ns: &str, key: &str) -> Result<(Option<Entry>, bool)> {
+        let slot = (ns.to_owned(), key.to_owned());
+        match self.writes.get(&slot) {
+            Some(Staged::Put {
+                entry, created_new, ..
+            }) => return Ok((Some(entry.clone()), *created_new)),
+            Some(Staged::Delete) => return Ok((None, true)),
+            None => {}
+        }
+        if let Some(seen) = self.reads.get(&slot) {
+            return Ok((seen.entry.clone(), false));
+        }
+        let mut found = self
+            .driver
+            .fetch(ns, &[key.to_owned()])
+            .await
+            .map_err(|e| e.with_context("key", escape(key)))?;
+        let stored = found.pop().flatten();
+        let seen = Seen {
+            stamp: stored.as_ref().map(|s| s.stamp),
+            entry: stored.map(|s| s.entry),
+        };
+        let entry = seen.entry.clone();
+        self.reads.insert(slot, seen);
+        Ok((entry, false))
+    }
+}
+
+#[async_trait]
+impl Transaction for RedisTransaction {
+    async fn get(&mut self, ns: &str, key: &str) -> Result<Option<Entry>> {
+        check_key(ns, key)?;
+        Ok(self.view(ns, key).await?.0)
+    }
+
+    async fn put(
+        &mut self,
+        ns: &str,
+        key: &str,
+        value: Value,
+        options: PutOptions,
+    ) -> Result<Entry> {
+        check_doc(ns, key, &value, &options, &self.driver.inner.config.limits)?;
+        let (current, created_in_tx) = self.view(ns, key).await?;
+        match (options.condition, &current) {
+            (PutCondition::IfAbsent, Some(_)) => return Err(already_exists(ns, key)),
+            (PutCondition::IfVersion(v), cur) if cur.as_ref().map(|e| e.version) != Some(v) => {
+                return Err(version_conflict(
+                    ns,
+                    key,
+                    v,
+                    cur.as_ref().map(|e| e.version),
+                ))
+            }
+            _ => {}
+        }
+        // Times are estimates until commit, when the script stamps them with the server clock.
+        let now = SystemTime::now();
+        let entry = match current {
+            Some(cur) => Entry {
+                namespace: ns.to_owned(),
+                key: key.to_owned(),
+                value,
+                metadata: options.metadata.unwrap_or(cur.metadata),
+                version: cur.version + 1,
+                created_at: cur.created_at,
+                updated_at: now,
+                expires_at: options.ttl.map(|t| now + t),
+            },
+            None => Entry {
+                namespace: ns.to_owned(),
+                key: key.to_owned(),
+                value,
+                metadata: options.metadata.unwrap_or_default(),
+                version: 1,
+                created_at: now,
+                updated_at: now,
+                expires_at: options.ttl.map(|t| now + t),
+            },
+        };
+        let created_new = entry.version == 1 || created_in_tx;
+        self.writes.insert(
+            (ns.to_owned(), key.to_owned()),
+            Staged::Put {
+                entry: entry.clone(),
+                ttl: options.ttl,
+                created_new,
+            },
+        );
+        Ok(entry)
+    }
+
+    async fn delete(&mut self, ns: &str, key: &str, condition: DeleteCondition) -> Result<bool> {
+        check_key(ns, key)?;
+        let (current, _) = self.view(ns, key).await?;
+        if let DeleteCondition::IfVersion(v) = condition {
+            let version = current.as_ref().map(|e| e.version);
+            if version != Some(v) {
+                return Err(version_conflict(ns, key, v, version));
+            }
+        }
+        self.writes
+            .insert((ns.to_owned(), key.to_owned()), Staged::Delete);
+        Ok(current.is_some())
+    }
+
+    async fn commit(self: Box<Self>) -> Result<()> {
+        if self.reads.is_empty() && self.writes.is_empty() {
+            return Ok(());
+        }
+        let RedisTransaction {
+            driver,
+            reads,
+            writes,
+        } = *self;
+        // Namespaces in a fixed order; each contributes its five keys.
+        let mut namespaces: Vec<&str> = reads
+            .keys()
+            .chain(writes.keys())
+            .map(|(ns, _)| ns.as_str())
+            .collect();
+        namespaces.sort_unstable();
+        namespaces.dedup();
+        let index = |ns: &str| {
+            namespaces
+                .binary_search(&ns)
+                .map(|i| (i + 1) as i64)
+                .unwrap_or(0)
+        };
+        let mut keys = Vec::with_capacity(namespaces.len() * 5);
+        for ns in &namespaces {
+            keys.extend(driver.inner.keys.namespace(ns).all());
+        }
+        let mut args: Vec<RedisValue> = Vec::with_capacity(2 + reads.len() * 3 + writes.len() * 8);
+        args.push((reads.len() as i64).into());
+        for ((ns, key), seen) in &reads {
+            args.push(index(ns).into());
+            args.push(key.as_str().into());
+            args.push(seen.stamp.map(|s| s.to_string()).unwrap_or_default().into());
+        }
+        args.push((writes.len() as i64).into());
+        for ((ns, key), staged) in &writes {
+            args.push(index(ns).into());
+            args.push(key.as_str().into());
+            match staged {
+                Staged::Put {
+                    entry,
+                    ttl,
+                    created_new,
+                } => {
+                    args.push("p".into());
+                    args.push(entry.version.to_string().into());
+                    args.push(if *created_new { "new" } else { "keep" }.into());
+                    args.push(
+                        ttl.map(|t| micros(t).max(1).to_string())
+                            .unwrap_or_default()
+                            .into(),
+                    );
+                    args.push(to_json(&entry.metadata)?.into());
+                    args.push(to_json(&entry.value)?.into());
+                }
+                Staged::Delete => {
+                    for v in ["d", "", "", "", "", ""] {
+                        args.push(v.into());
+                    }
+                }
+            }
+        }
+        let reply = driver
+            .run(&driver.inner.scripts.commit, "commit", keys, args)
+            .await?;
+        let mut reply = Reply::new(reply, "commit");
+        match reply.string()?.as_str() {
+            "ok" => Ok(()),
+            "conflict" => {
+                let i = reply.u64()?;
+                let key = reply.string()?;
+                let ns = usize::try_from(i)
+                    .ok()
+                    .and_then(|i| i.checked_sub(1))
+                    .and_then(|i| namespaces.get(i))
+                    .copied()
+                    .unwrap_or("?");
+                Err(Error::conflict(
+                    "transaction lost a race: an entry it read or wrote changed before commit",
+                )
+                .with_context("namespace", ns)
+                .with_context("key", escape(&key))
+                .with_retryable(true))
+            }
+            other => Err(crate::error::bad_reply(
+                "commit",
+                format!("unknown status {other:?}"),
+            )),
+        }
+    }
+
+    async fn rollback(self: Box<Self>) -> Result<()> {
+        // Nothing reached Redis: staged writes live only in this value.
+        Ok(())
+    }
+}

@@ -1,0 +1,373 @@
+//! What only the Redis driver has to prove, beyond the shared conformance suite: connection
+//! errors, password redaction, script reloading, the key layout, lazy expiry clean-up, fencing
+//! counters, cross-process subscriptions and shutdown.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use driver_redis::{RedisConfig, RedisDriver};
+use fred::interfaces::{ClientLike, HashesInterface, KeysInterface, LuaInterface};
+use futures::StreamExt;
+use kernel_core::{
+    json, ErrorCode, EventFilter, EventStore, ExpectedVersion, ListOptions, Lock, NewEvent,
+    PutOptions, Query, StorageDriver, StorageExt,
+};
+use kernel_testkit::redis::RedisTestServer;
+use kernel_testkit::{expect_err, expect_ok, unique, within, STEP_TIMEOUT};
+
+fn config(server: &RedisTestServer) -> RedisConfig {
+    let mut config = RedisConfig::new(server.url());
+    config.key_prefix = server.prefix().to_owned();
+    config.pool_size = 2;
+    config
+}
+
+async fn driver(server: &RedisTestServer) -> RedisDriver {
+    expect_ok(RedisDriver::connect(config(server)).await, "connect")
+}
+
+#[tokio::test]
+async fn malformed_url_is_a_config_error_naming_the_url() {
+    let mut c = RedisConfig::new("not a url at all");
+    c.connect_timeout = Duration::from_secs(1);
+    let e = expect_err(RedisDriver::connect(c).await, ErrorCode::Config, "connect");
+    assert_eq!(e.context_value("setting"), Some("url"), "{e}");
+    let mut c = RedisConfig::new("redis://127.0.0.1:6379");
+    c.key_prefix = "bad{prefix}".into();
+    let e = expect_err(RedisDriver::connect(c).await, ErrorCode::Config, "connect");
+    assert_eq!(e.context_value("setting"), Some("key_prefix"), "{e}");
+}
+
+#[tokio::test]
+async fn unreachable_server_is_unavailable_naming_redis_without_the_password() {
+    // Port 1 on localhost refuses connections at once.
+    let mut c = RedisConfig::new("redis://user:sup3rsecret@127.0.0.1:1/0");
+    c.connect_timeout = Duration::from_secs(2);
+    let started = std::time::Instant::now();
+    let e = expect_err(
+        RedisDriver::connect(c).await,
+        ErrorCode::Unavailable,
+        "connect",
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert!(e.is_retryable());
+    assert_eq!(e.context_value("backend"), Some("redis"));
+    for shown in [e.to_string(), format!("{e:?}")] {
+        assert!(!shown.contains("sup3rsecret"), "{shown}");
+        assert!(shown.contains("127.0.0.1:1"), "{shown}");
+    }
+}
+
+#[tokio::test]
+async fn a_wrong_password_never_shows_the_password() {
+    let server = RedisTestServer::start().await;
+    let url = server.url().replacen(
+        "redis://",
+        "redis://no-such-kernel-user:n0t-the-pa55word@",
+        1,
+    );
+    let mut c = config(&server);
+    c.url = url;
+    c.connect_timeout = Duration::from_secs(2);
+    // No such ACL user exists (a password-less default user would accept any password).
+    let e = match RedisDriver::connect(c.clone()).await {
+        Ok(d) => panic!("AUTH with a made-up password succeeded: {d:?}"),
+        Err(e) => e,
+    };
+    assert_eq!(e.code(), ErrorCode::Config, "{e}");
+    assert!(!e.is_retryable());
+    for shown in [e.to_string(), format!("{e:?}"), format!("{c:?}")] {
+        assert!(!shown.contains("n0t-the-pa55word"), "{shown}");
+    }
+}
+
+#[tokio::test]
+async fn debug_of_the_driver_redacts_the_url() {
+    let server = RedisTestServer::start().await;
+    let d = driver(&server).await;
+    let shown = format!("{d:?}");
+    assert!(shown.contains(server.prefix()), "{shown}");
+    assert!(!shown.contains('@') || shown.contains("***@"), "{shown}");
+    d.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn scripts_are_reloaded_after_script_flush() {
+    let server = RedisTestServer::start().await;
+    let d = driver(&server).await;
+    let ns = unique("ns");
+    expect_ok(d.put(&ns, "a", json!(1), PutOptions::new()).await, "put");
+    let raw = server.raw_client().await;
+    // Empties the server's script cache, as a restart or failover would.
+    let _: () = raw.script_flush(false).await.unwrap();
+    let e = expect_ok(
+        d.put(&ns, "a", json!(2), PutOptions::new()).await,
+        "put after flush",
+    );
+    assert_eq!(e.version, 2);
+    assert_eq!(d.get(&ns, "a").await.unwrap().unwrap().value, json!(2));
+    raw.quit().await.unwrap();
+    d.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_namespace_lives_under_the_prefix_in_one_slot() {
+    let server = RedisTestServer::start().await;
+    let d = driver(&server).await;
+    let ns = unique("ns");
+    d.put(
+        &ns,
+        "k",
+        json!({"a": 1}),
+        PutOptions::new().ttl(Duration::from_secs(60)),
+    )
+    .await
+    .unwrap();
+    let keys = server.keys().await;
+    let base = format!("{}{{d:{ns}}}", server.prefix());
+    let expected: Vec<String> = ["data", "idx", "meta", "rev", "ttl"]
+        .iter()
+        .map(|s| format!("{base}:{s}"))
+        .collect();
+    assert_eq!(keys, expected);
+    let slot = fred::util::redis_keyslot(keys[0].as_bytes());
+    assert!(keys
+        .iter()
+        .all(|k| fred::util::redis_keyslot(k.as_bytes()) == slot));
+    d.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn expired_entries_are_invisible_before_clean_up_and_purged_by_a_later_write() {
+    let server = RedisTestServer::start().await;
+    let d = driver(&server).await;
+    let ns = unique("ns");
+    d.put(
+        &ns,
+        "short",
+        json!(1),
+        PutOptions::new().ttl(Duration::from_millis(50)),
+    )
+    .await
+    .unwrap();
+    d.put(&ns, "long", json!(2), PutOptions::new())
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(120)).await;
+    let raw = server.raw_client().await;
+    let data = format!("{}{{d:{ns}}}:data", server.prefix());
+    let still: bool = raw.hexists(data.as_str(), "short").await.unwrap();
+    assert!(
+        still,
+        "the expired entry is still stored (nothing has purged it yet)"
+    );
+    assert_eq!(d.get(&ns, "short").await.unwrap(), None);
+    assert!(!d.exists(&ns, "short").await.unwrap());
+    assert_eq!(d.count(&ns, None).await.unwrap(), 1);
+    assert_eq!(
+        d.list_keys(&ns, &ListOptions::new()).await.unwrap(),
+        vec!["long"]
+    );
+    assert_eq!(d.query(&ns, &Query::new()).await.unwrap().len(), 1);
+    // A write to the namespace gives the memory back.
+    d.put(&ns, "other", json!(3), PutOptions::new())
+        .await
+        .unwrap();
+    let still: bool = raw.hexists(data.as_str(), "short").await.unwrap();
+    assert!(!still, "the write purged the expired entry");
+    raw.quit().await.unwrap();
+    d.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn undecodable_stored_data_is_corrupted_naming_the_key() {
+    let server = RedisTestServer::start().await;
+    let d = driver(&server).await;
+    let ns = unique("ns");
+    d.put(&ns, "good", json!(1), PutOptions::new())
+        .await
+        .unwrap();
+    let raw = server.raw_client().await;
+    let data = format!("{}{{d:{ns}}}:data", server.prefix());
+    let _: i64 = raw
+        .hset(data.as_str(), ("bad", "not an entry"))
+        .await
+        .unwrap();
+    let e = expect_err(d.get(&ns, "bad").await, ErrorCode::Corrupted, "get");
+    assert!(e.to_string().contains("bad"), "{e}");
+    // A key of the wrong Redis type under a kernel name.
+    let idx = format!("{}{{d:{ns}}}:idx", server.prefix());
+    let _: () = raw.del(idx.as_str()).await.unwrap();
+    let _: () = raw.set(idx.as_str(), "x", None, None, false).await.unwrap();
+    let e = expect_err(
+        d.list(&ns, &ListOptions::new()).await,
+        ErrorCode::Corrupted,
+        "list",
+    );
+    assert_eq!(e.context_value("namespace"), Some(ns.as_str()), "{e}");
+    raw.quit().await.unwrap();
+    d.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn fencing_counter_survives_release_and_expiry() {
+    let server = RedisTestServer::start().await;
+    let d = driver(&server).await;
+    let key = unique("lock");
+    let a = d
+        .try_acquire(&key, Duration::from_millis(30))
+        .await
+        .unwrap()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(80)).await;
+    let b = d
+        .try_acquire(&key, Duration::from_secs(5))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(b.fencing_token > a.fencing_token);
+    expect_err(d.release(&a).await, ErrorCode::LockNotHeld, "stale release");
+    d.release(&b).await.unwrap();
+    let fence = format!("{}{{l:{key}}}:fence", server.prefix());
+    let holder = format!("{}{{l:{key}}}:holder", server.prefix());
+    assert_eq!(server.keys().await, vec![fence]);
+    let c = d
+        .try_acquire(&key, Duration::from_secs(5))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(c.fencing_token, b.fencing_token + 1);
+    // The holder key carries Redis' own expiry, so a crashed holder frees the lock.
+    let raw = server.raw_client().await;
+    let ttl: i64 = raw.pttl(holder.as_str()).await.unwrap();
+    assert!(ttl > 0 && ttl <= 5000, "{ttl}");
+    raw.quit().await.unwrap();
+    d.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn an_append_through_one_driver_reaches_a_subscriber_of_another() {
+    let server = RedisTestServer::start().await;
+    let reader = driver(&server).await;
+    let writer = driver(&server).await;
+    let (_, stream) = kernel_testkit::unique_stream("order", "1");
+    let head = reader.head_position().await.unwrap();
+    let mut sub = reader.subscribe(head, EventFilter::all()).await.unwrap();
+    for i in 0..3 {
+        writer
+            .append(
+                &stream,
+                ExpectedVersion::Any,
+                vec![NewEvent::new("Placed", json!({"i": i}))],
+            )
+            .await
+            .unwrap();
+        let got = within(STEP_TIMEOUT, "cross-driver event", sub.next())
+            .await
+            .expect("the subscription ended")
+            .expect("the subscription failed");
+        assert_eq!(got.payload, json!({"i": i}));
+        assert_eq!(got.stream, stream);
+    }
+    reader.shutdown().await.unwrap();
+    writer.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn shutdown_ends_subscriptions_and_refuses_later_calls() {
+    let server = RedisTestServer::start().await;
+    let d = driver(&server).await;
+    let (_, stream) = kernel_testkit::unique_stream("order", "1");
+    d.append(
+        &stream,
+        ExpectedVersion::Any,
+        vec![NewEvent::new("A", json!(1))],
+    )
+    .await
+    .unwrap();
+    let head = d.head_position().await.unwrap();
+    let mut sub = d.subscribe(head - 1, EventFilter::all()).await.unwrap();
+    let clone = d.clone();
+    d.shutdown().await.unwrap();
+    // What was stored before the shutdown may still come; then the stream ends.
+    let rest: Vec<_> = within(STEP_TIMEOUT, "subscription end", async {
+        let mut rest = Vec::new();
+        while let Some(item) = sub.next().await {
+            rest.push(item);
+        }
+        rest
+    })
+    .await;
+    assert!(rest.len() <= 1, "{rest:?}");
+    let e = expect_err(
+        clone.get("ns", "k").await,
+        ErrorCode::Unavailable,
+        "get after shutdown",
+    );
+    assert_eq!(e.context_value("backend"), Some("redis"));
+    d.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn status_reports_latency_and_memory() {
+    let server = RedisTestServer::start().await;
+    let d = driver(&server).await;
+    let s = d.status().await.unwrap();
+    assert!(s.healthy);
+    assert_eq!(s.backend, "redis");
+    assert!(s.details.contains_key("used_memory"), "{:?}", s.details);
+    assert!(s.details.contains_key("redis_version"), "{:?}", s.details);
+    assert!(s.details.contains_key("dbsize"), "{:?}", s.details);
+    assert!(!d.capabilities().native_query);
+    d.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_transaction_spans_namespaces_atomically() {
+    let server = RedisTestServer::start().await;
+    let d = Arc::new(driver(&server).await);
+    let (a, b) = (unique("a"), unique("b"));
+    d.put(&a, "k", json!(1), PutOptions::new()).await.unwrap();
+    let mut tx = d.begin().await.unwrap();
+    let seen = tx.get(&a, "k").await.unwrap().unwrap();
+    tx.put(&b, "k", json!(seen.value), PutOptions::new())
+        .await
+        .unwrap();
+    tx.delete(&a, "k", Default::default()).await.unwrap();
+    // Someone else writes what the transaction read: the commit must fail and write nothing.
+    d.put(&a, "k", json!(5), PutOptions::new()).await.unwrap();
+    let e = expect_err(tx.commit().await, ErrorCode::Conflict, "commit");
+    assert!(e.is_retryable());
+    assert_eq!(d.get(&b, "k").await.unwrap(), None);
+    assert_eq!(d.get(&a, "k").await.unwrap().unwrap().value, json!(5));
+    d.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_delete_and_recreate_between_read_and_commit_is_a_conflict() {
+    // Versions repeat after a delete and re-create (1 again); write stamps do not.
+    let server = RedisTestServer::start().await;
+    let d = driver(&server).await;
+    let ns = unique("ns");
+    d.put(&ns, "k", json!(1), PutOptions::new()).await.unwrap();
+    let mut tx = d.begin().await.unwrap();
+    assert_eq!(tx.get(&ns, "k").await.unwrap().unwrap().version, 1);
+    tx.put(&ns, "other", json!(0), PutOptions::new())
+        .await
+        .unwrap();
+    d.delete(&ns, "k", Default::default()).await.unwrap();
+    assert_eq!(
+        d.put(&ns, "k", json!(2), PutOptions::new())
+            .await
+            .unwrap()
+            .version,
+        1
+    );
+    expect_err(tx.commit().await, ErrorCode::Conflict, "commit");
+    assert_eq!(d.get(&ns, "other").await.unwrap(), None);
+    d.shutdown().await.unwrap();
+}
