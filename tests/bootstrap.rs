@@ -236,3 +236,148 @@ async fn memory_roles_share_one_driver() {
         .unwrap_err();
     assert_eq!(e.code(), ErrorCode::InvalidInput);
 }
+
+#[test]
+fn layer_and_pipeline_defaults() {
+    let resolved = KernelConfig::default().resolve().unwrap();
+    assert_eq!(
+        resolved.retry,
+        kernel_bootstrap::layers::retry::RetryPolicy::default()
+    );
+    assert_eq!(resolved.retry.max_attempts, 3);
+    assert_eq!(
+        resolved.operation_timeout,
+        std::time::Duration::from_secs(30)
+    );
+    let breaker = resolved.circuit_breaker.unwrap();
+    assert_eq!(breaker.failure_threshold, 5);
+    assert_eq!(breaker.cool_down, std::time::Duration::from_secs(10));
+    assert_eq!(resolved.pipeline.capacity, 1024);
+    assert_eq!(resolved.pipeline.workers, 4);
+}
+
+#[test]
+fn layer_settings_from_toml_with_env_on_top() {
+    let dir = std::env::temp_dir().join(format!("kernel-layers-cfg-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("kernel.toml");
+    std::fs::write(
+        &path,
+        r#"
+[retry]
+max_attempts = 5
+initial_backoff_ms = 20
+max_backoff_ms = 400
+max_elapsed_ms = 3000
+
+[timeouts]
+operation_ms = 1500
+
+[circuit_breaker]
+enabled = true
+failure_threshold = 7
+cool_down_ms = 2500
+
+[pipeline]
+capacity = 64
+workers = 2
+"#,
+    )
+    .unwrap();
+    let resolved = KernelConfig::from_vars(vars(&[
+        ("KERNEL_CONFIG_FILE", path.to_str().unwrap()),
+        ("KERNEL_RETRY_MAX_ATTEMPTS", "2"),
+        ("KERNEL_PIPELINE_WORKERS", "8"),
+    ]))
+    .unwrap()
+    .resolve()
+    .unwrap();
+    let ms = std::time::Duration::from_millis;
+    assert_eq!(resolved.retry.max_attempts, 2, "the environment wins");
+    assert_eq!(resolved.retry.initial_backoff, ms(20));
+    assert_eq!(resolved.retry.max_backoff, ms(400));
+    assert_eq!(resolved.retry.max_elapsed, ms(3000));
+    assert_eq!(resolved.operation_timeout, ms(1500));
+    let breaker = resolved.circuit_breaker.unwrap();
+    assert_eq!(breaker.failure_threshold, 7);
+    assert_eq!(breaker.cool_down, ms(2500));
+    assert_eq!(resolved.pipeline.capacity, 64);
+    assert_eq!(resolved.pipeline.workers, 8);
+    std::fs::remove_dir_all(dir).ok();
+
+    let off = KernelConfig::from_vars(vars(&[("KERNEL_CIRCUIT_BREAKER_ENABLED", "off")]))
+        .unwrap()
+        .resolve()
+        .unwrap();
+    assert_eq!(off.circuit_breaker, None);
+}
+
+#[test]
+fn malformed_layer_settings_are_named() {
+    for (name, value) in [
+        ("KERNEL_RETRY_MAX_ATTEMPTS", "0"),
+        ("KERNEL_RETRY_MAX_ATTEMPTS", "101"),
+        ("KERNEL_RETRY_MAX_ATTEMPTS", "three"),
+        ("KERNEL_RETRY_INITIAL_BACKOFF_MS", "0"),
+        ("KERNEL_RETRY_MAX_BACKOFF_MS", "-5"),
+        ("KERNEL_RETRY_MAX_ELAPSED_MS", "3600001"),
+        ("KERNEL_OPERATION_TIMEOUT_MS", "0"),
+        ("KERNEL_OPERATION_TIMEOUT_MS", "30s"),
+        ("KERNEL_CIRCUIT_BREAKER_ENABLED", "sometimes"),
+        ("KERNEL_CIRCUIT_BREAKER_FAILURE_THRESHOLD", "0"),
+        ("KERNEL_CIRCUIT_BREAKER_COOL_DOWN_MS", "0"),
+        ("KERNEL_PIPELINE_CAPACITY", "0"),
+        ("KERNEL_PIPELINE_CAPACITY", "lots"),
+        ("KERNEL_PIPELINE_WORKERS", "257"),
+    ] {
+        let e = config_error(&[(name, value)]);
+        assert_eq!(e.code(), ErrorCode::Config, "{name}={value}");
+        assert_eq!(
+            e.context_value("setting"),
+            Some(name),
+            "{name}={value}: {e}"
+        );
+        assert!(e.message().contains("expected"), "{e}");
+    }
+    // Backoff bounds that contradict each other name the initial backoff.
+    let e = config_error(&[
+        ("KERNEL_RETRY_INITIAL_BACKOFF_MS", "500"),
+        ("KERNEL_RETRY_MAX_BACKOFF_MS", "100"),
+    ]);
+    assert_eq!(
+        e.context_value("setting"),
+        Some("KERNEL_RETRY_INITIAL_BACKOFF_MS")
+    );
+    assert!(e.message().contains("KERNEL_RETRY_MAX_BACKOFF_MS"), "{e}");
+    // Unknown keys in the new TOML sections are errors too.
+    let e = KernelConfig::from_toml_str("[retry]\nmax_tries = 3").unwrap_err();
+    assert_eq!(e.code(), ErrorCode::Config);
+    assert!(e.to_string().contains("max_tries"), "{e}");
+    let e = KernelConfig::from_toml_str("[pipeline]\ncapacity = \"big\"").unwrap_err();
+    assert_eq!(e.code(), ErrorCode::Config);
+}
+
+#[tokio::test]
+async fn booted_kernel_stacks_the_configured_layers() {
+    let kernel = Kernel::boot(
+        KernelConfig::from_vars(vars(&[
+            ("KERNEL_CIRCUIT_BREAKER_FAILURE_THRESHOLD", "3"),
+            ("KERNEL_PIPELINE_CAPACITY", "10"),
+        ]))
+        .unwrap(),
+    )
+    .await
+    .unwrap();
+    let breaker = kernel.circuit_breaker(BackendKind::Memory).unwrap();
+    assert_eq!(breaker.name(), "memory");
+    assert_eq!(kernel.pipeline().config().capacity, 10);
+    assert!(kernel.circuit_breaker(BackendKind::Redis).is_none());
+    let stored = kernel
+        .stores()
+        .storage
+        .put("layers", "k", json!(1), PutOptions::new())
+        .await
+        .unwrap();
+    assert_eq!(stored.version, 1);
+    kernel.shutdown().await;
+}

@@ -11,6 +11,9 @@ use std::time::Duration;
 use kernel_core::{Error, Limits, Result};
 use serde::Deserialize;
 
+use crate::layers::circuit_breaker::CircuitBreakerConfig;
+use crate::layers::retry::RetryPolicy;
+use crate::pipeline::PipelineConfig;
 use crate::secret::SecretUrl;
 
 /// Which backend serves a role.
@@ -126,7 +129,7 @@ pub struct RedisSettings {
     pub connect_timeout_ms: Option<u64>,
     /// `KERNEL_REDIS_OPERATION_TIMEOUT_MS` (default 10000).
     pub operation_timeout_ms: Option<u64>,
-    /// `KERNEL_KEY_PREFIX` / `redis.key_prefix` (default `kernel`).
+    /// `KERNEL_KEY_PREFIX` / `redis.key_prefix` (default `kernel:`).
     pub key_prefix: Option<String>,
 }
 
@@ -138,6 +141,55 @@ pub struct LimitSettings {
     pub max_value_bytes: Option<usize>,
     /// `KERNEL_MAX_DEPTH` / `limits.max_depth` (default 64).
     pub max_depth: Option<usize>,
+}
+
+/// `[retry]` settings: the retry layer in front of every backend.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetrySettings {
+    /// `KERNEL_RETRY_MAX_ATTEMPTS` / `retry.max_attempts`, first attempt included; 1 turns
+    /// retries off (default 3).
+    pub max_attempts: Option<u32>,
+    /// `KERNEL_RETRY_INITIAL_BACKOFF_MS` / `retry.initial_backoff_ms` (default 50).
+    pub initial_backoff_ms: Option<u64>,
+    /// `KERNEL_RETRY_MAX_BACKOFF_MS` / `retry.max_backoff_ms` (default 2000).
+    pub max_backoff_ms: Option<u64>,
+    /// `KERNEL_RETRY_MAX_ELAPSED_MS` / `retry.max_elapsed_ms` (default 10000).
+    pub max_elapsed_ms: Option<u64>,
+}
+
+/// `[timeouts]` settings: the timeout layer in front of every backend.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TimeoutSettings {
+    /// `KERNEL_OPERATION_TIMEOUT_MS` / `timeouts.operation_ms`: deadline of one call (one
+    /// attempt) of any operation (default 30000).
+    pub operation_ms: Option<u64>,
+}
+
+/// `[circuit_breaker]` settings: one breaker per backend.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CircuitBreakerSettings {
+    /// `KERNEL_CIRCUIT_BREAKER_ENABLED` / `circuit_breaker.enabled` (default true).
+    pub enabled: Option<bool>,
+    /// `KERNEL_CIRCUIT_BREAKER_FAILURE_THRESHOLD` / `circuit_breaker.failure_threshold`
+    /// (default 5).
+    pub failure_threshold: Option<u32>,
+    /// `KERNEL_CIRCUIT_BREAKER_COOL_DOWN_MS` / `circuit_breaker.cool_down_ms` (default 10000).
+    pub cool_down_ms: Option<u64>,
+}
+
+/// `[pipeline]` settings: the asynchronous change pipeline.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineSettings {
+    /// `KERNEL_PIPELINE_CAPACITY` / `pipeline.capacity`: changes queued or in flight before
+    /// submitters wait (default 1024).
+    pub capacity: Option<usize>,
+    /// `KERNEL_PIPELINE_WORKERS` / `pipeline.workers`: lanes applying changes in parallel
+    /// (default 4).
+    pub workers: Option<usize>,
 }
 
 /// The raw configuration, as read. See `docs/configuration.md` for the table of keys.
@@ -171,6 +223,18 @@ pub struct KernelConfig {
     /// Value limits.
     #[serde(default)]
     pub limits: LimitSettings,
+    /// Retry layer.
+    #[serde(default)]
+    pub retry: RetrySettings,
+    /// Timeout layer.
+    #[serde(default)]
+    pub timeouts: TimeoutSettings,
+    /// Circuit breaker layer.
+    #[serde(default)]
+    pub circuit_breaker: CircuitBreakerSettings,
+    /// Change pipeline.
+    #[serde(default)]
+    pub pipeline: PipelineSettings,
 }
 
 /// Environment variables read by [`KernelConfig::from_env`], with the TOML key each sets.
@@ -204,6 +268,25 @@ pub const ENV_KEYS: &[(&str, &str)] = &[
     ("KERNEL_KEY_PREFIX", "redis.key_prefix"),
     ("KERNEL_MAX_VALUE_BYTES", "limits.max_value_bytes"),
     ("KERNEL_MAX_DEPTH", "limits.max_depth"),
+    ("KERNEL_RETRY_MAX_ATTEMPTS", "retry.max_attempts"),
+    (
+        "KERNEL_RETRY_INITIAL_BACKOFF_MS",
+        "retry.initial_backoff_ms",
+    ),
+    ("KERNEL_RETRY_MAX_BACKOFF_MS", "retry.max_backoff_ms"),
+    ("KERNEL_RETRY_MAX_ELAPSED_MS", "retry.max_elapsed_ms"),
+    ("KERNEL_OPERATION_TIMEOUT_MS", "timeouts.operation_ms"),
+    ("KERNEL_CIRCUIT_BREAKER_ENABLED", "circuit_breaker.enabled"),
+    (
+        "KERNEL_CIRCUIT_BREAKER_FAILURE_THRESHOLD",
+        "circuit_breaker.failure_threshold",
+    ),
+    (
+        "KERNEL_CIRCUIT_BREAKER_COOL_DOWN_MS",
+        "circuit_breaker.cool_down_ms",
+    ),
+    ("KERNEL_PIPELINE_CAPACITY", "pipeline.capacity"),
+    ("KERNEL_PIPELINE_WORKERS", "pipeline.workers"),
 ];
 
 /// Names a TOML file to read before the environment.
@@ -295,6 +378,24 @@ impl KernelConfig {
             "KERNEL_KEY_PREFIX" => self.redis.key_prefix = Some(v),
             "KERNEL_MAX_VALUE_BYTES" => self.limits.max_value_bytes = Some(parse(env, &v)?),
             "KERNEL_MAX_DEPTH" => self.limits.max_depth = Some(parse(env, &v)?),
+            "KERNEL_RETRY_MAX_ATTEMPTS" => self.retry.max_attempts = Some(parse(env, &v)?),
+            "KERNEL_RETRY_INITIAL_BACKOFF_MS" => {
+                self.retry.initial_backoff_ms = Some(parse(env, &v)?)
+            }
+            "KERNEL_RETRY_MAX_BACKOFF_MS" => self.retry.max_backoff_ms = Some(parse(env, &v)?),
+            "KERNEL_RETRY_MAX_ELAPSED_MS" => self.retry.max_elapsed_ms = Some(parse(env, &v)?),
+            "KERNEL_OPERATION_TIMEOUT_MS" => self.timeouts.operation_ms = Some(parse(env, &v)?),
+            "KERNEL_CIRCUIT_BREAKER_ENABLED" => {
+                self.circuit_breaker.enabled = Some(parse_bool(env, &v)?)
+            }
+            "KERNEL_CIRCUIT_BREAKER_FAILURE_THRESHOLD" => {
+                self.circuit_breaker.failure_threshold = Some(parse(env, &v)?)
+            }
+            "KERNEL_CIRCUIT_BREAKER_COOL_DOWN_MS" => {
+                self.circuit_breaker.cool_down_ms = Some(parse(env, &v)?)
+            }
+            "KERNEL_PIPELINE_CAPACITY" => self.pipeline.capacity = Some(parse(env, &v)?),
+            "KERNEL_PIPELINE_WORKERS" => self.pipeline.workers = Some(parse(env, &v)?),
             other => {
                 return Err(Error::internal("unknown configuration variable")
                     .with_context("setting", other))
@@ -378,7 +479,7 @@ impl KernelConfig {
                 .redis
                 .key_prefix
                 .clone()
-                .unwrap_or_else(|| "kernel".into());
+                .unwrap_or_else(|| "kernel:".into());
             if key_prefix.is_empty()
                 || key_prefix.len() > 64
                 || key_prefix.contains(['{', '}', ' ', '\0'])
@@ -411,7 +512,91 @@ impl KernelConfig {
             postgres,
             redis,
             limits,
+            retry: self.resolve_retry()?,
+            operation_timeout: ms(
+                "KERNEL_OPERATION_TIMEOUT_MS",
+                self.timeouts.operation_ms,
+                30_000,
+            )?,
+            circuit_breaker: self.resolve_circuit_breaker()?,
+            pipeline: PipelineConfig {
+                capacity: range(
+                    "KERNEL_PIPELINE_CAPACITY",
+                    self.pipeline.capacity,
+                    PipelineConfig::default().capacity,
+                    1..=1_000_000,
+                )?,
+                workers: range(
+                    "KERNEL_PIPELINE_WORKERS",
+                    self.pipeline.workers,
+                    PipelineConfig::default().workers,
+                    1..=256,
+                )?,
+            },
         })
+    }
+
+    fn resolve_retry(&self) -> Result<RetryPolicy> {
+        let default = RetryPolicy::default();
+        let r = &self.retry;
+        let max_attempts = range(
+            "KERNEL_RETRY_MAX_ATTEMPTS",
+            r.max_attempts.map(|n| n as usize),
+            default.max_attempts as usize,
+            1..=100,
+        )?;
+        let ms_or = |setting: &str, v: Option<u64>, d: Duration| {
+            ms(setting, v, u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        };
+        let policy = RetryPolicy {
+            max_attempts: u32::try_from(max_attempts).unwrap_or(default.max_attempts),
+            initial_backoff: ms_or(
+                "KERNEL_RETRY_INITIAL_BACKOFF_MS",
+                r.initial_backoff_ms,
+                default.initial_backoff,
+            )?,
+            max_backoff: ms_or(
+                "KERNEL_RETRY_MAX_BACKOFF_MS",
+                r.max_backoff_ms,
+                default.max_backoff,
+            )?,
+            max_elapsed: ms_or(
+                "KERNEL_RETRY_MAX_ELAPSED_MS",
+                r.max_elapsed_ms,
+                default.max_elapsed,
+            )?,
+        };
+        if policy.initial_backoff > policy.max_backoff {
+            return Err(Error::config(
+                "KERNEL_RETRY_INITIAL_BACKOFF_MS",
+                format!(
+                    "the initial backoff ({} ms) must not exceed KERNEL_RETRY_MAX_BACKOFF_MS ({} ms)",
+                    policy.initial_backoff.as_millis(),
+                    policy.max_backoff.as_millis()
+                ),
+            ));
+        }
+        Ok(policy)
+    }
+
+    fn resolve_circuit_breaker(&self) -> Result<Option<CircuitBreakerConfig>> {
+        let c = &self.circuit_breaker;
+        let default = CircuitBreakerConfig::default();
+        let threshold = range(
+            "KERNEL_CIRCUIT_BREAKER_FAILURE_THRESHOLD",
+            c.failure_threshold.map(|n| n as usize),
+            default.failure_threshold as usize,
+            1..=10_000,
+        )?;
+        let cool_down = ms(
+            "KERNEL_CIRCUIT_BREAKER_COOL_DOWN_MS",
+            c.cool_down_ms,
+            u64::try_from(default.cool_down.as_millis()).unwrap_or(u64::MAX),
+        )?;
+        Ok(c.enabled.unwrap_or(true).then_some(CircuitBreakerConfig {
+            failure_threshold: u32::try_from(threshold).unwrap_or(default.failure_threshold),
+            cool_down,
+        }))
     }
 }
 
@@ -425,6 +610,14 @@ pub struct ResolvedConfig {
     pub redis: Option<RedisResolved>,
     /// Value limits for every driver.
     pub limits: Limits,
+    /// The retry layer's policy (`max_attempts == 1`: no retry layer).
+    pub retry: RetryPolicy,
+    /// The timeout layer's deadline for one call.
+    pub operation_timeout: Duration,
+    /// The circuit breaker's settings; `None` when disabled.
+    pub circuit_breaker: Option<CircuitBreakerConfig>,
+    /// The change pipeline's settings.
+    pub pipeline: PipelineConfig,
 }
 
 impl ResolvedConfig {

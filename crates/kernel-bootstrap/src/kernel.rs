@@ -5,10 +5,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use driver_memory::MemoryDriver;
+use driver_redis::{RedisConfig, RedisDriver};
 use kernel_core::{Error, EventStore, Lock, RateLimiter, Result, StorageDriver};
 use serde::Serialize;
 
 use crate::config::{BackendKind, KernelConfig, ResolvedConfig, Role};
+use crate::layers::{circuit_breaker::CircuitBreaker, Layer, StandardLayers, Stores};
+use crate::pipeline::{ChangeFailure, ChangePipeline};
 
 /// How long one health probe may take before the component counts as unhealthy.
 pub const HEALTH_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -17,43 +20,46 @@ pub const HEALTH_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 #[derive(Debug, Clone)]
 enum Backend {
     Memory(MemoryDriver),
+    Redis(RedisDriver),
+}
+
+/// Runs the same expression on whichever driver a backend holds (every driver implements
+/// every trait, so the arms differ only in type).
+macro_rules! on_driver {
+    ($backend:expr, $d:ident => $body:expr) => {
+        match $backend {
+            Backend::Memory($d) => $body,
+            Backend::Redis($d) => $body,
+        }
+    };
 }
 
 impl Backend {
     fn kind(&self) -> BackendKind {
         match self {
             Backend::Memory(_) => BackendKind::Memory,
+            Backend::Redis(_) => BackendKind::Redis,
         }
     }
 
     fn storage(&self) -> Arc<dyn StorageDriver> {
-        match self {
-            Backend::Memory(d) => Arc::new(d.clone()),
-        }
+        on_driver!(self, d => Arc::new(d.clone()))
     }
 
     fn events(&self) -> Arc<dyn EventStore> {
-        match self {
-            Backend::Memory(d) => Arc::new(d.clone()),
-        }
+        on_driver!(self, d => Arc::new(d.clone()))
     }
 
     fn locks(&self) -> Arc<dyn Lock> {
-        match self {
-            Backend::Memory(d) => Arc::new(d.clone()),
-        }
+        on_driver!(self, d => Arc::new(d.clone()))
     }
 
     fn rate_limiter(&self) -> Arc<dyn RateLimiter> {
-        match self {
-            Backend::Memory(d) => Arc::new(d.clone()),
-        }
+        on_driver!(self, d => Arc::new(d.clone()))
     }
 
     async fn probe(&self) -> Result<()> {
-        let status = match self {
-            Backend::Memory(d) => d.status().await?,
-        };
+        let status = on_driver!(self, d => StorageDriver::status(d).await?);
         if status.healthy {
             Ok(())
         } else {
@@ -65,6 +71,11 @@ impl Backend {
     async fn shutdown(&self) {
         match self {
             Backend::Memory(d) => d.shutdown(),
+            Backend::Redis(d) => {
+                if let Err(e) = d.shutdown().await {
+                    tracing::warn!(backend = "redis", error = %e, "redis shutdown reported an error");
+                }
+            }
         }
     }
 }
@@ -72,7 +83,25 @@ impl Backend {
 async fn connect(kind: BackendKind, config: &ResolvedConfig) -> Result<Backend> {
     match kind {
         BackendKind::Memory => Ok(Backend::Memory(MemoryDriver::with_limits(config.limits))),
-        BackendKind::Postgres | BackendKind::Redis => Err(Error::config(
+        BackendKind::Redis => {
+            let settings = config.redis.as_ref().ok_or_else(|| {
+                Error::config(
+                    "REDIS_URL",
+                    "a role uses redis but no Redis settings resolved",
+                )
+            })?;
+            let driver = RedisDriver::connect(RedisConfig {
+                url: settings.url.expose().to_owned(),
+                pool_size: settings.pool_size,
+                connect_timeout: settings.connect_timeout,
+                operation_timeout: settings.operation_timeout,
+                key_prefix: settings.key_prefix.clone(),
+                limits: config.limits,
+            })
+            .await?;
+            Ok(Backend::Redis(driver))
+        }
+        BackendKind::Postgres => Err(Error::config(
             "KERNEL_STORAGE_MODE",
             format!("the {kind} backend is not wired into kernel-bootstrap in this build"),
         )
@@ -102,6 +131,9 @@ pub struct Kernel {
     events: Arc<dyn EventStore>,
     locks: Arc<dyn Lock>,
     rate_limiter: Arc<dyn RateLimiter>,
+    /// The standard layers of each booted backend, in `backends` order.
+    layers: Vec<StandardLayers>,
+    pipeline: ChangePipeline,
     shut_down: AtomicBool,
 }
 
@@ -121,9 +153,13 @@ impl Kernel {
     }
 
     /// Resolves the configuration, connects each backend once (roles on the same backend share
-    /// it), health-checks them, and fails naming the backend that failed.
+    /// it), health-checks them, and fails naming the backend that failed. Each role's store is
+    /// wrapped in its backend's [`StandardLayers`] (timeout, circuit breaker, retry,
+    /// observability), and the change pipeline writes through those layered stores.
     pub async fn boot(config: KernelConfig) -> Result<Kernel> {
         let resolved = config.resolve()?;
+        // The resolved configuration's Debug redacts every password.
+        tracing::info!(config = ?resolved, "booting the kernel");
         let mut backends: Vec<Backend> = Vec::new();
         for role in Role::ALL {
             let kind = resolved.backend(role);
@@ -144,10 +180,23 @@ impl Kernel {
                 Error::internal("no backend booted for a role").with_context("role", role.as_str())
             })
         };
-        let storage = pick(Role::Documents)?.storage();
-        let events = pick(Role::Events)?.events();
-        let locks = pick(Role::Locks)?.locks();
-        let rate_limiter = pick(Role::RateLimits)?.rate_limiter();
+        let layers: Vec<StandardLayers> = backends
+            .iter()
+            .map(|b| StandardLayers::for_backend(b.kind(), &resolved))
+            .collect();
+        let stack = |role: Role| -> Result<&StandardLayers> {
+            let kind = resolved.backend(role);
+            let at = backends.iter().position(|b| b.kind() == kind);
+            at.and_then(|i| layers.get(i)).ok_or_else(|| {
+                Error::internal("no layers built for a role").with_context("role", role.as_str())
+            })
+        };
+        let storage = stack(Role::Documents)?.storage(pick(Role::Documents)?.storage());
+        let events = stack(Role::Events)?.events(pick(Role::Events)?.events());
+        let locks = stack(Role::Locks)?.locks(pick(Role::Locks)?.locks());
+        let rate_limiter =
+            stack(Role::RateLimits)?.rate_limiter(pick(Role::RateLimits)?.rate_limiter());
+        let pipeline = ChangePipeline::new(storage.clone(), events.clone(), resolved.pipeline);
         Ok(Kernel {
             config: resolved,
             backends,
@@ -155,8 +204,34 @@ impl Kernel {
             events,
             locks,
             rate_limiter,
+            layers,
+            pipeline,
             shut_down: AtomicBool::new(false),
         })
+    }
+
+    /// The four layered stores together, to stack more layers on (a tenant, a principal, an
+    /// interceptor of your own) with [`Stores::layer`]; the kernel's own stores stay as they are.
+    pub fn stores(&self) -> Stores {
+        Stores {
+            storage: self.storage.clone(),
+            events: self.events.clone(),
+            locks: self.locks.clone(),
+            rate_limiter: self.rate_limiter.clone(),
+        }
+    }
+
+    /// The asynchronous change pipeline, writing through [`Kernel::storage`] and
+    /// [`Kernel::events`].
+    pub fn pipeline(&self) -> &ChangePipeline {
+        &self.pipeline
+    }
+
+    /// The circuit breaker in front of a backend, when breakers are enabled and the backend
+    /// serves a role.
+    pub fn circuit_breaker(&self, backend: BackendKind) -> Option<&CircuitBreaker> {
+        let at = self.backends.iter().position(|b| b.kind() == backend)?;
+        self.layers.get(at)?.circuit_breaker()
     }
 
     /// Documents.
@@ -221,15 +296,26 @@ impl Kernel {
         }
     }
 
-    /// Ends subscriptions and closes every backend. A second call does nothing.
-    pub async fn shutdown(&self) {
+    /// Shuts down gracefully: stops the pipeline's intake, applies everything already queued,
+    /// then ends subscriptions and closes every backend (pools included). Returns the pipeline
+    /// failures no `flush` returned yet (each was also logged when it happened). A second call
+    /// does nothing and returns nothing.
+    pub async fn shutdown(&self) -> Vec<ChangeFailure> {
         if self.shut_down.swap(true, Ordering::SeqCst) {
-            return;
+            return Vec::new();
         }
+        let pending = self.pipeline.pending();
+        let failures = self.pipeline.close().await;
+        tracing::info!(
+            drained = pending,
+            failed = failures.len(),
+            "kernel change pipeline drained"
+        );
         for b in &self.backends {
             b.shutdown().await;
             tracing::info!(backend = %b.kind(), "kernel backend shut down");
         }
+        failures
     }
 }
 

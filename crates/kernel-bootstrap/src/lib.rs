@@ -6,6 +6,11 @@
 //!
 //! Only this crate knows every driver; applications depend on it and on `kernel-core`.
 //!
+//! Every store the kernel hands out is wrapped in the standard [`layers`] (observability,
+//! retry, circuit breaker, timeout); [`Kernel::stores`] lets an application stack more (a
+//! tenant scope, access control, its own). [`Kernel::pipeline`] is the asynchronous change
+//! [`pipeline`].
+//!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> kernel_core::Result<()> {
@@ -19,8 +24,12 @@
 
 pub mod config;
 mod kernel;
+pub mod layers;
+pub mod pipeline;
 mod secret;
 
 pub use config::{BackendKind, KernelConfig, ResolvedConfig, Role};
 pub use kernel::{ComponentHealth, HealthReport, Kernel, HEALTH_PROBE_TIMEOUT};
+pub use layers::{Layer, Stores};
+pub use pipeline::{Change, ChangeFailure, ChangePipeline, PipelineConfig, SubmitError};
 pub use secret::{redact, SecretUrl};

@@ -1,0 +1,410 @@
+//! Layers: wrappers that implement the kernel traits over any inner implementation, in the
+//! manner of object_store's wrappers and OpenDAL's layers, so they stack in any order and over
+//! `Arc<dyn Trait>` as well as over a concrete driver.
+//!
+//! Two kinds live here:
+//!
+//! * **Interceptors** ([`Interceptor`]) run code around each call without changing its
+//!   arguments: [`retry`], [`timeout`], [`circuit_breaker`], [`observe`]. One generic wrapper,
+//!   [`Layered`], turns any interceptor into an implementation of all four traits (and wraps
+//!   transaction handles), so a user can write their own interceptor in a few lines.
+//! * **Scoping layers** change what a call may touch: [`tenant::TenantScope`] rewrites every
+//!   name into a tenant's space, [`access::AccessControl`] checks a principal's permissions
+//!   before any I/O.
+//!
+//! The kernel stacks the standard interceptors for each backend (see [`StandardLayers`]):
+//!
+//! ```text
+//! caller -> Observed -> Retry -> CircuitBreaker -> Timeout -> driver
+//! ```
+//!
+//! and a caller who serves several tenants or principals stacks the scoping layers on top with
+//! [`Stores::layer`]:
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> kernel_core::Result<()> {
+//! use kernel_bootstrap::layers::access::{Permission, Principal, Resource};
+//! use kernel_bootstrap::layers::tenant::Tenant;
+//! use kernel_bootstrap::{Kernel, KernelConfig};
+//! use kernel_core::{json, ErrorCode, PutOptions};
+//!
+//! let kernel = Kernel::boot(KernelConfig::default()).await?;
+//! let principal = Principal::new("billing-service")
+//!     .allow(Resource::Namespace, "invoices*", Permission::ReadWrite)?;
+//! // Inner first: the tenant rewrites names, access control checks the caller's own names.
+//! let acme = kernel.stores().layer(&Tenant::new("acme")?).layer(&principal);
+//! acme.storage.put("invoices", "1", json!({"total": 10}), PutOptions::new()).await?;
+//! let denied = acme.storage.get("users", "alice").await.unwrap_err();
+//! assert_eq!(denied.code(), ErrorCode::PermissionDenied);
+//! // Another tenant sees nothing of acme's.
+//! let globex = kernel.stores().layer(&Tenant::new("globex")?);
+//! assert!(globex.storage.get("invoices", "1").await?.is_none());
+//! # Ok(()) }
+//! ```
+
+pub mod access;
+pub mod circuit_breaker;
+pub mod fault;
+mod layered;
+pub mod observe;
+pub mod retry;
+pub mod tenant;
+#[cfg(test)]
+mod testing;
+pub mod timeout;
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use kernel_core::{
+    validate, Error, EventFilter, EventStore, Lock, RateLimiter, RecordedEvent, Result,
+    StorageDriver,
+};
+
+use crate::config::{BackendKind, ResolvedConfig, Role};
+
+pub use layered::Layered;
+
+use circuit_breaker::CircuitBreaker;
+use observe::Observer;
+use retry::RetryPolicy;
+use timeout::TimeoutPolicy;
+
+/// Whether an operation reads or writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Access {
+    /// Reads only.
+    Read,
+    /// Changes state.
+    Write,
+}
+
+/// One call passing through an interceptor: what it is and what it touches.
+///
+/// Layers read it to name the operation in errors, spans and metrics, to decide whether a retry
+/// is safe (`repeatable`), and how long a call may legitimately take (`allowance`, e.g. a lock
+/// wait).
+#[derive(Debug, Clone, Copy)]
+pub struct Op<'a> {
+    /// The role (trait) the operation belongs to.
+    pub role: Role,
+    /// The operation's name: the trait method (`get`, `append`, `try_acquire`, `tx.commit`...).
+    pub name: &'static str,
+    /// Read or write.
+    pub access: Access,
+    /// Whether running it again after a failure cannot do harm nor change the answer's meaning
+    /// (see the retry table in [`retry`]).
+    pub repeatable: bool,
+    /// The namespace involved, if any.
+    pub namespace: Option<&'a str>,
+    /// The document, lock or rate-limit key involved, if any.
+    pub key: Option<&'a str>,
+    /// The stream involved, if any.
+    pub stream: Option<&'a str>,
+    /// Time the operation may take on top of an ordinary call (a lock's `wait`).
+    pub allowance: Duration,
+}
+
+impl<'a> Op<'a> {
+    /// A new operation with nothing involved yet.
+    pub fn new(role: Role, name: &'static str, access: Access, repeatable: bool) -> Op<'a> {
+        Op {
+            role,
+            name,
+            access,
+            repeatable,
+            namespace: None,
+            key: None,
+            stream: None,
+            allowance: Duration::ZERO,
+        }
+    }
+
+    /// Sets the namespace.
+    #[must_use]
+    pub fn namespace(mut self, namespace: &'a str) -> Op<'a> {
+        self.namespace = Some(namespace);
+        self
+    }
+
+    /// Sets the key.
+    #[must_use]
+    pub fn key(mut self, key: &'a str) -> Op<'a> {
+        self.key = Some(key);
+        self
+    }
+
+    /// Sets the stream.
+    #[must_use]
+    pub fn stream(mut self, stream: &'a str) -> Op<'a> {
+        self.stream = Some(stream);
+        self
+    }
+
+    /// Sets the extra time allowance.
+    #[must_use]
+    pub fn allowance(mut self, allowance: Duration) -> Op<'a> {
+        self.allowance = allowance;
+        self
+    }
+
+    /// Adds the operation and what it touches to an error a layer raises itself (errors from
+    /// the inner store already name what they involve).
+    pub fn annotate(&self, mut error: Error) -> Error {
+        error = error.with_context("operation", self.name);
+        if let Some(ns) = self.namespace {
+            error = error.with_context("namespace", validate::escape(ns));
+        }
+        if let Some(key) = self.key {
+            error = error.with_context("key", validate::escape(key));
+        }
+        if let Some(stream) = self.stream {
+            error = error.with_context("stream", validate::escape(stream));
+        }
+        error
+    }
+}
+
+/// Tells a call whether the interceptor may run it again, so owned arguments are cloned only
+/// when a later attempt could need them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Attempt {
+    /// Another attempt may follow: keep the arguments.
+    Again,
+    /// No attempt follows: the arguments may be moved into this one.
+    Final,
+}
+
+impl Attempt {
+    /// Takes the arguments for this attempt: a clone while more may follow, the originals on
+    /// the final one. `None` once the originals are gone (an interceptor broke the protocol by
+    /// calling again after `Final`).
+    pub fn take<T: Clone>(self, slot: &mut Option<T>) -> Option<T> {
+        match self {
+            Attempt::Again => slot.clone(),
+            Attempt::Final => slot.take(),
+        }
+    }
+}
+
+/// The call an interceptor wraps: invoke it once per attempt.
+pub type Call<'a, R> = Box<dyn FnMut(Attempt) -> BoxFuture<'a, Result<R>> + Send + 'a>;
+
+/// Code that runs around every call of a [`Layered`] store.
+///
+/// An interceptor calls `call` once with [`Attempt::Final`] (timeouts, breakers, observers) or
+/// several times (retries, passing [`Attempt::Again`] while more attempts may follow), and
+/// returns the outcome. It must never call again after passing `Final`.
+///
+/// ```
+/// use futures::future::BoxFuture;
+/// use kernel_bootstrap::layers::{Attempt, Call, Interceptor, Op};
+/// use std::sync::atomic::{AtomicU64, Ordering};
+///
+/// /// Counts calls.
+/// #[derive(Debug, Default)]
+/// struct Counting(AtomicU64);
+///
+/// impl Interceptor for Counting {
+///     fn around<'a, R: Send + 'a>(
+///         &'a self,
+///         _op: Op<'a>,
+///         mut call: Call<'a, R>,
+///     ) -> BoxFuture<'a, kernel_core::Result<R>> {
+///         self.0.fetch_add(1, Ordering::Relaxed);
+///         call(Attempt::Final)
+///     }
+/// }
+/// ```
+pub trait Interceptor: Send + Sync + fmt::Debug + 'static {
+    /// Runs `call` (once or more) for `op` and returns the outcome.
+    fn around<'a, R: Send + 'a>(
+        &'a self,
+        op: Op<'a>,
+        call: Call<'a, R>,
+    ) -> BoxFuture<'a, Result<R>>;
+}
+
+/// The four stores of a kernel, as trait objects: what layers wrap and callers use.
+#[derive(Debug, Clone)]
+pub struct Stores {
+    /// Documents.
+    pub storage: Arc<dyn StorageDriver>,
+    /// Events.
+    pub events: Arc<dyn EventStore>,
+    /// Locks.
+    pub locks: Arc<dyn Lock>,
+    /// Rate limits.
+    pub rate_limiter: Arc<dyn RateLimiter>,
+}
+
+impl Stores {
+    /// Wraps every store in `layer` (the new layer is outermost).
+    #[must_use]
+    pub fn layer(self, layer: &(impl Layer + ?Sized)) -> Stores {
+        Stores {
+            storage: layer.storage(self.storage),
+            events: layer.events(self.events),
+            locks: layer.locks(self.locks),
+            rate_limiter: layer.rate_limiter(self.rate_limiter),
+        }
+    }
+}
+
+/// Something that wraps each of the four stores; used with [`Stores::layer`].
+///
+/// Every layer of this module implements it; an interceptor of your own gets it by wrapping it
+/// in [`Intercept`].
+pub trait Layer {
+    /// Wraps the document store.
+    fn storage(&self, inner: Arc<dyn StorageDriver>) -> Arc<dyn StorageDriver>;
+    /// Wraps the event store.
+    fn events(&self, inner: Arc<dyn EventStore>) -> Arc<dyn EventStore>;
+    /// Wraps the lock service.
+    fn locks(&self, inner: Arc<dyn Lock>) -> Arc<dyn Lock>;
+    /// Wraps the rate limiter.
+    fn rate_limiter(&self, inner: Arc<dyn RateLimiter>) -> Arc<dyn RateLimiter>;
+}
+
+/// Any [`Interceptor`] as a [`Layer`]: the four stores share the one interceptor (so a circuit
+/// breaker's state, for instance, covers them all).
+#[derive(Debug)]
+pub struct Intercept<I>(pub Arc<I>);
+
+impl<I> Intercept<I> {
+    /// Wraps an interceptor.
+    pub fn new(interceptor: I) -> Intercept<I> {
+        Intercept(Arc::new(interceptor))
+    }
+}
+
+impl<I: Interceptor> Layer for Intercept<I> {
+    fn storage(&self, inner: Arc<dyn StorageDriver>) -> Arc<dyn StorageDriver> {
+        Arc::new(Layered::shared(inner, self.0.clone()))
+    }
+
+    fn events(&self, inner: Arc<dyn EventStore>) -> Arc<dyn EventStore> {
+        Arc::new(Layered::shared(inner, self.0.clone()))
+    }
+
+    fn locks(&self, inner: Arc<dyn Lock>) -> Arc<dyn Lock> {
+        Arc::new(Layered::shared(inner, self.0.clone()))
+    }
+
+    fn rate_limiter(&self, inner: Arc<dyn RateLimiter>) -> Arc<dyn RateLimiter> {
+        Arc::new(Layered::shared(inner, self.0.clone()))
+    }
+}
+
+/// The kernel's standard stack for one backend, innermost first: timeout, circuit breaker
+/// (when enabled), retry (when more than one attempt is allowed), observability.
+///
+/// Why this order:
+///
+/// * **Timeout innermost** bounds each single attempt at the driver, so a hung call becomes a
+///   retryable `Timeout` that the layers above can act on.
+/// * **Circuit breaker above the timeout** sees those timeouts and counts them as backend
+///   trouble; it sees every attempt, so its count of consecutive failures is exact.
+/// * **Retry above the breaker** retries individual attempts and, while the circuit is open,
+///   gets its fail-fast `Unavailable` at once instead of waiting on a dead backend.
+/// * **Observability outermost** records what the caller experiences: one span and one metric
+///   sample per call, with the final outcome and the total latency including retries (each
+///   retry is an event inside that span).
+#[derive(Debug, Clone)]
+pub struct StandardLayers {
+    timeout: Arc<TimeoutPolicy>,
+    breaker: Option<Arc<CircuitBreaker>>,
+    retry: Option<Arc<RetryPolicy>>,
+    observer: Arc<Observer>,
+}
+
+impl StandardLayers {
+    /// The stack the configuration asks for, for one backend (its circuit breaker is shared by
+    /// every role that backend serves).
+    pub fn for_backend(backend: BackendKind, config: &ResolvedConfig) -> StandardLayers {
+        StandardLayers {
+            timeout: Arc::new(TimeoutPolicy::new(config.operation_timeout)),
+            breaker: config
+                .circuit_breaker
+                .map(|c| Arc::new(CircuitBreaker::new(backend.as_str(), c))),
+            retry: (config.retry.max_attempts > 1).then(|| Arc::new(config.retry)),
+            observer: Arc::new(Observer::new(backend.as_str())),
+        }
+    }
+
+    /// The circuit breaker, when enabled.
+    pub fn circuit_breaker(&self) -> Option<&CircuitBreaker> {
+        self.breaker.as_deref()
+    }
+}
+
+// One expansion per trait: the layers are the same, only the trait object differs.
+macro_rules! standard_wrap {
+    ($self:ident, $inner:ident, $dyn:ty) => {{
+        let mut s: Arc<$dyn> = Arc::new(Layered::shared($inner, $self.timeout.clone()));
+        if let Some(b) = &$self.breaker {
+            s = Arc::new(Layered::shared(s, b.clone()));
+        }
+        if let Some(r) = &$self.retry {
+            s = Arc::new(Layered::shared(s, r.clone()));
+        }
+        let s: Arc<$dyn> = Arc::new(Layered::shared(s, $self.observer.clone()));
+        s
+    }};
+}
+
+impl Layer for StandardLayers {
+    fn storage(&self, inner: Arc<dyn StorageDriver>) -> Arc<dyn StorageDriver> {
+        standard_wrap!(self, inner, dyn StorageDriver)
+    }
+
+    fn events(&self, inner: Arc<dyn EventStore>) -> Arc<dyn EventStore> {
+        standard_wrap!(self, inner, dyn EventStore)
+    }
+
+    fn locks(&self, inner: Arc<dyn Lock>) -> Arc<dyn Lock> {
+        standard_wrap!(self, inner, dyn Lock)
+    }
+
+    fn rate_limiter(&self, inner: Arc<dyn RateLimiter>) -> Arc<dyn RateLimiter> {
+        standard_wrap!(self, inner, dyn RateLimiter)
+    }
+}
+
+/// `read_all` through a filter that only the layer can apply (a tenant's streams, a principal's
+/// readable streams): pages through the inner log until it has `limit` events it may return,
+/// or the log ends. `keep` may rewrite an event it keeps (to map its stream name back).
+pub(crate) async fn read_all_kept<E: EventStore + ?Sized>(
+    inner: &E,
+    after: u64,
+    filter: &EventFilter,
+    limit: usize,
+    keep: impl Fn(&mut RecordedEvent) -> bool,
+) -> Result<Vec<RecordedEvent>> {
+    let mut out = Vec::new();
+    if limit == 0 {
+        return Ok(out);
+    }
+    let mut cursor = after;
+    loop {
+        let page = inner.read_all(cursor, filter, limit).await?;
+        let fetched = page.len();
+        for mut e in page {
+            cursor = cursor.max(e.position);
+            if keep(&mut e) {
+                out.push(e);
+                if out.len() == limit {
+                    return Ok(out);
+                }
+            }
+        }
+        // "At most `limit`": a short page may end a read, but an empty answer must mean the
+        // log is exhausted, so keep paging while nothing was kept and the inner log goes on.
+        if fetched == 0 || (fetched < limit && !out.is_empty()) {
+            return Ok(out);
+        }
+    }
+}

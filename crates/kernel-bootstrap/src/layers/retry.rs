@@ -1,0 +1,372 @@
+//! Retry: exponential backoff with jitter, for retryable errors of operations that are safe to
+//! repeat.
+//!
+//! An attempt is repeated only when **both** hold:
+//!
+//! 1. its error says [`kernel_core::Error::is_retryable`] (`Unavailable`, `Timeout`, a
+//!    serialization `Conflict` a driver marks retryable), and
+//! 2. the operation is safe to repeat, meaning a first attempt that was applied although its
+//!    answer was lost (connection dropped after the write) cannot make the retry do harm or
+//!    report a wrong outcome:
+//!
+//! | operation | repeated? | why |
+//! |---|---|---|
+//! | `get`, `exists`, `get_many`, `list`, `query`, `count`, `list_namespaces`, `get_metadata`, `status` | yes | reads |
+//! | `read_stream`, `read_all`, `head_position`, `load_snapshot`, opening `subscribe` | yes | reads |
+//! | `put` with `PutCondition::Always`, `put_many` of only such puts | yes | writing the same value again leaves the same value (the version goes up once more) |
+//! | `put` with `IfAbsent` / `IfVersion(n)`, `put_many` with any condition | **no** | if the first attempt was applied, the retry fails with `AlreadyExists` / `Conflict` and would report a successful write as a failure; we cannot tell it from a real conflict (another writer may have written the same value) |
+//! | `delete` with `DeleteCondition::Always`, `delete_many` of only such deletes | yes | the key ends absent either way; the returned `bool` / count may under-report what the lost attempt removed |
+//! | `delete` / `delete_many` with `IfVersion` | **no** | as for conditional puts |
+//! | `set_metadata` (replace or merge) | yes | applying the same object twice gives the same metadata |
+//! | `clear`, `drop_namespace` | yes | the namespace ends empty / gone either way; the count / `bool` may under-report |
+//! | `create_namespace` | **no** | an applied create makes the retry fail with `AlreadyExists` |
+//! | `begin` | yes | nothing was staged yet |
+//! | transaction steps and `commit` / `rollback` | **no** | a transaction is retried as a whole by its caller (a lost commit race is a retryable `Conflict` for that reason) |
+//! | `append` (any expected version) | yes | event ids make a re-append of a batch already stored an idempotent success with the same positions |
+//! | `save_snapshot` | yes | stores the same state at the same version |
+//! | `try_acquire`, `acquire` | **no** | an applied acquisition holds the lock; the retry sees it held and the lease is lost until its TTL |
+//! | `release` | **no** | an applied release makes the retry fail with `LockNotHeld` |
+//! | `extend` | yes | the lease keeps its token, so extending again succeeds |
+//! | rate-limit `check` with cost > 0 | **no** | it increments a counter: a retry would count the request twice |
+//! | rate-limit `check` with cost 0, `reset` | yes | a peek changes nothing; resetting twice leaves the key reset |
+//!
+//! The table lives in code as [`super::Op::repeatable`], set by each operation in
+//! [`super::Layered`].
+//!
+//! Backoff: attempt `n` (1-based) that failed waits a random time in `[d/2, d]` where
+//! `d = min(max_backoff, initial_backoff * 2^(n-1))` ("equal jitter": a floor keeps clients
+//! from hammering, the random half spreads them out). No retry starts once `max_elapsed` would
+//! be exceeded by its wait; the last error is returned with an `attempts` context.
+
+use std::time::{Duration, Instant};
+
+use futures::future::BoxFuture;
+use kernel_core::Result;
+
+use super::{Attempt, Call, Interceptor, Op};
+
+/// Retry settings. `max_attempts` counts the first attempt: 1 never retries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Most attempts, the first included.
+    pub max_attempts: u32,
+    /// Wait ceiling after the first failed attempt; doubles after each.
+    pub initial_backoff: Duration,
+    /// Largest wait ceiling.
+    pub max_backoff: Duration,
+    /// No retry starts when its wait would end after this much time since the first attempt.
+    pub max_elapsed: Duration,
+}
+
+impl Default for RetryPolicy {
+    /// 3 attempts, 50 ms doubling up to 2 s, at most 10 s in all.
+    fn default() -> Self {
+        RetryPolicy {
+            max_attempts: 3,
+            initial_backoff: Duration::from_millis(50),
+            max_backoff: Duration::from_secs(2),
+            max_elapsed: Duration::from_secs(10),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// The wait after failed attempt `attempt` (1-based), jittered.
+    pub fn backoff(&self, attempt: u32) -> Duration {
+        let doubling = 2u32.saturating_pow(attempt.saturating_sub(1).min(31));
+        let ceiling = self
+            .initial_backoff
+            .checked_mul(doubling)
+            .unwrap_or(self.max_backoff)
+            .min(self.max_backoff);
+        let half = ceiling / 2;
+        let spread = u64::try_from((ceiling - half).as_micros()).unwrap_or(u64::MAX);
+        half + Duration::from_micros(fastrand::u64(0..=spread))
+    }
+}
+
+impl Interceptor for RetryPolicy {
+    fn around<'a, R: Send + 'a>(
+        &'a self,
+        op: Op<'a>,
+        mut call: Call<'a, R>,
+    ) -> BoxFuture<'a, Result<R>> {
+        if !op.repeatable || self.max_attempts <= 1 {
+            return call(Attempt::Final);
+        }
+        Box::pin(async move {
+            let started = Instant::now();
+            let mut attempt = 1u32;
+            loop {
+                let last = attempt >= self.max_attempts;
+                let outcome = call(if last { Attempt::Final } else { Attempt::Again }).await;
+                let error = match outcome {
+                    Ok(v) => return Ok(v),
+                    Err(e) => e,
+                };
+                if !error.is_retryable() || last {
+                    // Name the attempts only when there was more than one.
+                    return Err(if attempt > 1 {
+                        error.with_context("attempts", attempt)
+                    } else {
+                        error
+                    });
+                }
+                let wait = self.backoff(attempt);
+                if started.elapsed() + wait > self.max_elapsed {
+                    return Err(error.with_context("attempts", attempt).with_context(
+                        "retry",
+                        format!(
+                            "stopped: the next wait would pass max_elapsed {} ms",
+                            self.max_elapsed.as_millis()
+                        ),
+                    ));
+                }
+                tracing::warn!(
+                    role = op.role.as_str(),
+                    operation = op.name,
+                    attempt,
+                    wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
+                    error = %error,
+                    "kernel operation failed with a retryable error; retrying"
+                );
+                metrics::counter!(
+                    "kernel_retries_total",
+                    "role" => op.role.as_str(),
+                    "operation" => op.name,
+                    "code" => error.code().as_str(),
+                )
+                .increment(1);
+                tokio::time::sleep(wait).await;
+                attempt += 1;
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use driver_memory::MemoryDriver;
+    use kernel_core::{
+        json, Error, ErrorCode, EventStore, ExpectedVersion, Lock, NewEvent, PutOptions, Quota,
+        RateLimiter, StorageDriver,
+    };
+
+    use super::RetryPolicy;
+    use crate::layers::fault::flaky;
+    use crate::layers::testing::{capture_logs_of, MetricsCapture};
+    use crate::layers::Layered;
+
+    fn fast(max_attempts: u32) -> RetryPolicy {
+        RetryPolicy {
+            max_attempts,
+            initial_backoff: Duration::from_millis(1),
+            max_backoff: Duration::from_millis(4),
+            max_elapsed: Duration::from_secs(5),
+        }
+    }
+
+    #[test]
+    fn backoff_grows_with_jitter_within_bounds() {
+        let p = RetryPolicy {
+            max_attempts: 10,
+            initial_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_millis(1000),
+            max_elapsed: Duration::from_secs(60),
+        };
+        for _ in 0..200 {
+            let first = p.backoff(1);
+            assert!((Duration::from_millis(50)..=Duration::from_millis(100)).contains(&first));
+            let third = p.backoff(3);
+            assert!((Duration::from_millis(200)..=Duration::from_millis(400)).contains(&third));
+            let capped = p.backoff(30);
+            assert!((Duration::from_millis(500)..=Duration::from_millis(1000)).contains(&capped));
+        }
+        let spread: std::collections::HashSet<_> = (0..50).map(|_| p.backoff(2)).collect();
+        assert!(spread.len() > 1, "backoff is jittered");
+    }
+
+    #[tokio::test]
+    async fn retries_reads_and_unconditional_puts_until_they_succeed() {
+        let inner = Arc::new(flaky(MemoryDriver::new()));
+        let store = Layered::new(inner.clone(), fast(3));
+        inner.faults().fail_next(2, ErrorCode::Unavailable);
+        let e = store
+            .put("r", "k", json!(1), PutOptions::new())
+            .await
+            .unwrap();
+        assert_eq!(e.version, 1);
+        assert_eq!(inner.faults().calls(), 3, "two failures, then the write");
+        inner.faults().fail_next(2, ErrorCode::Timeout);
+        assert_eq!(store.get("r", "k").await.unwrap().unwrap().value, json!(1));
+        assert_eq!(inner.faults().calls(), 6);
+    }
+
+    #[tokio::test]
+    async fn gives_up_after_max_attempts_naming_them() {
+        let inner = Arc::new(flaky(MemoryDriver::new()));
+        let store = Layered::new(inner.clone(), fast(3));
+        inner.faults().fail_next(5, ErrorCode::Unavailable);
+        let e = store.get("r", "k").await.unwrap_err();
+        assert_eq!(e.code(), ErrorCode::Unavailable);
+        assert_eq!(e.context_value("attempts"), Some("3"));
+        assert_eq!(inner.faults().calls(), 3);
+    }
+
+    #[tokio::test]
+    async fn never_retries_permanent_errors() {
+        let inner = Arc::new(flaky(MemoryDriver::new()));
+        let store = Layered::new(inner.clone(), fast(5));
+        let e = store
+            .put("bad namespace", "k", json!(1), PutOptions::new())
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), ErrorCode::InvalidInput);
+        assert_eq!(inner.faults().calls(), 1);
+        store
+            .put("r", "k", json!(1), PutOptions::new())
+            .await
+            .unwrap();
+        let e = store
+            .put("r", "k", json!(2), PutOptions::new().if_version(7))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), ErrorCode::Conflict);
+        assert_eq!(inner.faults().calls(), 3);
+    }
+
+    #[tokio::test]
+    async fn never_retries_unsafe_operations() {
+        let inner = Arc::new(flaky(MemoryDriver::new()));
+        let store = Layered::new(inner.clone(), fast(5));
+        let mut calls = 0;
+        let mut once = |code| {
+            inner.faults().fail_next(1, code);
+            calls += 1;
+        };
+        once(ErrorCode::Unavailable);
+        let e = store
+            .put("r", "k", json!(1), PutOptions::new().if_absent())
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), ErrorCode::Unavailable);
+        once(ErrorCode::Unavailable);
+        store
+            .put("r", "k", json!(1), PutOptions::new().if_version(1))
+            .await
+            .unwrap_err();
+        once(ErrorCode::Unavailable);
+        store
+            .delete("r", "k", kernel_core::DeleteCondition::IfVersion(1))
+            .await
+            .unwrap_err();
+        once(ErrorCode::Unavailable);
+        store
+            .create_namespace("r2", Default::default())
+            .await
+            .unwrap_err();
+        once(ErrorCode::Unavailable);
+        store
+            .try_acquire("lock", Duration::from_secs(1))
+            .await
+            .unwrap_err();
+        once(ErrorCode::Unavailable);
+        store
+            .check("rl", &Quota::per_second(5), 1)
+            .await
+            .unwrap_err();
+        assert_eq!(
+            inner.faults().calls(),
+            calls,
+            "every unsafe operation ran exactly once"
+        );
+        // The same failures on their safe relatives are retried.
+        inner.faults().fail_next(1, ErrorCode::Unavailable);
+        store.check("rl", &Quota::per_second(5), 0).await.unwrap();
+        assert_eq!(inner.faults().calls(), calls + 2);
+    }
+
+    #[tokio::test]
+    async fn retried_append_is_idempotent() {
+        let inner = Arc::new(flaky(MemoryDriver::new()));
+        let store = Layered::new(inner.clone(), fast(3));
+        // The first attempt is applied but its answer is lost: the retry must not duplicate.
+        inner.faults().apply_then_fail_next(1);
+        let r = store
+            .append(
+                "order-1",
+                ExpectedVersion::NoStream,
+                vec![NewEvent::new("Placed", json!({}))],
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.stream_version, 1);
+        assert!(!r.written, "the retry found the events already stored");
+        let events = store
+            .read_stream("order-1", Default::default())
+            .await
+            .unwrap();
+        assert_eq!(events.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn stops_when_max_elapsed_would_pass() {
+        let inner = Arc::new(flaky(MemoryDriver::new()));
+        let policy = RetryPolicy {
+            max_attempts: 100,
+            initial_backoff: Duration::from_millis(20),
+            max_backoff: Duration::from_millis(20),
+            max_elapsed: Duration::from_millis(50),
+        };
+        let store = Layered::new(inner.clone(), policy);
+        inner.faults().fail_next(1000, ErrorCode::Unavailable);
+        let started = std::time::Instant::now();
+        let e = store.exists("r", "k").await.unwrap_err();
+        assert!(started.elapsed() < Duration::from_millis(500));
+        assert!(e.context_value("retry").is_some(), "{e}");
+        assert!(
+            inner.faults().calls() < 10,
+            "{} attempts",
+            inner.faults().calls()
+        );
+    }
+
+    #[tokio::test]
+    async fn one_attempt_means_no_retry() {
+        let inner = Arc::new(flaky(MemoryDriver::new()));
+        let store = Layered::new(inner.clone(), fast(1));
+        inner.faults().fail_next(1, ErrorCode::Unavailable);
+        let e: Error = store.get("r", "k").await.unwrap_err();
+        assert_eq!(e.context_value("attempts"), None);
+        assert_eq!(inner.faults().calls(), 1);
+    }
+
+    #[test]
+    fn each_retry_is_logged_and_counted() {
+        let metrics = MetricsCapture::default();
+        let logs = capture_logs_of(|| {
+            metrics.run(|| async {
+                let inner = Arc::new(flaky(MemoryDriver::new()));
+                let store = Layered::new(inner.clone(), fast(3));
+                inner.faults().fail_next(2, ErrorCode::Unavailable);
+                store.get("r", "k").await.unwrap();
+            });
+        });
+        assert_eq!(
+            metrics.counter(
+                "kernel_retries_total",
+                &[("operation", "get"), ("code", "unavailable")]
+            ),
+            2
+        );
+        let retries = logs.lines().filter(|l| l.contains("retrying")).count();
+        assert_eq!(retries, 2, "{logs}");
+        assert!(
+            logs.contains("attempt=1") && logs.contains("attempt=2"),
+            "{logs}"
+        );
+    }
+}
