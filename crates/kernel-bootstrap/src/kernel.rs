@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use driver_memory::MemoryDriver;
+use driver_postgres::{PostgresConfig, PostgresDriver};
 use driver_redis::{RedisConfig, RedisDriver};
 use kernel_core::{Error, EventStore, Lock, RateLimiter, Result, StorageDriver};
 use serde::Serialize;
@@ -20,6 +21,7 @@ pub const HEALTH_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 #[derive(Debug, Clone)]
 enum Backend {
     Memory(MemoryDriver),
+    Postgres(PostgresDriver),
     Redis(RedisDriver),
 }
 
@@ -29,6 +31,7 @@ macro_rules! on_driver {
     ($backend:expr, $d:ident => $body:expr) => {
         match $backend {
             Backend::Memory($d) => $body,
+            Backend::Postgres($d) => $body,
             Backend::Redis($d) => $body,
         }
     };
@@ -38,6 +41,7 @@ impl Backend {
     fn kind(&self) -> BackendKind {
         match self {
             Backend::Memory(_) => BackendKind::Memory,
+            Backend::Postgres(_) => BackendKind::Postgres,
             Backend::Redis(_) => BackendKind::Redis,
         }
     }
@@ -71,6 +75,7 @@ impl Backend {
     async fn shutdown(&self) {
         match self {
             Backend::Memory(d) => d.shutdown(),
+            Backend::Postgres(d) => d.shutdown().await,
             Backend::Redis(d) => {
                 if let Err(e) = d.shutdown().await {
                     tracing::warn!(backend = "redis", error = %e, "redis shutdown reported an error");
@@ -101,11 +106,22 @@ async fn connect(kind: BackendKind, config: &ResolvedConfig) -> Result<Backend> 
             .await?;
             Ok(Backend::Redis(driver))
         }
-        BackendKind::Postgres => Err(Error::config(
-            "KERNEL_STORAGE_MODE",
-            format!("the {kind} backend is not wired into kernel-bootstrap in this build"),
-        )
-        .with_context("backend", kind)),
+        BackendKind::Postgres => {
+            let settings = config.postgres.as_ref().ok_or_else(|| {
+                Error::config(
+                    "DATABASE_URL",
+                    "a role uses postgres but no Postgres settings resolved",
+                )
+            })?;
+            let mut pg = PostgresConfig::new(settings.url.expose());
+            pg.pool_size = settings.pool_size;
+            pg.connect_timeout = settings.connect_timeout;
+            pg.statement_timeout = settings.operation_timeout;
+            pg.pool_wait_timeout = settings.operation_timeout;
+            pg.migrate_on_boot = settings.migrate_on_boot;
+            pg.limits = config.limits;
+            Ok(Backend::Postgres(PostgresDriver::connect(pg).await?))
+        }
     }
 }
 
