@@ -1,10 +1,11 @@
 //! Documents: one ordered map per namespace, behind the driver's read-write lock.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::ops::Bound;
 use std::time::{Instant, SystemTime};
 
 use async_trait::async_trait;
+use kernel_core::document::{already_exists, version_conflict};
 use kernel_core::glob::prefix_upper_bound;
 use kernel_core::validate::{self, escape, MAX_BATCH_SIZE};
 use kernel_core::{
@@ -161,12 +162,7 @@ pub(crate) fn check_put_condition(
 ) -> Result<()> {
     match (condition, current) {
         (PutCondition::Always, _) | (PutCondition::IfAbsent, None) => Ok(()),
-        (PutCondition::IfAbsent, Some(_)) => Err(Error::new(
-            kernel_core::ErrorCode::AlreadyExists,
-            "the key already exists",
-        )
-        .with_context("namespace", ns)
-        .with_context("key", escape(key))),
+        (PutCondition::IfAbsent, Some(_)) => Err(already_exists(ns, key)),
         (PutCondition::IfVersion(v), cur) => {
             let current = cur.map(|e| e.version);
             if current == Some(v) {
@@ -195,64 +191,6 @@ pub(crate) fn check_delete_condition(
             }
         }
     }
-}
-
-fn version_conflict(ns: &str, key: &str, expected: u64, current: Option<u64>) -> Error {
-    Error::conflict(format!("expected version {expected}"))
-        .with_context("namespace", ns)
-        .with_context("key", escape(key))
-        .with_current_version(current)
-}
-
-pub(crate) fn check_doc(
-    ns: &str,
-    key: &str,
-    value: &Value,
-    options: &PutOptions,
-    limits: &kernel_core::Limits,
-) -> Result<()> {
-    validate::namespace(ns)?;
-    validate::key(key).map_err(|e| e.with_context("namespace", ns))?;
-    let ctx = |e: Error| {
-        e.with_context("namespace", ns)
-            .with_context("key", escape(key))
-    };
-    validate::value(value, limits).map_err(ctx)?;
-    if let Some(m) = &options.metadata {
-        validate::metadata(m, limits).map_err(ctx)?;
-    }
-    if options.ttl.is_some_and(|t| t.is_zero()) {
-        return Err(ctx(Error::invalid_input("TTL must be greater than zero")));
-    }
-    Ok(())
-}
-
-fn check_key(ns: &str, key: &str) -> Result<()> {
-    validate::namespace(ns)?;
-    validate::key(key).map_err(|e| e.with_context("namespace", ns))
-}
-
-fn check_batch<'a>(ns: &str, keys: impl ExactSizeIterator<Item = &'a str>) -> Result<()> {
-    validate::namespace(ns)?;
-    if keys.len() > MAX_BATCH_SIZE {
-        return Err(Error::invalid_input(format!(
-            "batch has {} items; the limit is {MAX_BATCH_SIZE}",
-            keys.len()
-        ))
-        .with_context("namespace", ns));
-    }
-    let mut seen = HashSet::new();
-    for k in keys {
-        validate::key(k).map_err(|e| e.with_context("namespace", ns))?;
-        if !seen.insert(k) {
-            return Err(
-                Error::invalid_input("the same key appears twice in one batch")
-                    .with_context("namespace", ns)
-                    .with_context("key", escape(k)),
-            );
-        }
-    }
-    Ok(())
 }
 
 #[async_trait]
@@ -292,7 +230,7 @@ impl StorageDriver for MemoryDriver {
     }
 
     async fn get(&self, ns: &str, key: &str) -> Result<Option<Entry>> {
-        check_key(ns, key)?;
+        validate::document(ns, key)?;
         let docs = self.inner.docs_read()?;
         Ok(docs
             .live(ns, key, SystemTime::now())
@@ -300,7 +238,7 @@ impl StorageDriver for MemoryDriver {
     }
 
     async fn put(&self, ns: &str, key: &str, value: Value, options: PutOptions) -> Result<Entry> {
-        check_doc(ns, key, &value, &options, &self.inner.limits)?;
+        validate::put(ns, key, &value, &options, &self.inner.limits)?;
         let now = SystemTime::now();
         let mut docs = self.inner.docs_write()?;
         let current = docs.live(ns, key, now).map(|s| &s.entry);
@@ -310,7 +248,7 @@ impl StorageDriver for MemoryDriver {
     }
 
     async fn delete(&self, ns: &str, key: &str, condition: DeleteCondition) -> Result<bool> {
-        check_key(ns, key)?;
+        validate::document(ns, key)?;
         let now = SystemTime::now();
         let mut docs = self.inner.docs_write()?;
         let current = docs.live(ns, key, now).map(|s| &s.entry);
@@ -345,9 +283,9 @@ impl StorageDriver for MemoryDriver {
     }
 
     async fn put_many(&self, ns: &str, items: Vec<BatchPut>) -> Result<Vec<Entry>> {
-        check_batch(ns, items.iter().map(|i| i.key.as_str()))?;
+        validate::batch(ns, items.iter().map(|i| i.key.as_str()), true)?;
         for i in &items {
-            check_doc(ns, &i.key, &i.value, &i.options, &self.inner.limits)?;
+            validate::put(ns, &i.key, &i.value, &i.options, &self.inner.limits)?;
         }
         let now = SystemTime::now();
         let mut docs = self.inner.docs_write()?;
@@ -365,7 +303,7 @@ impl StorageDriver for MemoryDriver {
     }
 
     async fn delete_many(&self, ns: &str, items: Vec<BatchDelete>) -> Result<u64> {
-        check_batch(ns, items.iter().map(|i| i.key.as_str()))?;
+        validate::batch(ns, items.iter().map(|i| i.key.as_str()), true)?;
         let now = SystemTime::now();
         let mut docs = self.inner.docs_write()?;
         let mut removed = 0;
@@ -523,7 +461,7 @@ impl StorageDriver for MemoryDriver {
         metadata: Metadata,
         mode: MetadataMode,
     ) -> Result<Entry> {
-        check_key(ns, key)?;
+        validate::document(ns, key)?;
         let now = SystemTime::now();
         let mut docs = self.inner.docs_write()?;
         let Some(current) = docs.live(ns, key, now).map(|s| s.entry.clone()) else {

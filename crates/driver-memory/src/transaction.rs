@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use kernel_core::validate::escape;
 use kernel_core::{DeleteCondition, Entry, Error, PutOptions, Result, Transaction, Value};
 
-use crate::documents::{check_delete_condition, check_doc, DocState, Planned};
+use crate::documents::{check_delete_condition, DocState, Planned};
 use crate::MemoryDriver;
 
 type Slot = (String, String);
@@ -64,7 +64,7 @@ impl Transaction for MemoryTransaction {
         value: Value,
         options: PutOptions,
     ) -> Result<Entry> {
-        check_doc(ns, key, &value, &options, self.driver.value_limits())?;
+        kernel_core::validate::put(ns, key, &value, &options, self.driver.value_limits())?;
         let current = self.view(ns, key)?;
         let entry =
             DocState::plan_put(current.as_ref(), ns, key, value, options, SystemTime::now())?;

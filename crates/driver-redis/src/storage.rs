@@ -1,13 +1,13 @@
 //! `StorageDriver` on Redis: one hash of encoded entries per namespace, a sorted set for
 //! byte-wise ordered listing, a sorted set of expiries, all changed by Lua scripts.
 
-use std::collections::HashSet;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use fred::interfaces::{ClientLike, HashesInterface};
 use fred::types::Value as RedisValue;
 use futures::StreamExt;
+use kernel_core::document::{already_exists, version_conflict};
 use kernel_core::glob::prefix_upper_bound;
 use kernel_core::validate::{self, escape, MAX_BATCH_SIZE};
 use kernel_core::{
@@ -25,75 +25,6 @@ use crate::RedisDriver;
 const SCAN_BATCH: usize = 1000;
 /// How often a metadata merge is retried when the entry changes under it.
 const MERGE_ATTEMPTS: usize = 32;
-
-/// Checks a document write's input (everything but the batch shape).
-pub(crate) fn check_doc(
-    ns: &str,
-    key: &str,
-    value: &Value,
-    options: &PutOptions,
-    limits: &kernel_core::Limits,
-) -> Result<()> {
-    validate::namespace(ns)?;
-    validate::key(key).map_err(|e| e.with_context("namespace", ns))?;
-    let ctx = |e: Error| {
-        e.with_context("namespace", ns)
-            .with_context("key", escape(key))
-    };
-    validate::value(value, limits).map_err(ctx)?;
-    if let Some(m) = &options.metadata {
-        validate::metadata(m, limits).map_err(ctx)?;
-    }
-    if options.ttl.is_some_and(|t| t.is_zero()) {
-        return Err(ctx(Error::invalid_input("TTL must be greater than zero")));
-    }
-    Ok(())
-}
-
-pub(crate) fn check_key(ns: &str, key: &str) -> Result<()> {
-    validate::namespace(ns)?;
-    validate::key(key).map_err(|e| e.with_context("namespace", ns))
-}
-
-fn check_batch<'a>(
-    ns: &str,
-    keys: impl ExactSizeIterator<Item = &'a str>,
-    unique: bool,
-) -> Result<()> {
-    validate::namespace(ns)?;
-    if keys.len() > MAX_BATCH_SIZE {
-        return Err(Error::invalid_input(format!(
-            "batch has {} items; the limit is {MAX_BATCH_SIZE}",
-            keys.len()
-        ))
-        .with_context("namespace", ns));
-    }
-    let mut seen = HashSet::new();
-    for k in keys {
-        validate::key(k).map_err(|e| e.with_context("namespace", ns))?;
-        if unique && !seen.insert(k) {
-            return Err(
-                Error::invalid_input("the same key appears twice in one batch")
-                    .with_context("namespace", ns)
-                    .with_context("key", escape(k)),
-            );
-        }
-    }
-    Ok(())
-}
-
-pub(crate) fn version_conflict(ns: &str, key: &str, expected: u64, current: Option<u64>) -> Error {
-    Error::conflict(format!("expected version {expected}"))
-        .with_context("namespace", ns)
-        .with_context("key", escape(key))
-        .with_current_version(current)
-}
-
-pub(crate) fn already_exists(ns: &str, key: &str) -> Error {
-    Error::new(ErrorCode::AlreadyExists, "the key already exists")
-        .with_context("namespace", ns)
-        .with_context("key", escape(key))
-}
 
 fn ttl_arg(ttl: Option<Duration>) -> String {
     ttl.map(|t| micros(t).max(1).to_string())
@@ -446,7 +377,7 @@ impl StorageDriver for RedisDriver {
     }
 
     async fn get(&self, ns: &str, key: &str) -> Result<Option<Entry>> {
-        check_key(ns, key)?;
+        validate::document(ns, key)?;
         let mut found = self
             .fetch(ns, &[key.to_owned()])
             .await
@@ -455,7 +386,7 @@ impl StorageDriver for RedisDriver {
     }
 
     async fn put(&self, ns: &str, key: &str, value: Value, options: PutOptions) -> Result<Entry> {
-        check_doc(ns, key, &value, &options, &self.inner.config.limits)?;
+        validate::put(ns, key, &value, &options, &self.inner.config.limits)?;
         let mut written = self
             .put_batch(ns, vec![BatchPut::new(key, value).with_options(options)])
             .await
@@ -472,7 +403,7 @@ impl StorageDriver for RedisDriver {
     }
 
     async fn delete(&self, ns: &str, key: &str, condition: DeleteCondition) -> Result<bool> {
-        check_key(ns, key)?;
+        validate::document(ns, key)?;
         let removed = self
             .delete_batch(
                 ns,
@@ -497,7 +428,7 @@ impl StorageDriver for RedisDriver {
     }
 
     async fn get_many(&self, ns: &str, keys: &[String]) -> Result<Vec<Option<Entry>>> {
-        check_batch(ns, keys.iter().map(String::as_str), false)?;
+        validate::batch(ns, keys.iter().map(String::as_str), false)?;
         Ok(self
             .fetch(ns, keys)
             .await?
@@ -507,9 +438,9 @@ impl StorageDriver for RedisDriver {
     }
 
     async fn put_many(&self, ns: &str, items: Vec<BatchPut>) -> Result<Vec<Entry>> {
-        check_batch(ns, items.iter().map(|i| i.key.as_str()), true)?;
+        validate::batch(ns, items.iter().map(|i| i.key.as_str()), true)?;
         for i in &items {
-            check_doc(ns, &i.key, &i.value, &i.options, &self.inner.config.limits)?;
+            validate::put(ns, &i.key, &i.value, &i.options, &self.inner.config.limits)?;
         }
         if items.is_empty() {
             return Ok(Vec::new());
@@ -518,7 +449,7 @@ impl StorageDriver for RedisDriver {
     }
 
     async fn delete_many(&self, ns: &str, items: Vec<BatchDelete>) -> Result<u64> {
-        check_batch(ns, items.iter().map(|i| i.key.as_str()), true)?;
+        validate::batch(ns, items.iter().map(|i| i.key.as_str()), true)?;
         if items.is_empty() {
             return Ok(0);
         }
@@ -703,7 +634,7 @@ impl StorageDriver for RedisDriver {
         metadata: Metadata,
         mode: MetadataMode,
     ) -> Result<Entry> {
-        check_key(ns, key)?;
+        validate::document(ns, key)?;
         let limits = &self.inner.config.limits;
         let ctx = |e: Error| {
             e.with_context("namespace", ns)

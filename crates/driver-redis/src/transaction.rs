@@ -17,8 +17,8 @@ use kernel_core::{
 };
 
 use crate::codec::{micros, to_json, Reply};
-use crate::storage::{already_exists, check_doc, check_key, version_conflict};
 use crate::RedisDriver;
+use kernel_core::document::{already_exists, version_conflict};
 
 type Slot = (String, String);
 
@@ -87,7 +87,7 @@ impl RedisTransaction {
 #[async_trait]
 impl Transaction for RedisTransaction {
     async fn get(&mut self, ns: &str, key: &str) -> Result<Option<Entry>> {
-        check_key(ns, key)?;
+        kernel_core::validate::document(ns, key)?;
         Ok(self.view(ns, key).await?.0)
     }
 
@@ -98,7 +98,7 @@ impl Transaction for RedisTransaction {
         value: Value,
         options: PutOptions,
     ) -> Result<Entry> {
-        check_doc(ns, key, &value, &options, &self.driver.inner.config.limits)?;
+        kernel_core::validate::put(ns, key, &value, &options, &self.driver.inner.config.limits)?;
         let (current, created_in_tx) = self.view(ns, key).await?;
         match (options.condition, &current) {
             (PutCondition::IfAbsent, Some(_)) => return Err(already_exists(ns, key)),
@@ -149,7 +149,7 @@ impl Transaction for RedisTransaction {
     }
 
     async fn delete(&mut self, ns: &str, key: &str, condition: DeleteCondition) -> Result<bool> {
-        check_key(ns, key)?;
+        kernel_core::validate::document(ns, key)?;
         let (current, _) = self.view(ns, key).await?;
         if let DeleteCondition::IfVersion(v) = condition {
             let version = current.as_ref().map(|e| e.version);

@@ -379,3 +379,19 @@ pub struct Status {
     /// Backend-specific details (server version, memory use...). Never secrets.
     pub details: BTreeMap<String, String>,
 }
+
+/// The `Conflict` of a failed `IfVersion` condition, carrying the current version (`None` when
+/// the key is absent). Every driver builds it here so the message and context agree.
+pub fn version_conflict(ns: &str, key: &str, expected: u64, current: Option<u64>) -> Error {
+    Error::conflict(format!("expected version {expected}"))
+        .with_context("namespace", ns)
+        .with_context("key", validate::escape(key))
+        .with_current_version(current)
+}
+
+/// The `AlreadyExists` of a failed `IfAbsent` condition.
+pub fn already_exists(ns: &str, key: &str) -> Error {
+    Error::new(crate::ErrorCode::AlreadyExists, "the key already exists")
+        .with_context("namespace", ns)
+        .with_context("key", validate::escape(key))
+}

@@ -21,6 +21,8 @@ pub const RESERVED_PREFIX: &str = "_kernel";
 pub const MAX_EVENTS_PER_APPEND: usize = 1000;
 /// Most items one batch (`get_many`, `put_many`, `delete_many`) may carry.
 pub const MAX_BATCH_SIZE: usize = 1000;
+/// Longest document TTL: far enough for any use, and well inside every backend's time range.
+pub const MAX_TTL: std::time::Duration = std::time::Duration::from_secs(1000 * 365 * 86_400);
 
 /// Size limits for values and metadata, configurable per driver.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -104,6 +106,68 @@ fn check_key(k: &str, what: &'static str) -> Result<()> {
     }
     if k.contains('\0') {
         return err(format!("{what} must not contain NUL"));
+    }
+    Ok(())
+}
+
+/// A document address: the namespace rule and the key rule, errors naming both.
+pub fn document(ns: &str, key: &str) -> Result<()> {
+    namespace(ns)?;
+    self::key(key).map_err(|e| e.with_context("namespace", ns))
+}
+
+/// Everything a put checks before I/O: address, value, metadata and TTL.
+pub fn put(
+    ns: &str,
+    key: &str,
+    value: &Value,
+    options: &crate::PutOptions,
+    limits: &Limits,
+) -> Result<()> {
+    document(ns, key)?;
+    let ctx = |e: Error| {
+        e.with_context("namespace", ns)
+            .with_context("key", escape(key))
+    };
+    self::value(value, limits).map_err(ctx)?;
+    if let Some(m) = &options.metadata {
+        metadata(m, limits).map_err(ctx)?;
+    }
+    if let Some(ttl) = options.ttl {
+        if ttl.is_zero() || ttl > MAX_TTL {
+            return Err(ctx(Error::invalid_input(
+                "TTL must be greater than zero and at most 1000 years",
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// A batch's shape: the namespace, at most [`MAX_BATCH_SIZE`] keys, each valid, and (for writes,
+/// `unique`) no key twice.
+pub fn batch<'a>(
+    ns: &str,
+    keys: impl ExactSizeIterator<Item = &'a str>,
+    unique: bool,
+) -> Result<()> {
+    namespace(ns)?;
+    if keys.len() > MAX_BATCH_SIZE {
+        return Err(Error::invalid_input(format!(
+            "batch has {} items; the limit is {MAX_BATCH_SIZE}",
+            keys.len()
+        ))
+        .with_context("namespace", ns));
+    }
+    let mut seen = std::collections::HashSet::new();
+    for k in keys {
+        self::key(k).map_err(|e| e.with_context("namespace", ns))?;
+        if unique && !seen.insert(k) {
+            return Err(
+                Error::invalid_input("the same key appears twice in one batch")
+                    .with_context("namespace", ns)
+                    .with_context("key", escape(k)),
+            );
+        }
     }
     Ok(())
 }

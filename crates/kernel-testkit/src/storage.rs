@@ -53,6 +53,7 @@ macro_rules! __storage_behaviours {
             ttl_expired_entry_is_absent_for_conditions
             put_without_ttl_clears_ttl
             get_many_in_request_order
+            get_many_with_duplicate_keys
             put_many_returns_entries_in_order
             put_many_is_atomic_on_version_conflict
             put_many_is_atomic_on_existing_key
@@ -129,6 +130,7 @@ macro_rules! __storage_behaviours {
             rejects_long_key
             rejects_oversized_value
             rejects_too_deep_value
+            rejects_ttl_out_of_range
             rejects_invalid_metadata
             rejects_invalid_glob
             rejects_invalid_filter_path
@@ -1066,6 +1068,20 @@ pub async fn get_many_in_request_order<S: StorageDriver + ?Sized + 'static>(stor
         "get_many of a missing namespace",
     );
     assert!(got.len() == 4 && got.iter().all(Option::is_none), "{got:?}");
+}
+
+/// A key asked for twice in `get_many` is answered twice, in request order (reads have no
+/// reason to refuse duplicates; only write batches do).
+pub async fn get_many_with_duplicate_keys<S: StorageDriver + ?Sized + 'static>(store: Arc<S>) {
+    let s = &*store;
+    let ns = unique("ns");
+    put(s, &ns, "a", json!(1)).await;
+    let got = expect_ok(
+        s.get_many(&ns, &strings(&["a", "missing", "a"])).await,
+        "get_many with a key twice",
+    );
+    let keys: Vec<Option<String>> = got.into_iter().map(|e| e.map(|e| e.key)).collect();
+    assert_eq!(keys, vec![Some("a".into()), None, Some("a".into())]);
 }
 
 /// `put_many` writes every item and returns the entries in request order.
@@ -3299,6 +3315,33 @@ pub async fn rejects_too_deep_value<S: StorageDriver + ?Sized + 'static>(store: 
     assert_eq!(count(s, &ns, None).await, 0, "nothing written");
     put(s, &ns, "edge", nested(depth)).await;
     assert_eq!(must_get(s, &ns, "edge").await.value, nested(depth));
+}
+
+/// A TTL of zero or beyond `validate::MAX_TTL` is `InvalidInput` and writes nothing.
+pub async fn rejects_ttl_out_of_range<S: StorageDriver + ?Sized + 'static>(store: Arc<S>) {
+    let s = &*store;
+    let ns = unique("ns");
+    for ttl in [
+        std::time::Duration::ZERO,
+        kernel_core::validate::MAX_TTL + std::time::Duration::from_secs(1),
+    ] {
+        expect_err(
+            s.put(&ns, "k", json!(1), PutOptions::new().ttl(ttl)).await,
+            ErrorCode::InvalidInput,
+            &format!("put with TTL {ttl:?}"),
+        );
+    }
+    assert_eq!(count(s, &ns, None).await, 0, "nothing written");
+    expect_ok(
+        s.put(
+            &ns,
+            "k",
+            json!(1),
+            PutOptions::new().ttl(kernel_core::validate::MAX_TTL),
+        )
+        .await,
+        "put with the longest TTL",
+    );
 }
 
 /// Metadata nested too deep is `InvalidInput` in put and `set_metadata`, and writes nothing.

@@ -1,0 +1,209 @@
+//! The notification listener: one dedicated connection (not pooled: LISTEN belongs to a session,
+//! and a pooled session is shared) that LISTENs on `kernel_events` and `kernel_pending`.
+//!
+//! * `kernel_events` (sent by every sequencer pass, carrying the new head): wakes the driver's
+//!   subscriptions, which then read their next page. Nothing travels in the notification that
+//!   the subscriptions rely on, so a lost one only delays them until the poll tick.
+//! * `kernel_pending` (sent by the SQL entry point `kernel_append`): runs a sequencer pass, so
+//!   events appended from psql get their positions and reach subscribers.
+//!
+//! When the connection drops, the listener reconnects with backoff, LISTENs again and wakes
+//! every subscription: each re-reads from its last position, so events committed while no one
+//! listened are delivered, none twice. The tick also runs a sequencer pass when events wait
+//! for positions (an appender that died between commit and numbering), and sweeps expired
+//! documents and lapsed rate-limit rows now and then.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use deadpool_postgres::Pool;
+use futures::StreamExt;
+use kernel_core::subscription::HeadSignal;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio_postgres::{AsyncMessage, NoTls, Notification};
+
+use crate::error;
+
+/// What the listener needs; it holds no reference to the driver, so dropping the driver ends it.
+pub(crate) struct ListenerSetup {
+    pub(crate) pg: tokio_postgres::Config,
+    pub(crate) pool: Pool,
+    pub(crate) pool_size: usize,
+    pub(crate) head: Arc<watch::Sender<HeadSignal>>,
+    pub(crate) shutdown: watch::Receiver<bool>,
+    pub(crate) tick: Duration,
+}
+
+const SWEEP_EVERY: Duration = Duration::from_secs(60);
+
+pub(crate) fn spawn(setup: ListenerSetup) -> JoinHandle<()> {
+    tokio::spawn(run(setup))
+}
+
+async fn run(mut s: ListenerSetup) {
+    let mut backoff = Duration::from_millis(50);
+    let mut last_sweep = Instant::now();
+    loop {
+        if *s.shutdown.borrow() {
+            return;
+        }
+        let connected = tokio::select! {
+            r = s.pg.connect(NoTls) => r,
+            _ = s.shutdown.changed() => return,
+        };
+        let (client, mut connection) = match connected {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64,
+                    "postgres listener cannot connect; subscriptions fall back to polling");
+                if sleep_or_shutdown(&mut s.shutdown, backoff).await {
+                    return;
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                continue;
+            }
+        };
+        let (tx, mut rx) = mpsc::unbounded_channel::<Notification>();
+        let driver = tokio::spawn(async move {
+            let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
+            while let Some(message) = messages.next().await {
+                match message {
+                    Ok(AsyncMessage::Notification(n)) => {
+                        if tx.send(n).is_err() {
+                            return;
+                        }
+                    }
+                    Ok(AsyncMessage::Notice(notice)) => {
+                        tracing::debug!(notice = %notice.message(), "postgres listener notice");
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::warn!(error = %e, "postgres listener connection lost; reconnecting");
+                        return;
+                    }
+                }
+            }
+        });
+        if let Err(e) = client
+            .batch_execute("LISTEN kernel_events; LISTEN kernel_pending")
+            .await
+        {
+            tracing::warn!(error = %e, "postgres listener cannot LISTEN; reconnecting");
+            driver.abort();
+            if sleep_or_shutdown(&mut s.shutdown, backoff).await {
+                return;
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+            continue;
+        }
+        backoff = Duration::from_millis(50);
+        // Events may have been numbered while nobody listened, and psql appends may wait for a
+        // pass: number what is pending, then wake every subscription to re-read.
+        sequence(&s).await;
+        s.head.send_modify(|_| {});
+        let mut ticker = tokio::time::interval(s.tick);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                note = rx.recv() => match note {
+                    Some(n) => handle(&s, &n).await,
+                    None => break,
+                },
+                _ = ticker.tick() => {
+                    sequence(&s).await;
+                    if last_sweep.elapsed() >= SWEEP_EVERY {
+                        last_sweep = Instant::now();
+                        sweep(&s).await;
+                    }
+                }
+                _ = s.shutdown.changed() => {
+                    driver.abort();
+                    return;
+                }
+            }
+        }
+        driver.abort();
+        drop(client);
+        if sleep_or_shutdown(&mut s.shutdown, backoff).await {
+            return;
+        }
+    }
+}
+
+/// Sleeps; `true` when shutdown came first.
+async fn sleep_or_shutdown(shutdown: &mut watch::Receiver<bool>, d: Duration) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep(d) => *shutdown.borrow(),
+        _ = shutdown.changed() => true,
+    }
+}
+
+async fn handle(s: &ListenerSetup, n: &Notification) {
+    match n.channel() {
+        "kernel_events" => {
+            let head = n.payload().parse::<u64>().unwrap_or(0);
+            s.head.send_modify(|h| h.position = h.position.max(head));
+        }
+        "kernel_pending" => {
+            // An older transaction may still hold the horizon back: retry briefly, then leave it
+            // to the tick.
+            for _ in 0..50 {
+                if !sequence(s).await {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        other => tracing::debug!(channel = other, "unexpected notification"),
+    }
+}
+
+/// Runs a sequencer pass; `true` when events still wait for positions afterwards.
+async fn sequence(s: &ListenerSetup) -> bool {
+    let client = match s.pool.get().await {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(error = %error::pool(e, s.pool_size), "sequencer pass skipped");
+            return false;
+        }
+    };
+    // Two statements: the check must see the pass's own deletions.
+    let result = match client.batch_execute("SELECT kernel_sequence()").await {
+        Ok(()) => {
+            client
+                .query_one("SELECT EXISTS (SELECT 1 FROM kernel_event_pending)", &[])
+                .await
+        }
+        Err(e) => Err(e),
+    };
+    match result.and_then(|row| row.try_get::<_, bool>(0)) {
+        Ok(pending) => pending,
+        Err(e) => {
+            tracing::warn!(error = %error::pg(e), "sequencer pass failed");
+            false
+        }
+    }
+}
+
+/// Deletes expired documents and lapsed rate-limit rows, a bounded batch at a time.
+async fn sweep(s: &ListenerSetup) {
+    let client = match s.pool.get().await {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(error = %error::pool(e, s.pool_size), "sweep skipped");
+            return;
+        }
+    };
+    let result = client
+        .batch_execute(
+            "DELETE FROM kernel_documents WHERE ctid IN (SELECT ctid FROM kernel_documents \
+               WHERE expires_at <= clock_timestamp() LIMIT 10000); \
+             DELETE FROM kernel_rate_limits WHERE ctid IN (SELECT ctid FROM kernel_rate_limits \
+               WHERE tat_us <= (extract(epoch FROM clock_timestamp()) * 1000000)::bigint LIMIT 10000);",
+        )
+        .await;
+    if let Err(e) = result {
+        tracing::warn!(error = %error::pg(e), "sweep of expired rows failed");
+    }
+}

@@ -1,0 +1,110 @@
+//! `Lock` on the `kernel_locks` lease table.
+//!
+//! Why a table and not `pg_advisory_lock`: a session advisory lock belongs to one connection,
+//! and behind a pool the connection that took it is handed to other tasks, may be recycled or
+//! dropped (releasing the lock silently), and cannot be released from another connection. It
+//! has no TTL (a crashed holder keeps it until its connection dies) and no fencing token. A
+//! lease row has all three: an expiry checked against the server clock, a random token that
+//! only the holder knows, and a per-key counter that goes up on every acquisition and is
+//! never reset (the row stays after release).
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use kernel_core::lock::{not_held, validate_lease_request, validate_ttl};
+use kernel_core::validate;
+use kernel_core::{Lease, Lock, Result, Uuid};
+
+use crate::error::pg;
+use crate::rows::{micros, to_i64, version};
+use crate::PostgresDriver;
+
+#[async_trait]
+impl Lock for PostgresDriver {
+    async fn try_acquire(&self, key: &str, ttl: Duration) -> Result<Option<Lease>> {
+        validate_lease_request(key, ttl)?;
+        let token = Uuid::new_v4().simple().to_string();
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(
+                "INSERT INTO kernel_locks AS l (key, token, fencing, expires_at) \
+                 VALUES ($1, $2, 1, clock_timestamp() + $3::bigint * interval '1 microsecond') \
+                 ON CONFLICT (key) DO UPDATE SET token = EXCLUDED.token, \
+                   fencing = l.fencing + 1, expires_at = EXCLUDED.expires_at \
+                 WHERE l.token IS NULL OR l.expires_at <= clock_timestamp() \
+                 RETURNING l.fencing, l.expires_at",
+            )
+            .await
+            .map_err(pg)?;
+        let row = client
+            .query_opt(&stmt, &[&key, &token, &micros(ttl)])
+            .await
+            .map_err(|e| pg(e).with_context("key", validate::escape(key)))?;
+        row.map(|r| {
+            Ok(Lease {
+                key: key.to_owned(),
+                token: token.clone(),
+                fencing_token: version(r.try_get(0).map_err(pg)?)?,
+                expires_at: r.try_get(1).map_err(pg)?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn release(&self, lease: &Lease) -> Result<()> {
+        validate::lock_key(&lease.key)?;
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(
+                "UPDATE kernel_locks SET token = NULL, expires_at = clock_timestamp() \
+                 WHERE key = $1 AND token = $2 AND fencing = $3 AND expires_at > clock_timestamp()",
+            )
+            .await
+            .map_err(pg)?;
+        let n = client
+            .execute(
+                &stmt,
+                &[&lease.key, &lease.token, &to_i64(lease.fencing_token)],
+            )
+            .await
+            .map_err(|e| pg(e).with_context("key", validate::escape(&lease.key)))?;
+        if n == 1 {
+            Ok(())
+        } else {
+            Err(not_held(lease))
+        }
+    }
+
+    async fn extend(&self, lease: &Lease, ttl: Duration) -> Result<Lease> {
+        validate::lock_key(&lease.key)?;
+        validate_ttl(&lease.key, ttl)?;
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(
+                "UPDATE kernel_locks SET expires_at = clock_timestamp() + $4::bigint * interval '1 microsecond' \
+                 WHERE key = $1 AND token = $2 AND fencing = $3 AND expires_at > clock_timestamp() \
+                 RETURNING expires_at",
+            )
+            .await
+            .map_err(pg)?;
+        let row = client
+            .query_opt(
+                &stmt,
+                &[
+                    &lease.key,
+                    &lease.token,
+                    &to_i64(lease.fencing_token),
+                    &micros(ttl),
+                ],
+            )
+            .await
+            .map_err(|e| pg(e).with_context("key", validate::escape(&lease.key)))?;
+        match row {
+            Some(r) => Ok(Lease {
+                expires_at: r.try_get(0).map_err(pg)?,
+                ..lease.clone()
+            }),
+            None => Err(not_held(lease)),
+        }
+    }
+}

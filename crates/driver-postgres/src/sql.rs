@@ -1,0 +1,272 @@
+//! Translation of [`Filter`] and sort keys to parameterised SQL over `kernel_documents d`, with
+//! the semantics of [`kernel_core::query`] exactly:
+//!
+//! * A field is `d.value #> $path` (SQL NULL when missing, JSON `null` when null). Postgres
+//!   reads path segments like `01`, `-1` or `+1` as array indices where the kernel does not, so
+//!   such a segment is guarded: it only resolves inside an object.
+//! * Every leaf is wrapped in `coalesce(.., false)` so it is two-valued and `NOT` negates the
+//!   kernel's way (a missing field makes `eq` false and `not(eq)` true).
+//! * Comparisons first check the JSON type (`jsonb_typeof`) and compare within it: numbers as
+//!   `numeric`, strings byte-wise (`COLLATE "C"`), booleans `false < true`. `CASE` makes sure a
+//!   cast only runs on a value of the right type. JSONB equality compares numbers numerically
+//!   (`1 = 1.0`) and containers member by member, like [`kernel_core::query::json_eq`].
+//! * Sorting uses the cross-type rank (missing < null < bool < number < string < array <
+//!   object), then the value within its type, then the key ascending.
+//!
+//! User input only ever travels as bound parameters; the SQL text holds only the builder's own
+//! fragments.
+
+use kernel_core::query::{parse_index, Direction, Filter, Op, SortKey};
+use kernel_core::Value;
+use tokio_postgres::types::{ToSql, Type};
+
+/// SQL text and its bound parameters.
+pub(crate) struct SqlBuilder {
+    /// The SQL so far.
+    pub sql: String,
+    params: Vec<(Box<dyn ToSql + Sync + Send>, Type)>,
+}
+
+impl SqlBuilder {
+    /// Starts with `sql`.
+    pub(crate) fn new(sql: &str) -> SqlBuilder {
+        SqlBuilder {
+            sql: sql.to_owned(),
+            params: Vec::new(),
+        }
+    }
+
+    /// Binds a parameter; returns its placeholder (`$n`).
+    pub(crate) fn bind<T: ToSql + Sync + Send + 'static>(&mut self, value: T, ty: Type) -> String {
+        self.params.push((Box::new(value), ty));
+        format!("${}", self.params.len())
+    }
+
+    /// Appends SQL text.
+    pub(crate) fn push(&mut self, sql: &str) {
+        self.sql.push_str(sql);
+    }
+
+    /// The parameters as `query_typed` wants them.
+    pub(crate) fn params(&self) -> Vec<(&(dyn ToSql + Sync), Type)> {
+        self.params
+            .iter()
+            .map(|(v, t)| (v.as_ref() as &(dyn ToSql + Sync), t.clone()))
+            .collect()
+    }
+
+    /// Appends the SQL of a filter (a boolean expression).
+    pub(crate) fn filter(&mut self, filter: &Filter) {
+        match filter {
+            Filter::And(children) => self.join(children, " AND ", "true"),
+            Filter::Or(children) => self.join(children, " OR ", "false"),
+            Filter::Not(child) => {
+                self.push("(NOT ");
+                self.filter(child);
+                self.push(")");
+            }
+            Filter::Field { path, op } => {
+                let field = self.field(path);
+                let leaf = self.leaf(&field, op);
+                self.push("coalesce(");
+                self.push(&leaf);
+                self.push(", false)");
+            }
+        }
+    }
+
+    fn join(&mut self, children: &[Filter], sep: &str, empty: &str) {
+        if children.is_empty() {
+            self.push(empty);
+            return;
+        }
+        self.push("(");
+        for (i, c) in children.iter().enumerate() {
+            if i > 0 {
+                self.push(sep);
+            }
+            self.filter(c);
+        }
+        self.push(")");
+    }
+
+    /// The SQL expression of the field at a dotted path (SQL NULL when missing).
+    fn field(&mut self, path: &str) -> String {
+        let segments: Vec<String> = path.split('.').map(str::to_owned).collect();
+        // Segments Postgres might read as an array index but the kernel does not.
+        let guarded: Vec<usize> = segments
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| parse_index(s).is_none() && s.bytes().any(|b| b.is_ascii_digit()))
+            .map(|(i, _)| i)
+            .collect();
+        let full = self.bind(segments.clone(), Type::TEXT_ARRAY);
+        let lookup = format!("(d.value #> {full})");
+        if guarded.is_empty() {
+            return lookup;
+        }
+        let mut conditions = Vec::new();
+        for i in guarded {
+            let parent = self.bind(segments[..i].to_vec(), Type::TEXT_ARRAY);
+            conditions.push(format!("jsonb_typeof(d.value #> {parent}) = 'object'"));
+        }
+        format!("(CASE WHEN {} THEN {lookup} END)", conditions.join(" AND "))
+    }
+
+    fn leaf(&mut self, f: &str, op: &Op) -> String {
+        match op {
+            Op::Exists(true) => format!("({f} IS NOT NULL)"),
+            Op::Exists(false) => format!("({f} IS NULL)"),
+            Op::Eq(v) => {
+                let p = self.bind(v.clone(), Type::JSONB);
+                format!("({f} = {p})")
+            }
+            Op::Ne(v) => {
+                let ty = json_type(v);
+                let p = self.bind(v.clone(), Type::JSONB);
+                format!("(jsonb_typeof({f}) = '{ty}' AND {f} <> {p})")
+            }
+            Op::Gt(v) => self.order(f, v, ">"),
+            Op::Gte(v) => self.order(f, v, ">="),
+            Op::Lt(v) => self.order(f, v, "<"),
+            Op::Lte(v) => self.order(f, v, "<="),
+            Op::Contains(v) => match v {
+                Value::String(s) => {
+                    let text = self.bind(s.clone(), Type::TEXT);
+                    let elem = self.bind(v.clone(), Type::JSONB);
+                    format!(
+                        "(CASE jsonb_typeof({f}) WHEN 'string' THEN strpos({f} #>> '{{}}', {text}) > 0 \
+                         WHEN 'array' THEN {f} @> jsonb_build_array({elem}) ELSE false END)"
+                    )
+                }
+                Value::Array(_) | Value::Object(_) => {
+                    // Containment (`@>`) is not equality for containers: compare elements.
+                    let elem = self.bind(v.clone(), Type::JSONB);
+                    format!(
+                        "(CASE WHEN jsonb_typeof({f}) = 'array' THEN EXISTS (SELECT 1 FROM \
+                         jsonb_array_elements({f}) AS el(x) WHERE el.x = {elem}) END)"
+                    )
+                }
+                _ => {
+                    let elem = self.bind(v.clone(), Type::JSONB);
+                    format!(
+                        "(CASE WHEN jsonb_typeof({f}) = 'array' THEN {f} @> jsonb_build_array({elem}) END)"
+                    )
+                }
+            },
+            Op::StartsWith(s) => {
+                let p = self.bind(s.clone(), Type::TEXT);
+                format!("(CASE WHEN jsonb_typeof({f}) = 'string' THEN starts_with({f} #>> '{{}}', {p}) END)")
+            }
+            Op::EndsWith(s) => {
+                let p = self.bind(s.clone(), Type::TEXT);
+                format!(
+                    "(CASE WHEN jsonb_typeof({f}) = 'string' THEN \
+                     right({f} #>> '{{}}', char_length({p})) = {p} END)"
+                )
+            }
+            Op::In(values) => {
+                let p = self.bind(values.clone(), Type::JSONB_ARRAY);
+                format!("({f} = ANY ({p}))")
+            }
+        }
+    }
+
+    fn order(&mut self, f: &str, v: &Value, cmp: &str) -> String {
+        match v {
+            Value::Number(_) => {
+                let p = self.bind(v.clone(), Type::JSONB);
+                format!("(CASE WHEN jsonb_typeof({f}) = 'number' THEN ({f})::numeric {cmp} ({p})::numeric END)")
+            }
+            Value::String(s) => {
+                let p = self.bind(s.clone(), Type::TEXT);
+                format!(
+                    "(CASE WHEN jsonb_typeof({f}) = 'string' THEN \
+                     ({f} #>> '{{}}') COLLATE \"C\" {cmp} {p} COLLATE \"C\" END)"
+                )
+            }
+            Value::Bool(b) => {
+                let p = self.bind(*b, Type::BOOL);
+                format!(
+                    "(CASE WHEN jsonb_typeof({f}) = 'boolean' THEN ({f})::boolean {cmp} {p} END)"
+                )
+            }
+            // Ordering is undefined on null, arrays and objects: never matches.
+            _ => "false".to_owned(),
+        }
+    }
+
+    /// Appends `ORDER BY` for the sort keys, ties by key ascending.
+    pub(crate) fn order_by(&mut self, sort: &[SortKey]) {
+        self.push(" ORDER BY ");
+        for s in sort {
+            let f = self.field(&s.path);
+            let dir = match s.direction {
+                Direction::Ascending => "ASC",
+                Direction::Descending => "DESC",
+            };
+            self.push(&format!(
+                "(CASE WHEN {f} IS NULL THEN 0 ELSE CASE jsonb_typeof({f}) WHEN 'null' THEN 1 \
+                 WHEN 'boolean' THEN 2 WHEN 'number' THEN 3 WHEN 'string' THEN 4 \
+                 WHEN 'array' THEN 5 ELSE 6 END END) {dir}, \
+                 (CASE WHEN jsonb_typeof({f}) = 'boolean' THEN ({f})::boolean END) {dir}, \
+                 (CASE WHEN jsonb_typeof({f}) = 'number' THEN ({f})::numeric END) {dir}, \
+                 (CASE WHEN jsonb_typeof({f}) = 'string' THEN ({f} #>> '{{}}') COLLATE \"C\" END) {dir}, "
+            ));
+        }
+        self.push("d.key ASC");
+    }
+}
+
+/// The `jsonb_typeof` name of a value's type.
+fn json_type(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "boolean",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn user_input_never_reaches_the_sql_text() {
+        let evil = "'; DROP TABLE kernel_documents; --";
+        let f = Filter::eq(evil, evil)
+            .and(Filter::starts_with("a", evil))
+            .and(Filter::gt("b", evil))
+            .and(Filter::is_in("c", [json!(evil)]));
+        let mut b = SqlBuilder::new("SELECT 1 WHERE ");
+        b.filter(&f);
+        b.order_by(&[SortKey {
+            path: evil.to_owned(),
+            direction: Direction::Descending,
+        }]);
+        assert!(!b.sql.contains("DROP"), "{}", b.sql);
+        assert!(b.params().len() >= 8);
+    }
+
+    #[test]
+    fn numeric_looking_segments_are_guarded() {
+        let mut b = SqlBuilder::new("");
+        let f = b.field("a.01.2");
+        assert!(f.contains("jsonb_typeof(d.value #> $2) = 'object'"), "{f}");
+        let mut b = SqlBuilder::new("");
+        assert_eq!(b.field("a.2.b"), "(d.value #> $1)");
+    }
+
+    #[test]
+    fn empty_and_or() {
+        let mut b = SqlBuilder::new("");
+        b.filter(&Filter::And(vec![]));
+        b.push(" ");
+        b.filter(&Filter::Or(vec![]));
+        assert_eq!(b.sql, "true false");
+    }
+}

@@ -1,0 +1,595 @@
+//! `StorageDriver` on `kernel_documents` and `kernel_namespaces`.
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use async_trait::async_trait;
+use kernel_core::glob::prefix_upper_bound;
+use kernel_core::validate::{self, MAX_BATCH_SIZE};
+use kernel_core::{
+    BatchDelete, BatchPut, Capabilities, DeleteCondition, Entry, Error, Filter, Isolation,
+    ListOptions, ListPage, Metadata, MetadataMode, NamespaceInfo, PutCondition, PutOptions, Query,
+    Result, Status, StorageDriver, Transaction, Value,
+};
+use tokio_postgres::types::Type;
+
+use crate::error::{kernel_state, pg, BACKEND};
+use crate::rows::{self, entry, limit_i64, micros, to_i64, ENTRY_COLUMNS, LIVE};
+use crate::sql::SqlBuilder;
+use crate::transaction::PgTransaction;
+use crate::PostgresDriver;
+
+/// Longest document TTL accepted.
+
+const PUT: &str = "SELECT o_key, o_metadata, o_version, o_created_at, o_updated_at, o_expires_at \
+     FROM kernel_put($1, $2, $3, $4, $5, $6, $7)";
+
+/// Parallel arrays for one call of `kernel_put`.
+#[derive(Default)]
+struct PutArrays {
+    keys: Vec<String>,
+    values: Vec<Value>,
+    metadata: Vec<Option<Value>>,
+    ttl_us: Vec<Option<i64>>,
+    cond: Vec<i16>,
+    cond_version: Vec<Option<i64>>,
+}
+
+impl PutArrays {
+    fn push(&mut self, key: String, value: Value, options: PutOptions) {
+        let (cond, version) = match options.condition {
+            PutCondition::Always => (0, None),
+            PutCondition::IfAbsent => (1, None),
+            PutCondition::IfVersion(v) => (2, Some(to_i64(v))),
+        };
+        self.keys.push(key);
+        self.values.push(value);
+        self.metadata.push(options.metadata.map(Value::Object));
+        self.ttl_us.push(options.ttl.map(micros));
+        self.cond.push(cond);
+        self.cond_version.push(version);
+    }
+}
+
+/// Checks one put's input: kernel-core's rules, plus JSON strings without U+0000 (JSONB cannot
+/// store it).
+pub(crate) fn validate_put(
+    driver: &PostgresDriver,
+    namespace: &str,
+    key: &str,
+    value: &Value,
+    options: &PutOptions,
+) -> Result<()> {
+    validate::put(namespace, key, value, options, &driver.inner.config.limits)?;
+    rows::check_nul(Some(value), options.metadata.as_ref()).map_err(|e| {
+        e.with_context("namespace", namespace)
+            .with_context("key", validate::escape(key))
+    })
+}
+
+/// Turns a `KR001` / `KR002` raised by the write functions into the kernel's error.
+pub(crate) fn write_error(err: tokio_postgres::Error, namespace: &str) -> Error {
+    match kernel_state(&err) {
+        Some(s) if s.code == "KR001" => Error::new(
+            kernel_core::ErrorCode::AlreadyExists,
+            "the key already exists",
+        )
+        .with_context("namespace", namespace)
+        .with_context("key", validate::escape(&s.detail))
+        .with_context("backend", BACKEND),
+        Some(s) if s.code == "KR002" => Error::conflict("the key is not at the expected version")
+            .with_context("namespace", namespace)
+            .with_context("key", validate::escape(&s.detail))
+            .with_context("backend", BACKEND)
+            .with_current_version(s.current_version()),
+        _ => pg(err).with_context("namespace", namespace),
+    }
+}
+
+impl PostgresDriver {
+    async fn put_batch(&self, namespace: &str, arrays: PutArrays) -> Result<Vec<Entry>> {
+        let client = self.client().await?;
+        let stmt = client.prepare_cached(PUT).await.map_err(pg)?;
+        let rows = client
+            .query(
+                &stmt,
+                &[
+                    &namespace,
+                    &arrays.keys,
+                    &arrays.values,
+                    &arrays.metadata,
+                    &arrays.ttl_us,
+                    &arrays.cond,
+                    &arrays.cond_version,
+                ],
+            )
+            .await
+            .map_err(|e| write_error(e, namespace))?;
+        if rows.len() != arrays.keys.len() {
+            return Err(Error::internal(format!(
+                "kernel_put returned {} rows for {} keys",
+                rows.len(),
+                arrays.keys.len()
+            ))
+            .with_context("namespace", namespace));
+        }
+        rows.iter()
+            .zip(arrays.values)
+            .map(|(row, value)| {
+                Ok(Entry {
+                    namespace: namespace.to_owned(),
+                    key: row.try_get(0).map_err(pg)?,
+                    value,
+                    metadata: rows::metadata(row.try_get(1).map_err(pg)?)?,
+                    version: rows::version(row.try_get(2).map_err(pg)?)?,
+                    created_at: row.try_get(3).map_err(pg)?,
+                    updated_at: row.try_get(4).map_err(pg)?,
+                    expires_at: row.try_get(5).map_err(pg)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn delete_batch(
+        &self,
+        namespace: &str,
+        keys: Vec<String>,
+        versions: Vec<Option<i64>>,
+    ) -> Result<u64> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached("SELECT kernel_delete($1, $2, $3)")
+            .await
+            .map_err(pg)?;
+        let row = client
+            .query_one(&stmt, &[&namespace, &keys, &versions])
+            .await
+            .map_err(|e| write_error(e, namespace))?;
+        rows::version(row.try_get(0).map_err(pg)?)
+    }
+
+    /// Reads live entries of `keys` (any order).
+    pub(crate) async fn fetch(&self, namespace: &str, keys: &[String]) -> Result<Vec<Entry>> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(&format!(
+                "SELECT {ENTRY_COLUMNS} FROM kernel_documents d \
+                 WHERE d.namespace = $1 AND d.key = ANY ($2) AND {LIVE}"
+            ))
+            .await
+            .map_err(pg)?;
+        let rows = client
+            .query(&stmt, &[&namespace, &keys])
+            .await
+            .map_err(|e| pg(e).with_context("namespace", namespace))?;
+        rows.iter().map(|r| entry(namespace, r)).collect()
+    }
+}
+
+#[async_trait]
+impl StorageDriver for PostgresDriver {
+    fn capabilities(&self) -> Capabilities {
+        let limits = self.inner.config.limits;
+        Capabilities {
+            transactions: true,
+            isolation: Some(Isolation::Serializable),
+            native_query: true,
+            ttl: true,
+            atomic_batch: true,
+            single_round_trip_batch: true,
+            max_value_bytes: limits.max_value_bytes,
+            max_depth: limits.max_depth,
+            max_batch_size: MAX_BATCH_SIZE,
+            durable: true,
+        }
+    }
+
+    async fn status(&self) -> Result<Status> {
+        let started = Instant::now();
+        let client = self.client().await?;
+        let row = client
+            .query_one(
+                "SELECT current_setting('server_version'), \
+                 (SELECT count(*) FROM kernel_namespaces), \
+                 (SELECT count(*) FROM kernel_documents d WHERE (d.expires_at IS NULL OR d.expires_at > clock_timestamp()))",
+                &[],
+            )
+            .await
+            .map_err(pg)?;
+        let latency = started.elapsed();
+        let pool = self.inner.pool.status();
+        let mut details = std::collections::BTreeMap::new();
+        details.insert(
+            "server_version".to_owned(),
+            row.try_get::<_, String>(0).map_err(pg)?,
+        );
+        details.insert("url".to_owned(), self.inner.config.redacted_url());
+        details.insert("pool_max".to_owned(), pool.max_size.to_string());
+        details.insert("pool_open".to_owned(), pool.size.to_string());
+        details.insert("pool_idle".to_owned(), pool.available.to_string());
+        Ok(Status {
+            backend: BACKEND.to_owned(),
+            healthy: true,
+            latency,
+            namespaces: Some(rows::version(row.try_get(1).map_err(pg)?)?),
+            entries: Some(rows::version(row.try_get(2).map_err(pg)?)?),
+            details,
+        })
+    }
+
+    async fn get(&self, namespace: &str, key: &str) -> Result<Option<Entry>> {
+        validate::namespace(namespace)?;
+        validate::key(key).map_err(|e| e.with_context("namespace", namespace))?;
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(&format!(
+                "SELECT {ENTRY_COLUMNS} FROM kernel_documents d \
+                 WHERE d.namespace = $1 AND d.key = $2 AND {LIVE}"
+            ))
+            .await
+            .map_err(pg)?;
+        let row = client
+            .query_opt(&stmt, &[&namespace, &key])
+            .await
+            .map_err(|e| {
+                pg(e)
+                    .with_context("namespace", namespace)
+                    .with_context("key", validate::escape(key))
+            })?;
+        row.map(|r| entry(namespace, &r)).transpose()
+    }
+
+    async fn put(
+        &self,
+        namespace: &str,
+        key: &str,
+        value: Value,
+        options: PutOptions,
+    ) -> Result<Entry> {
+        validate::namespace(namespace)?;
+        validate_put(self, namespace, key, &value, &options)?;
+        let mut arrays = PutArrays::default();
+        arrays.push(key.to_owned(), value, options);
+        let mut entries = self.put_batch(namespace, arrays).await?;
+        entries.pop().ok_or_else(|| {
+            Error::internal("kernel_put returned no row").with_context("namespace", namespace)
+        })
+    }
+
+    async fn delete(&self, namespace: &str, key: &str, condition: DeleteCondition) -> Result<bool> {
+        validate::namespace(namespace)?;
+        validate::key(key).map_err(|e| e.with_context("namespace", namespace))?;
+        let version = match condition {
+            DeleteCondition::Always => None,
+            DeleteCondition::IfVersion(v) => Some(to_i64(v)),
+        };
+        let n = self
+            .delete_batch(namespace, vec![key.to_owned()], vec![version])
+            .await?;
+        Ok(n > 0)
+    }
+
+    async fn exists(&self, namespace: &str, key: &str) -> Result<bool> {
+        validate::namespace(namespace)?;
+        validate::key(key).map_err(|e| e.with_context("namespace", namespace))?;
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(&format!(
+                "SELECT EXISTS (SELECT 1 FROM kernel_documents d \
+                 WHERE d.namespace = $1 AND d.key = $2 AND {LIVE})"
+            ))
+            .await
+            .map_err(pg)?;
+        let row = client
+            .query_one(&stmt, &[&namespace, &key])
+            .await
+            .map_err(|e| {
+                pg(e)
+                    .with_context("namespace", namespace)
+                    .with_context("key", validate::escape(key))
+            })?;
+        row.try_get(0).map_err(pg)
+    }
+
+    async fn get_many(&self, namespace: &str, keys: &[String]) -> Result<Vec<Option<Entry>>> {
+        validate::namespace(namespace)?;
+        validate::batch(namespace, keys.iter().map(String::as_str), false)?;
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let found: HashMap<String, Entry> = self
+            .fetch(namespace, keys)
+            .await?
+            .into_iter()
+            .map(|e| (e.key.clone(), e))
+            .collect();
+        // A key asked for twice is answered twice.
+        Ok(keys.iter().map(|k| found.get(k).cloned()).collect())
+    }
+
+    async fn put_many(&self, namespace: &str, items: Vec<BatchPut>) -> Result<Vec<Entry>> {
+        validate::namespace(namespace)?;
+        validate::batch(namespace, items.iter().map(|i| i.key.as_str()), true)?;
+        for item in &items {
+            validate_put(self, namespace, &item.key, &item.value, &item.options)?;
+        }
+        if items.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut arrays = PutArrays::default();
+        for item in items {
+            arrays.push(item.key, item.value, item.options);
+        }
+        self.put_batch(namespace, arrays).await
+    }
+
+    async fn delete_many(&self, namespace: &str, items: Vec<BatchDelete>) -> Result<u64> {
+        validate::namespace(namespace)?;
+        validate::batch(namespace, items.iter().map(|i| i.key.as_str()), true)?;
+        if items.is_empty() {
+            return Ok(0);
+        }
+        let (keys, versions) = items
+            .into_iter()
+            .map(|i| {
+                let v = match i.condition {
+                    DeleteCondition::Always => None,
+                    DeleteCondition::IfVersion(v) => Some(to_i64(v)),
+                };
+                (i.key, v)
+            })
+            .unzip();
+        self.delete_batch(namespace, keys, versions).await
+    }
+
+    async fn list(&self, namespace: &str, options: &ListOptions) -> Result<ListPage> {
+        validate::namespace(namespace)?;
+        let glob = options
+            .validate()
+            .map_err(|e| e.with_context("namespace", namespace))?;
+        let mut b = SqlBuilder::new(&format!(
+            "SELECT {ENTRY_COLUMNS} FROM kernel_documents d WHERE "
+        ));
+        let ns = b.bind(namespace.to_owned(), Type::TEXT);
+        b.push(&format!("d.namespace = {ns} AND {LIVE}"));
+        if let Some(prefix) = options.prefix.as_deref().filter(|p| !p.is_empty()) {
+            // A byte range, not LIKE: exact for every character and served by the key index.
+            let low = b.bind(prefix.to_owned(), Type::TEXT);
+            b.push(&format!(" AND d.key >= {low}"));
+            if let Some(upper) = prefix_upper_bound(prefix) {
+                let high = b.bind(upper, Type::TEXT);
+                b.push(&format!(" AND d.key < {high}"));
+            }
+        }
+        if let Some(glob) = &glob {
+            let like = b.bind(glob.to_sql_like(), Type::TEXT);
+            b.push(&format!(" AND d.key LIKE {like} ESCAPE '\\'"));
+        }
+        if let Some(after) = &options.after {
+            let c = b.bind(after.clone(), Type::TEXT);
+            let cmp = if options.reverse { "<" } else { ">" };
+            b.push(&format!(" AND d.key {cmp} {c}"));
+        }
+        b.push(if options.reverse {
+            " ORDER BY d.key DESC"
+        } else {
+            " ORDER BY d.key ASC"
+        });
+        let offset = b.bind(limit_i64(options.offset), Type::INT8);
+        let limit = b.bind(
+            options.limit.map(|l| limit_i64(l).saturating_add(1)),
+            Type::INT8,
+        );
+        b.push(&format!(" OFFSET {offset} LIMIT {limit}"));
+        let client = self.client().await?;
+        let rows = client
+            .query_typed(&b.sql, &b.params())
+            .await
+            .map_err(|e| pg(e).with_context("namespace", namespace))?;
+        let entries = rows
+            .iter()
+            .map(|r| entry(namespace, r))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(ListPage::from_overfetch(entries, options.limit))
+    }
+
+    async fn query(&self, namespace: &str, query: &Query) -> Result<Vec<Entry>> {
+        validate::namespace(namespace)?;
+        query
+            .validate()
+            .map_err(|e| e.with_context("namespace", namespace))?;
+        let mut b = SqlBuilder::new(&format!(
+            "SELECT {ENTRY_COLUMNS} FROM kernel_documents d WHERE "
+        ));
+        let ns = b.bind(namespace.to_owned(), Type::TEXT);
+        b.push(&format!("d.namespace = {ns} AND {LIVE}"));
+        if let Some(f) = &query.filter {
+            b.push(" AND ");
+            b.filter(f);
+        }
+        b.order_by(&query.sort);
+        let offset = b.bind(limit_i64(query.offset), Type::INT8);
+        let limit = b.bind(query.limit.map(limit_i64), Type::INT8);
+        b.push(&format!(" OFFSET {offset} LIMIT {limit}"));
+        let client = self.client().await?;
+        let rows = client
+            .query_typed(&b.sql, &b.params())
+            .await
+            .map_err(|e| pg(e).with_context("namespace", namespace))?;
+        rows.iter().map(|r| entry(namespace, r)).collect()
+    }
+
+    async fn count(&self, namespace: &str, filter: Option<&Filter>) -> Result<u64> {
+        validate::namespace(namespace)?;
+        if let Some(f) = filter {
+            f.validate()
+                .map_err(|e| e.with_context("namespace", namespace))?;
+        }
+        let mut b = SqlBuilder::new("SELECT count(*) FROM kernel_documents d WHERE ");
+        let ns = b.bind(namespace.to_owned(), Type::TEXT);
+        b.push(&format!("d.namespace = {ns} AND {LIVE}"));
+        if let Some(f) = filter {
+            b.push(" AND ");
+            b.filter(f);
+        }
+        let client = self.client().await?;
+        let rows = client
+            .query_typed(&b.sql, &b.params())
+            .await
+            .map_err(|e| pg(e).with_context("namespace", namespace))?;
+        let row = rows
+            .first()
+            .ok_or_else(|| Error::internal("count returned no row"))?;
+        rows::version(row.try_get(0).map_err(pg)?)
+    }
+
+    async fn clear(&self, namespace: &str) -> Result<u64> {
+        validate::namespace(namespace)?;
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(
+                "WITH gone AS (DELETE FROM kernel_documents d WHERE d.namespace = $1 \
+                 RETURNING (d.expires_at IS NULL OR d.expires_at > clock_timestamp()) AS live) \
+                 SELECT count(*) FILTER (WHERE live) FROM gone",
+            )
+            .await
+            .map_err(pg)?;
+        let row = client
+            .query_one(&stmt, &[&namespace])
+            .await
+            .map_err(|e| pg(e).with_context("namespace", namespace))?;
+        rows::version(row.try_get(0).map_err(pg)?)
+    }
+
+    async fn create_namespace(&self, namespace: &str, metadata: Metadata) -> Result<NamespaceInfo> {
+        validate::namespace(namespace)?;
+        validate::metadata(&metadata, &self.inner.config.limits)
+            .and_then(|()| rows::check_nul(None, Some(&metadata)))
+            .map_err(|e| e.with_context("namespace", namespace))?;
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(
+                "INSERT INTO kernel_namespaces (name, metadata) VALUES ($1, $2) \
+                 ON CONFLICT DO NOTHING RETURNING name, metadata, created_at",
+            )
+            .await
+            .map_err(pg)?;
+        let row = client
+            .query_opt(&stmt, &[&namespace, &Value::Object(metadata)])
+            .await
+            .map_err(|e| pg(e).with_context("namespace", namespace))?;
+        match row {
+            Some(r) => namespace_info(&r),
+            None => Err(Error::new(
+                kernel_core::ErrorCode::AlreadyExists,
+                "the namespace already exists",
+            )
+            .with_context("namespace", namespace)),
+        }
+    }
+
+    async fn drop_namespace(&self, namespace: &str, recursive: bool) -> Result<bool> {
+        validate::namespace(namespace)?;
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached("SELECT kernel_drop_namespace($1, $2)")
+            .await
+            .map_err(pg)?;
+        let row = client
+            .query_one(&stmt, &[&namespace, &recursive])
+            .await
+            .map_err(|e| match kernel_state(&e) {
+                Some(s) if s.code == "KR005" => Error::conflict(
+                    "the namespace is not empty: drop it recursively or clear it first",
+                )
+                .with_context("namespace", namespace),
+                _ => pg(e).with_context("namespace", namespace),
+            })?;
+        row.try_get(0).map_err(pg)
+    }
+
+    async fn list_namespaces(&self) -> Result<Vec<NamespaceInfo>> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(
+                "SELECT name, metadata, created_at FROM kernel_namespaces ORDER BY name",
+            )
+            .await
+            .map_err(pg)?;
+        let rows = client.query(&stmt, &[]).await.map_err(pg)?;
+        rows.iter().map(namespace_info).collect()
+    }
+
+    async fn get_metadata(&self, namespace: &str, key: &str) -> Result<Option<Metadata>> {
+        Ok(self.get(namespace, key).await?.map(|e| e.metadata))
+    }
+
+    async fn set_metadata(
+        &self,
+        namespace: &str,
+        key: &str,
+        metadata: Metadata,
+        mode: MetadataMode,
+    ) -> Result<Entry> {
+        validate::namespace(namespace)?;
+        validate::key(key).map_err(|e| e.with_context("namespace", namespace))?;
+        validate::metadata(&metadata, &self.inner.config.limits)
+            .and_then(|()| rows::check_nul(None, Some(&metadata)))
+            .map_err(|e| {
+                e.with_context("namespace", namespace)
+                    .with_context("key", validate::escape(key))
+            })?;
+        // Merge: members set to null are removed, the others overwrite or add.
+        let (merge, remove, set): (bool, Vec<String>, Metadata) = match mode {
+            MetadataMode::Replace => (false, Vec::new(), metadata),
+            MetadataMode::Merge => {
+                let (nulls, set): (Vec<_>, Vec<_>) =
+                    metadata.into_iter().partition(|(_, v)| v.is_null());
+                (
+                    true,
+                    nulls.into_iter().map(|(k, _)| k).collect(),
+                    set.into_iter().collect(),
+                )
+            }
+        };
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(&format!(
+                "UPDATE kernel_documents d SET \
+                 metadata = CASE WHEN $3 THEN (d.metadata - $4::text[]) || $5 ELSE $5 END, \
+                 version = d.version + 1, updated_at = clock_timestamp() \
+                 WHERE d.namespace = $1 AND d.key = $2 AND {LIVE} RETURNING {ENTRY_COLUMNS}"
+            ))
+            .await
+            .map_err(pg)?;
+        let row = client
+            .query_opt(
+                &stmt,
+                &[&namespace, &key, &merge, &remove, &Value::Object(set)],
+            )
+            .await
+            .map_err(|e| {
+                pg(e)
+                    .with_context("namespace", namespace)
+                    .with_context("key", validate::escape(key))
+            })?;
+        match row {
+            Some(r) => entry(namespace, &r),
+            None => Err(Error::not_found("no live entry to set metadata on")
+                .with_context("namespace", namespace)
+                .with_context("key", validate::escape(key))),
+        }
+    }
+
+    async fn begin(&self) -> Result<Box<dyn Transaction>> {
+        Ok(Box::new(PgTransaction::new(self.clone())))
+    }
+}
+
+fn namespace_info(row: &tokio_postgres::Row) -> Result<NamespaceInfo> {
+    Ok(NamespaceInfo {
+        name: row.try_get(0).map_err(pg)?,
+        metadata: rows::metadata(row.try_get(1).map_err(pg)?)?,
+        created_at: row.try_get(2).map_err(pg)?,
+    })
+}

@@ -1,0 +1,231 @@
+//! Optimistic document transactions.
+//!
+//! A transaction holds no connection and no lock while it runs: reads go to the pool and are
+//! remembered with the version seen, writes are staged in memory. `commit` sends everything in
+//! one call of `kernel_tx_commit`, which locks every touched key (advisory locks in hash order,
+//! then the rows), checks that each still has the version the transaction saw, and applies the
+//! writes — or raises and writes nothing. Because the trait only reads and writes single keys,
+//! validating every touched key at commit makes the outcome serializable; a lost race is a
+//! retryable `Conflict`. Holding no connection means a forgotten or slow transaction cannot
+//! block other writers or exhaust the pool, and dropping it is the rollback.
+
+use std::collections::BTreeMap;
+use std::time::SystemTime;
+
+use async_trait::async_trait;
+use kernel_core::validate;
+use kernel_core::{
+    DeleteCondition, Entry, Error, ErrorCode, Metadata, PutCondition, PutOptions, Result,
+    StorageDriver, Transaction, Value,
+};
+
+use crate::error::{kernel_state, pg, BACKEND};
+use crate::rows::{micros, to_i64};
+use crate::storage::validate_put;
+use crate::PostgresDriver;
+
+enum Staged {
+    Read,
+    Put { ttl_us: Option<i64> },
+    Delete,
+}
+
+struct Touched {
+    /// Live version when first read (`None`: absent).
+    seen: Option<u64>,
+    /// What the transaction sees now.
+    view: Option<Entry>,
+    staged: Staged,
+}
+
+/// A transaction of [`PostgresDriver`]; see the module docs.
+pub(crate) struct PgTransaction {
+    driver: PostgresDriver,
+    touched: BTreeMap<(String, String), Touched>,
+}
+
+impl PgTransaction {
+    pub(crate) fn new(driver: PostgresDriver) -> PgTransaction {
+        PgTransaction {
+            driver,
+            touched: BTreeMap::new(),
+        }
+    }
+
+    /// The transaction's record of a key, reading it on first touch.
+    async fn touch(&mut self, namespace: &str, key: &str) -> Result<&mut Touched> {
+        let id = (namespace.to_owned(), key.to_owned());
+        if !self.touched.contains_key(&id) {
+            let current = self.driver.get(namespace, key).await?;
+            self.touched.insert(
+                id.clone(),
+                Touched {
+                    seen: current.as_ref().map(|e| e.version),
+                    view: current,
+                    staged: Staged::Read,
+                },
+            );
+        }
+        self.touched
+            .get_mut(&id)
+            .ok_or_else(|| Error::internal("transaction lost a key it just read"))
+    }
+}
+
+#[async_trait]
+impl Transaction for PgTransaction {
+    async fn get(&mut self, namespace: &str, key: &str) -> Result<Option<Entry>> {
+        validate::namespace(namespace)?;
+        validate::key(key).map_err(|e| e.with_context("namespace", namespace))?;
+        Ok(self.touch(namespace, key).await?.view.clone())
+    }
+
+    async fn put(
+        &mut self,
+        namespace: &str,
+        key: &str,
+        value: Value,
+        options: PutOptions,
+    ) -> Result<Entry> {
+        validate::namespace(namespace)?;
+        validate_put(&self.driver, namespace, key, &value, &options)?;
+        let t = self.touch(namespace, key).await?;
+        let current = t.view.as_ref().map(|e| e.version);
+        match options.condition {
+            PutCondition::Always => {}
+            PutCondition::IfAbsent => {
+                if current.is_some() {
+                    return Err(
+                        Error::new(ErrorCode::AlreadyExists, "the key already exists")
+                            .with_context("namespace", namespace)
+                            .with_context("key", validate::escape(key)),
+                    );
+                }
+            }
+            PutCondition::IfVersion(v) => {
+                if current != Some(v) {
+                    return Err(Error::conflict("the key is not at the expected version")
+                        .with_context("namespace", namespace)
+                        .with_context("key", validate::escape(key))
+                        .with_current_version(current));
+                }
+            }
+        }
+        let now = SystemTime::now();
+        let metadata: Metadata = match (options.metadata, &t.view) {
+            (Some(m), _) => m,
+            (None, Some(e)) => e.metadata.clone(),
+            (None, None) => Metadata::new(),
+        };
+        let entry = Entry {
+            namespace: namespace.to_owned(),
+            key: key.to_owned(),
+            value,
+            metadata,
+            version: current.map_or(1, |v| v + 1),
+            created_at: t.view.as_ref().map_or(now, |e| e.created_at),
+            updated_at: now,
+            expires_at: options.ttl.map(|ttl| now + ttl),
+        };
+        t.view = Some(entry.clone());
+        t.staged = Staged::Put {
+            ttl_us: options.ttl.map(micros),
+        };
+        Ok(entry)
+    }
+
+    async fn delete(
+        &mut self,
+        namespace: &str,
+        key: &str,
+        condition: DeleteCondition,
+    ) -> Result<bool> {
+        validate::namespace(namespace)?;
+        validate::key(key).map_err(|e| e.with_context("namespace", namespace))?;
+        let t = self.touch(namespace, key).await?;
+        let current = t.view.as_ref().map(|e| e.version);
+        if let DeleteCondition::IfVersion(v) = condition {
+            if current != Some(v) {
+                return Err(Error::conflict("the key is not at the expected version")
+                    .with_context("namespace", namespace)
+                    .with_context("key", validate::escape(key))
+                    .with_current_version(current));
+            }
+        }
+        t.view = None;
+        t.staged = Staged::Delete;
+        Ok(current.is_some())
+    }
+
+    async fn commit(self: Box<Self>) -> Result<()> {
+        if self.touched.is_empty() {
+            return Ok(());
+        }
+        let n = self.touched.len();
+        let mut ns = Vec::with_capacity(n);
+        let mut keys = Vec::with_capacity(n);
+        let mut seen = Vec::with_capacity(n);
+        let mut ops: Vec<i16> = Vec::with_capacity(n);
+        let mut values = Vec::with_capacity(n);
+        let mut metadata = Vec::with_capacity(n);
+        let mut versions = Vec::with_capacity(n);
+        let mut ttls = Vec::with_capacity(n);
+        for ((namespace, key), t) in self.touched {
+            let (op, ttl) = match (&t.staged, &t.view) {
+                (Staged::Read, _) => (0, None),
+                (Staged::Put { ttl_us }, Some(_)) => (1, *ttl_us),
+                (Staged::Delete, _) | (Staged::Put { .. }, None) => (2, None),
+            };
+            ns.push(namespace);
+            keys.push(key);
+            seen.push(t.seen.map(to_i64));
+            ops.push(op);
+            match (op, t.view) {
+                (1, Some(e)) => {
+                    values.push(Some(e.value));
+                    metadata.push(Some(Value::Object(e.metadata)));
+                    versions.push(Some(to_i64(e.version)));
+                }
+                _ => {
+                    values.push(None);
+                    metadata.push(None);
+                    versions.push(None);
+                }
+            }
+            ttls.push(ttl);
+        }
+        let client = self.driver.client().await?;
+        let stmt = client
+            .prepare_cached("SELECT kernel_tx_commit($1, $2, $3, $4, $5, $6, $7, $8)")
+            .await
+            .map_err(pg)?;
+        client
+            .execute(
+                &stmt,
+                &[
+                    &ns, &keys, &seen, &ops, &values, &metadata, &versions, &ttls,
+                ],
+            )
+            .await
+            .map_err(|e| match kernel_state(&e) {
+                Some(s) if s.code == "KR003" => {
+                    let (namespace, key) = s.detail.split_once('/').unwrap_or(("", &s.detail));
+                    Error::conflict(
+                        "transaction lost a race: a key it used was changed by another writer \
+                         before commit; nothing was written",
+                    )
+                    .with_context("namespace", namespace)
+                    .with_context("key", validate::escape(key))
+                    .with_context("backend", BACKEND)
+                    .with_retryable(true)
+                }
+                _ => pg(e).with_context("operation", "commit"),
+            })?;
+        Ok(())
+    }
+
+    async fn rollback(self: Box<Self>) -> Result<()> {
+        // Nothing was sent: staged writes live only in this value.
+        Ok(())
+    }
+}

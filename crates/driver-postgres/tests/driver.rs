@@ -1,0 +1,313 @@
+//! Driver behaviour beyond the shared suite: boot failures, error mapping on a live server,
+//! password redaction, pool exhaustion, and query results identical to the shared evaluator.
+
+mod common;
+
+use std::time::Duration;
+
+use driver_postgres::{PostgresConfig, PostgresDriver};
+use kernel_core::{ErrorCode, EventStore, Filter, PutOptions, Query, StorageDriver};
+use kernel_testkit::{expect_err, expect_ok, unique};
+use serde_json::{json, Value};
+
+#[tokio::test]
+async fn malformed_url_is_a_config_error() {
+    let err = expect_err(
+        PostgresDriver::connect(PostgresConfig::new("postgres://app:hunter2@host:port/db")).await,
+        ErrorCode::Config,
+        "connect with a malformed URL",
+    );
+    let shown = format!("{err} {err:?}");
+    assert!(
+        shown.contains("postgres") && !shown.contains("hunter2"),
+        "{shown}"
+    );
+}
+
+#[tokio::test]
+async fn unreachable_server_is_unavailable_and_names_the_backend() {
+    let mut config = PostgresConfig::new("postgres://app:hunter2@127.0.0.1:1/db");
+    config.connect_timeout = Duration::from_secs(2);
+    let err = expect_err(
+        PostgresDriver::connect(config).await,
+        ErrorCode::Unavailable,
+        "connect to a closed port",
+    );
+    assert!(err.is_retryable());
+    assert_eq!(err.context_value("backend"), Some("postgres"));
+    let shown = format!("{err} {err:?}");
+    assert!(
+        shown.contains("127.0.0.1:1") && !shown.contains("hunter2"),
+        "{shown}"
+    );
+}
+
+#[tokio::test]
+async fn missing_database_is_a_config_error() {
+    let db = common::database().await;
+    let url = db.url().replace(db.name(), "kernel_no_such_database");
+    let err = expect_err(
+        PostgresDriver::connect(common::config(&url)).await,
+        ErrorCode::Config,
+        "connect to a missing database",
+    );
+    assert_eq!(err.context_value("sqlstate"), Some("3D000"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn debug_and_errors_never_show_the_password() {
+    let (driver, db) = common::driver().await;
+    let with_password = db.url().replacen("postgres@", "postgres:sekret-pw@", 1);
+    let config = common::config(&with_password);
+    // Trust authentication ignores the password, so this connects.
+    let d = expect_ok(
+        PostgresDriver::connect(config.clone()).await,
+        "connect with a password",
+    );
+    let shown = format!("{d:?} {config:?} {}", config.redacted_url());
+    assert!(
+        !shown.contains("sekret-pw") && shown.contains("***"),
+        "{shown}"
+    );
+    let status = expect_ok(d.status().await, "status");
+    assert!(!format!("{status:?}").contains("sekret-pw"));
+    d.shutdown().await;
+    let err = expect_err(
+        d.get("ns", "k").await,
+        ErrorCode::Unavailable,
+        "get after shutdown",
+    );
+    assert!(!format!("{err} {err:?}").contains("sekret-pw"));
+    driver.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_errors_map_to_kernel_codes() {
+    let (driver, db) = common::driver().await;
+    // \u0000 cannot be stored in JSONB: 22P05 -> invalid input, naming the key.
+    let err = expect_err(
+        driver
+            .put("ns", "nul", json!("a\u{0000}b"), PutOptions::new())
+            .await,
+        ErrorCode::InvalidInput,
+        "NUL inside a JSON string",
+    );
+    assert_eq!(err.context_value("key"), Some("nul"));
+    // A statement cancelled by statement_timeout -> retryable timeout.
+    let mut config = common::config(db.url());
+    config.statement_timeout = Duration::from_millis(100);
+    let short = expect_ok(PostgresDriver::connect(config).await, "connect");
+    let client = expect_ok(
+        short
+            .pool()
+            .get()
+            .await
+            .map_err(|e| kernel_core::Error::internal(e.to_string())),
+        "pool",
+    );
+    let cancelled = client
+        .batch_execute("SELECT pg_sleep(1)")
+        .await
+        .expect_err("statement timeout");
+    assert_eq!(cancelled.code().map(|c| c.code()), Some("57014"));
+    assert_eq!(
+        driver_postgres::classify_sqlstate("57014"),
+        (ErrorCode::Timeout, true)
+    );
+    drop(client);
+    short.shutdown().await;
+    // A connection killed under the pool -> retryable unavailable, then the pool recovers.
+    let admin = common::raw_client(db.url()).await;
+    admin
+        .batch_execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE datname = current_database() AND pid <> pg_backend_pid() \
+             AND application_name = 'kernel'",
+        )
+        .await
+        .unwrap_or_else(|e| panic!("terminate: {e}"));
+    let mut recovered = false;
+    for _ in 0..10 {
+        match driver.get("ns", "k").await {
+            Ok(_) => {
+                recovered = true;
+                break;
+            }
+            Err(e) => {
+                assert_eq!(e.code(), ErrorCode::Unavailable, "{e}");
+                assert!(e.is_retryable(), "{e}");
+            }
+        }
+    }
+    assert!(recovered, "the pool replaces dead connections");
+    driver.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pool_exhaustion_is_a_timeout_naming_the_pool() {
+    let db = common::database().await;
+    let mut config = common::config(db.url());
+    config.pool_size = 1;
+    config.pool_wait_timeout = Duration::from_millis(200);
+    let driver = expect_ok(PostgresDriver::connect(config).await, "connect");
+    let held = expect_ok(
+        driver
+            .pool()
+            .get()
+            .await
+            .map_err(|e| kernel_core::Error::internal(e.to_string())),
+        "hold the only connection",
+    );
+    let err = expect_err(
+        driver.head_position().await,
+        ErrorCode::Timeout,
+        "op on an exhausted pool",
+    );
+    assert_eq!(err.context_value("pool"), Some("postgres"));
+    assert!(err.is_retryable());
+    drop(held);
+    expect_ok(
+        driver.head_position().await,
+        "op after the connection came back",
+    );
+    driver.shutdown().await;
+}
+
+/// Documents with every JSON type at the queried paths; each filter and sort must return what
+/// the shared evaluator (`Query::apply`) returns over the same documents.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn native_queries_match_the_shared_evaluator() {
+    let (driver, _db) = common::driver().await;
+    let ns = unique("parity");
+    let scalars = [
+        json!(null),
+        json!(true),
+        json!(false),
+        json!(0),
+        json!(1),
+        json!(1.0),
+        json!(-2.5),
+        json!(10),
+        json!(u64::MAX),
+        json!(i64::MIN),
+        json!(""),
+        json!("a"),
+        json!("B"),
+        json!("ab"),
+        json!("é"),
+        json!("a%_"),
+        json!([]),
+        json!([1, "a"]),
+        json!([[1]]),
+        json!({}),
+        json!({"x": 1}),
+    ];
+    let mut docs = Vec::new();
+    for (i, v) in scalars.iter().enumerate() {
+        let j = (i * 7 + 3) % scalars.len();
+        let doc = json!({
+            "v": v,
+            "w": scalars[j],
+            "arr": [v, scalars[j]],
+            "nested": {"v": v, "01": "zero-one"},
+        });
+        docs.push((format!("k{i:02}"), doc));
+    }
+    docs.push(("m_missing".to_owned(), json!({"other": 1})));
+    docs.push(("n_scalar".to_owned(), json!(5)));
+    docs.push(("o_array".to_owned(), json!([{"v": 1}, 2])));
+    for (k, d) in &docs {
+        expect_ok(
+            driver.put(&ns, k, d.clone(), PutOptions::new()).await,
+            "put",
+        );
+    }
+    let mut filters = Vec::new();
+    for v in &scalars {
+        for path in ["v", "w", "nested.v", "arr"] {
+            filters.push(Filter::eq(path, v.clone()));
+            filters.push(Filter::ne(path, v.clone()));
+            filters.push(Filter::gt(path, v.clone()));
+            filters.push(Filter::gte(path, v.clone()));
+            filters.push(Filter::lt(path, v.clone()));
+            filters.push(Filter::lte(path, v.clone()));
+            filters.push(Filter::contains(path, v.clone()));
+            filters.push(Filter::not(Filter::eq(path, v.clone())));
+        }
+    }
+    for s in ["", "a", "b", "é", "%", "_"] {
+        filters.push(Filter::starts_with("v", s));
+        filters.push(Filter::ends_with("v", s));
+        filters.push(Filter::contains("v", s));
+    }
+    filters.push(Filter::is_in("v", scalars.to_vec()));
+    filters.push(Filter::is_in::<Value>("v", []));
+    for path in [
+        "v",
+        "arr.0",
+        "arr.1",
+        "arr.01",
+        "0.v",
+        "1",
+        "nested.01",
+        "nested.1",
+        "arr.-1",
+    ] {
+        filters.push(Filter::exists(path, true));
+        filters.push(Filter::exists(path, false));
+        filters.push(Filter::eq(path, 1));
+    }
+    filters.push(Filter::And(vec![]));
+    filters.push(Filter::Or(vec![]));
+    filters.push(Filter::not(Filter::gt("v", 0)).and(Filter::exists("w", true)));
+    filters.push(Filter::eq("v", "a").or(Filter::lt("w", 1)));
+    let mut queries: Vec<Query> = filters
+        .into_iter()
+        .map(|f| Query::new().filter(f))
+        .collect();
+    for path in ["v", "w", "arr.0", "nested.v", "missing"] {
+        queries.push(Query::new().sort_asc(path));
+        queries.push(Query::new().sort_desc(path).sort_asc("w"));
+        queries.push(Query::new().sort_asc(path).offset(3).limit(5));
+    }
+    for q in &queries {
+        let want: Vec<String> =
+            q.apply(docs.iter().map(|(k, d)| (k.clone(), d.clone(), k.clone())));
+        let got: Vec<String> = expect_ok(driver.query(&ns, q).await, "query")
+            .into_iter()
+            .map(|e| e.key)
+            .collect();
+        assert_eq!(got, want, "query {q:?}");
+        if q.sort.is_empty() {
+            let n = expect_ok(driver.count(&ns, q.filter.as_ref()).await, "count");
+            assert_eq!(n, want.len() as u64, "count {q:?}");
+        }
+    }
+    driver.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshots_keep_the_highest_version() {
+    let (driver, _db) = common::driver().await;
+    let stream = format!("{}-1", unique("snap"));
+    let events = (0..3)
+        .map(|i| kernel_core::NewEvent::new("E", json!(i)))
+        .collect();
+    expect_ok(
+        driver
+            .append(&stream, kernel_core::ExpectedVersion::Any, events)
+            .await,
+        "append",
+    );
+    expect_ok(
+        driver.save_snapshot(&stream, 3, json!("three")).await,
+        "save 3",
+    );
+    expect_ok(
+        driver.save_snapshot(&stream, 2, json!("two")).await,
+        "save 2",
+    );
+    let s = expect_ok(driver.load_snapshot(&stream).await, "load").map(|s| (s.version, s.state));
+    assert_eq!(s, Some((3, json!("three"))));
+    driver.shutdown().await;
+}
