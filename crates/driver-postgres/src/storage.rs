@@ -19,8 +19,6 @@ use crate::sql::SqlBuilder;
 use crate::transaction::PgTransaction;
 use crate::PostgresDriver;
 
-/// Longest document TTL accepted.
-
 const PUT: &str = "SELECT o_key, o_metadata, o_version, o_created_at, o_updated_at, o_expires_at \
      FROM kernel_put($1, $2, $3, $4, $5, $6, $7)";
 
