@@ -86,7 +86,7 @@ pub const BEHAVIOURS: &[&str] = crate::__event_behaviours!(__behaviour_names!())
 /// `Arc<Driver>` (module `event_conformance::concrete`) and on `Arc<dyn EventStore>`
 /// (`event_conformance::dyn_arc`).
 ///
-/// ```ignore
+/// ```text
 /// kernel_testkit::event_suite!(async { (driver_memory::MemoryDriver::new(), ()) });
 /// ```
 #[macro_export]

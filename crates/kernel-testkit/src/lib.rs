@@ -6,7 +6,10 @@
 //! macro per trait that turns the whole suite into tests for a driver, once on the concrete
 //! type and once through `Arc<dyn Trait>`.
 //!
-//! ```ignore
+//! Every driver crate does exactly this in `tests/conformance.rs` (see
+//! `crates/driver-memory/tests/conformance.rs`, where it is compiled and run):
+//!
+//! ```text
 //! // in a driver crate's tests/conformance.rs
 //! kernel_testkit::storage_suite!(async { (MyDriver::new(), ()) });
 //! kernel_testkit::event_suite!(async { (MyDriver::new(), ()) });

@@ -51,7 +51,7 @@ pub const BEHAVIOURS: &[&str] = crate::__lock_behaviours!(__behaviour_names!());
 /// `Arc<Driver>` (module `lock_conformance::concrete`) and on `Arc<dyn Lock>`
 /// (`lock_conformance::dyn_arc`).
 ///
-/// ```ignore
+/// ```text
 /// kernel_testkit::lock_suite!(async { (driver_memory::MemoryDriver::new(), ()) });
 /// ```
 #[macro_export]

@@ -44,7 +44,7 @@ pub const BEHAVIOURS: &[&str] = crate::__rate_limit_behaviours!(__behaviour_name
 /// `Arc<Driver>` (module `rate_limit_conformance::concrete`) and on `Arc<dyn RateLimiter>`
 /// (`rate_limit_conformance::dyn_arc`).
 ///
-/// ```ignore
+/// ```text
 /// kernel_testkit::rate_limit_suite!(async { (driver_memory::MemoryDriver::new(), ()) });
 /// ```
 #[macro_export]

@@ -2,7 +2,7 @@
 //! `redis://127.0.0.1:6379`), a unique key prefix per test, and deletion of that prefix's keys
 //! when the guard drops, so tests run in parallel on one server without seeing each other.
 //!
-//! ```ignore
+//! ```text
 //! kernel_testkit::storage_suite!(async {
 //!     let server = kernel_testkit::redis::RedisTestServer::start().await;
 //!     let mut config = driver_redis::RedisConfig::new(server.url());

@@ -155,7 +155,7 @@ pub const BEHAVIOURS: &[&str] = crate::__storage_behaviours!(__behaviour_names!(
 /// `Arc<Driver>` (module `storage_conformance::concrete`) and on `Arc<dyn StorageDriver>`
 /// (`storage_conformance::dyn_arc`).
 ///
-/// ```ignore
+/// ```text
 /// kernel_testkit::storage_suite!(async { (driver_memory::MemoryDriver::new(), ()) });
 /// ```
 #[macro_export]
