@@ -450,10 +450,6 @@ impl StorageDriver for MemoryDriver {
         Ok(docs.namespaces.values().map(|s| s.info.clone()).collect())
     }
 
-    async fn get_metadata(&self, ns: &str, key: &str) -> Result<Option<Metadata>> {
-        Ok(self.get(ns, key).await?.map(|e| e.metadata))
-    }
-
     async fn set_metadata(
         &self,
         ns: &str,

@@ -3,6 +3,7 @@
 use std::fmt;
 use std::time::Duration;
 
+use kernel_core::redact::redact_url;
 use kernel_core::subscription::SubscriptionConfig;
 use kernel_core::{Error, Limits, Result};
 
@@ -151,130 +152,9 @@ impl fmt::Debug for PostgresConfig {
     }
 }
 
-/// Replaces the password of a connection string (URL userinfo, `?password=` parameter or
-/// key=value `password=`) with `***`. Anything it cannot parse is redacted whole after the
-/// scheme, so a malformed string cannot leak a secret either.
-pub fn redact_url(url: &str) -> String {
-    let trimmed = url.trim();
-    if let Some(rest) = trimmed
-        .strip_prefix("postgres://")
-        .map(|r| ("postgres://", r))
-        .or_else(|| {
-            trimmed
-                .strip_prefix("postgresql://")
-                .map(|r| ("postgresql://", r))
-        })
-    {
-        let (scheme, rest) = rest;
-        // The authority ends at the first '/', '?' or '#'; userinfo is before its last '@'.
-        let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-        let (authority, tail) = rest.split_at(end);
-        let authority = match authority.rfind('@') {
-            Some(at) => {
-                let (userinfo, host) = authority.split_at(at);
-                match userinfo.find(':') {
-                    Some(colon) => format!("{}:***{host}", &userinfo[..colon]),
-                    None => format!("{userinfo}{host}"),
-                }
-            }
-            None => authority.to_owned(),
-        };
-        return format!("{scheme}{authority}{}", redact_params(tail, '&'));
-    }
-    if trimmed.contains("://") {
-        // Some other scheme: nothing to rely on.
-        return "***".to_owned();
-    }
-    redact_params(trimmed, ' ')
-}
-
-/// Redacts `password=...` pairs separated by `sep` (query string or key=value form).
-fn redact_params(text: &str, sep: char) -> String {
-    let lower = text.to_ascii_lowercase();
-    let Some(start) = lower.find("password") else {
-        return text.to_owned();
-    };
-    let mut out = String::with_capacity(text.len());
-    let mut rest_start = 0;
-    let mut search_from = start;
-    while let Some(rel) = lower[search_from..].find("password") {
-        let idx = search_from + rel;
-        let after_name = idx + "password".len();
-        let tail = &text[after_name..];
-        let eq = tail.len() - tail.trim_start().len();
-        if !tail.trim_start().starts_with('=') {
-            search_from = after_name;
-            continue;
-        }
-        let value_start = after_name + eq + 1;
-        let value_tail = &text[value_start..];
-        let spaces = value_tail.len() - value_tail.trim_start().len();
-        let value_start = value_start + spaces;
-        let value_tail = &text[value_start..];
-        let value_len = if let Some(quoted) = value_tail.strip_prefix('\'') {
-            // key=value form allows quoted values with \' escapes.
-            let mut len = 1;
-            let mut escaped = false;
-            for c in quoted.chars() {
-                len += c.len_utf8();
-                if escaped {
-                    escaped = false;
-                } else if c == '\\' {
-                    escaped = true;
-                } else if c == '\'' {
-                    break;
-                }
-            }
-            len
-        } else {
-            value_tail
-                .find(|c: char| c == sep || (sep == '&' && c == '#') || c.is_whitespace())
-                .unwrap_or(value_tail.len())
-        };
-        out.push_str(&text[rest_start..value_start]);
-        out.push_str("***");
-        rest_start = value_start + value_len;
-        search_from = rest_start;
-    }
-    out.push_str(&text[rest_start..]);
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn urls_lose_their_password() {
-        let cases = [
-            (
-                "postgres://app:s3cr%40t@db:5432/app",
-                "postgres://app:***@db:5432/app",
-            ),
-            (
-                "postgresql://app:pw@db/app?sslmode=disable",
-                "postgresql://app:***@db/app?sslmode=disable",
-            ),
-            ("postgres://app@db/app", "postgres://app@db/app"),
-            (
-                "postgres://db/app?user=a&password=pw&x=1",
-                "postgres://db/app?user=a&password=***&x=1",
-            ),
-            (
-                "host=db user=app password=pw dbname=app",
-                "host=db user=app password=*** dbname=app",
-            ),
-            (
-                "host=db password = 'p w\\'x' dbname=app",
-                "host=db password = *** dbname=app",
-            ),
-            ("mysql://u:pw@h/db", "***"),
-            ("postgres://u:p@ss@h/db", "postgres://u:***@h/db"),
-        ];
-        for (url, want) in cases {
-            assert_eq!(redact_url(url), want, "{url}");
-        }
-    }
 
     #[test]
     fn debug_never_shows_the_password() {

@@ -48,8 +48,9 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_postgres::NoTls;
 
-pub use config::{redact_url, PostgresConfig};
+pub use config::PostgresConfig;
 pub use error::classify_sqlstate;
+pub use kernel_core::redact::redact_url;
 
 use crate::error::BACKEND;
 

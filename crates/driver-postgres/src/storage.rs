@@ -216,8 +216,7 @@ impl StorageDriver for PostgresDriver {
     }
 
     async fn get(&self, namespace: &str, key: &str) -> Result<Option<Entry>> {
-        validate::namespace(namespace)?;
-        validate::key(key).map_err(|e| e.with_context("namespace", namespace))?;
+        validate::document(namespace, key)?;
         let client = self.client().await?;
         let stmt = client
             .prepare_cached(&format!(
@@ -244,7 +243,6 @@ impl StorageDriver for PostgresDriver {
         value: Value,
         options: PutOptions,
     ) -> Result<Entry> {
-        validate::namespace(namespace)?;
         validate_put(self, namespace, key, &value, &options)?;
         let mut arrays = PutArrays::default();
         arrays.push(key.to_owned(), value, options);
@@ -255,8 +253,7 @@ impl StorageDriver for PostgresDriver {
     }
 
     async fn delete(&self, namespace: &str, key: &str, condition: DeleteCondition) -> Result<bool> {
-        validate::namespace(namespace)?;
-        validate::key(key).map_err(|e| e.with_context("namespace", namespace))?;
+        validate::document(namespace, key)?;
         let version = match condition {
             DeleteCondition::Always => None,
             DeleteCondition::IfVersion(v) => Some(to_i64(v)),
@@ -268,8 +265,7 @@ impl StorageDriver for PostgresDriver {
     }
 
     async fn exists(&self, namespace: &str, key: &str) -> Result<bool> {
-        validate::namespace(namespace)?;
-        validate::key(key).map_err(|e| e.with_context("namespace", namespace))?;
+        validate::document(namespace, key)?;
         let client = self.client().await?;
         let stmt = client
             .prepare_cached(&format!(
@@ -290,7 +286,6 @@ impl StorageDriver for PostgresDriver {
     }
 
     async fn get_many(&self, namespace: &str, keys: &[String]) -> Result<Vec<Option<Entry>>> {
-        validate::namespace(namespace)?;
         validate::batch(namespace, keys.iter().map(String::as_str), false)?;
         if keys.is_empty() {
             return Ok(Vec::new());
@@ -306,7 +301,6 @@ impl StorageDriver for PostgresDriver {
     }
 
     async fn put_many(&self, namespace: &str, items: Vec<BatchPut>) -> Result<Vec<Entry>> {
-        validate::namespace(namespace)?;
         validate::batch(namespace, items.iter().map(|i| i.key.as_str()), true)?;
         for item in &items {
             validate_put(self, namespace, &item.key, &item.value, &item.options)?;
@@ -322,7 +316,6 @@ impl StorageDriver for PostgresDriver {
     }
 
     async fn delete_many(&self, namespace: &str, items: Vec<BatchDelete>) -> Result<u64> {
-        validate::namespace(namespace)?;
         validate::batch(namespace, items.iter().map(|i| i.key.as_str()), true)?;
         if items.is_empty() {
             return Ok(0);
@@ -518,10 +511,6 @@ impl StorageDriver for PostgresDriver {
         rows.iter().map(namespace_info).collect()
     }
 
-    async fn get_metadata(&self, namespace: &str, key: &str) -> Result<Option<Metadata>> {
-        Ok(self.get(namespace, key).await?.map(|e| e.metadata))
-    }
-
     async fn set_metadata(
         &self,
         namespace: &str,
@@ -529,8 +518,7 @@ impl StorageDriver for PostgresDriver {
         metadata: Metadata,
         mode: MetadataMode,
     ) -> Result<Entry> {
-        validate::namespace(namespace)?;
-        validate::key(key).map_err(|e| e.with_context("namespace", namespace))?;
+        validate::document(namespace, key)?;
         validate::metadata(&metadata, &self.inner.config.limits)
             .and_then(|()| rows::check_nul(None, Some(&metadata)))
             .map_err(|e| {

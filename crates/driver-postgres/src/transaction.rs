@@ -75,8 +75,7 @@ impl PgTransaction {
 #[async_trait]
 impl Transaction for PgTransaction {
     async fn get(&mut self, namespace: &str, key: &str) -> Result<Option<Entry>> {
-        validate::namespace(namespace)?;
-        validate::key(key).map_err(|e| e.with_context("namespace", namespace))?;
+        validate::document(namespace, key)?;
         Ok(self.touch(namespace, key).await?.view.clone())
     }
 
@@ -87,7 +86,6 @@ impl Transaction for PgTransaction {
         value: Value,
         options: PutOptions,
     ) -> Result<Entry> {
-        validate::namespace(namespace)?;
         validate_put(&self.driver, namespace, key, &value, &options)?;
         let t = self.touch(namespace, key).await?;
         let current = t.view.as_ref().map(|e| e.version);
@@ -140,8 +138,7 @@ impl Transaction for PgTransaction {
         key: &str,
         condition: DeleteCondition,
     ) -> Result<bool> {
-        validate::namespace(namespace)?;
-        validate::key(key).map_err(|e| e.with_context("namespace", namespace))?;
+        validate::document(namespace, key)?;
         let t = self.touch(namespace, key).await?;
         let current = t.view.as_ref().map(|e| e.version);
         if let DeleteCondition::IfVersion(v) = condition {

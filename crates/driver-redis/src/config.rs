@@ -1,8 +1,9 @@
-//! The driver's settings, and the URL redaction that keeps a password out of every `Debug`.
+//! The driver's settings; `Debug` shows the URL through kernel-core's redaction.
 
 use std::fmt;
 use std::time::Duration;
 
+use kernel_core::redact::redact_url;
 use kernel_core::{Error, Limits, Result};
 
 /// Longest key prefix accepted: every Redis key carries it, so it should stay short.
@@ -126,50 +127,12 @@ impl fmt::Debug for RedisConfig {
     }
 }
 
-/// Replaces the password of a URL's user-info with `***` (`redis://user:***@host`). A user-info
-/// without `:` is taken as a bare password (`redis://***@host`), as some clients read it.
-pub fn redact_url(url: &str) -> String {
-    let Some(scheme_end) = url.find("://") else {
-        // Not a URL we understand: show nothing that could be a secret.
-        return if url.contains('@') {
-            "***".to_owned()
-        } else {
-            url.to_owned()
-        };
-    };
-    let rest_start = scheme_end + 3;
-    let rest = &url[rest_start..];
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let authority = &rest[..authority_end];
-    let Some(at) = authority.rfind('@') else {
-        return url.to_owned();
-    };
-    let userinfo = &authority[..at];
-    let shown = match userinfo.find(':') {
-        Some(colon) => format!("{}:***", &userinfo[..colon]),
-        None => "***".to_owned(),
-    };
-    format!(
-        "{}{}{}{}",
-        &url[..rest_start],
-        shown,
-        &authority[at..],
-        &rest[authority_end..]
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn redaction_hides_every_password_form() {
-        assert_eq!(redact_url("redis://u:pw@h:1/2"), "redis://u:***@h:1/2");
-        assert_eq!(redact_url("redis://:pw@h"), "redis://:***@h");
-        assert_eq!(redact_url("rediss://pw@h?x=1"), "rediss://***@h?x=1");
-        assert_eq!(redact_url("redis://h:6379"), "redis://h:6379");
-        assert_eq!(redact_url("redis://u:p@ss@h/0"), "redis://u:***@h/0");
-        assert_eq!(redact_url("garbage@thing"), "***");
+    fn debug_redacts_the_password() {
         let config = RedisConfig::new("redis://user:hunter2@h");
         let debug = format!("{config:?}");
         assert!(!debug.contains("hunter2"), "{debug}");

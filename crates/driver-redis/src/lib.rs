@@ -48,5 +48,6 @@ mod scripts;
 mod storage;
 mod transaction;
 
-pub use config::{redact_url, RedisConfig, MAX_KEY_PREFIX_LEN};
+pub use config::{RedisConfig, MAX_KEY_PREFIX_LEN};
 pub use driver::RedisDriver;
+pub use kernel_core::redact::redact_url;

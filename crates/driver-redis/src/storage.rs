@@ -623,10 +623,6 @@ impl StorageDriver for RedisDriver {
         Ok(infos.into_iter().flatten().collect())
     }
 
-    async fn get_metadata(&self, ns: &str, key: &str) -> Result<Option<Metadata>> {
-        Ok(self.get(ns, key).await?.map(|e| e.metadata))
-    }
-
     async fn set_metadata(
         &self,
         ns: &str,

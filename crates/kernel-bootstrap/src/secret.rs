@@ -52,46 +52,10 @@ impl<'de> Deserialize<'de> for SecretUrl {
     }
 }
 
-/// Replaces the password of a `scheme://user:password@host/...` URL, or the `password=` value of
-/// a `key=value` connection string, with `***`. Anything it cannot parse is fully redacted only
-/// where it could hold a password.
+/// Replaces the password of a connection string with `***`: kernel-core's
+/// [`redact_url`](kernel_core::redact::redact_url), the one redaction every driver uses.
 pub fn redact(url: &str) -> String {
-    if let Some(scheme_end) = url.find("://") {
-        let rest = &url[scheme_end + 3..];
-        let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-        let authority = &rest[..authority_end];
-        if let Some(at) = authority.rfind('@') {
-            let userinfo = &authority[..at];
-            if let Some(colon) = userinfo.find(':') {
-                return format!(
-                    "{}{}:***{}",
-                    &url[..scheme_end + 3],
-                    &userinfo[..colon],
-                    &rest[at..]
-                );
-            }
-        }
-        // A password may also ride in the query string (`?password=`).
-        return redact_kv(url);
-    }
-    redact_kv(url)
-}
-
-fn redact_kv(s: &str) -> String {
-    let lower = s.to_ascii_lowercase();
-    let mut out = String::with_capacity(s.len());
-    let mut i = 0;
-    while let Some(found) = lower[i..].find("password=") {
-        let start = i + found + "password=".len();
-        out.push_str(&s[i..start]);
-        out.push_str("***");
-        let end = s[start..]
-            .find([' ', '&', ';'])
-            .map_or(s.len(), |e| start + e);
-        i = end;
-    }
-    out.push_str(&s[i..]);
-    out
+    kernel_core::redact::redact_url(url)
 }
 
 #[cfg(test)]

@@ -26,6 +26,7 @@ pub mod glob;
 pub mod lock;
 pub mod query;
 pub mod rate_limit;
+pub mod redact;
 pub mod storage;
 pub mod subscription;
 pub mod validate;

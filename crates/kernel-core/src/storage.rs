@@ -94,8 +94,11 @@ pub trait StorageDriver: Send + Sync + std::fmt::Debug {
     /// Every namespace, by name.
     async fn list_namespaces(&self) -> Result<Vec<NamespaceInfo>>;
 
-    /// The metadata of the live entry at `key`, or `None`.
-    async fn get_metadata(&self, namespace: &str, key: &str) -> Result<Option<Metadata>>;
+    /// The metadata of the live entry at `key`, or `None`. Provided: a `get` that keeps only the
+    /// metadata; a driver overrides it only if it can fetch less.
+    async fn get_metadata(&self, namespace: &str, key: &str) -> Result<Option<Metadata>> {
+        Ok(self.get(namespace, key).await?.map(|e| e.metadata))
+    }
 
     /// Replaces or merges the metadata of the live entry at `key` (a write: the version goes up,
     /// the value and TTL stay). `NotFound` if there is no live entry.
