@@ -1,5 +1,10 @@
 //! Shared helpers for the cross-crate integration tests.
 
+// The README's Rust example, compiled and run as a doc test so the README cannot drift from
+// the API.
+#[doc = include_str!("../README.md")]
+mod readme {}
+
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 

@@ -123,11 +123,6 @@ impl Glob {
             .collect()
     }
 
-    /// Whether the pattern has no wildcard at all.
-    pub fn is_literal(&self) -> bool {
-        self.tokens.iter().all(|t| matches!(t, Token::Literal(_)))
-    }
-
     /// The pattern as a SQL `LIKE` pattern with `\` as the escape character: `%`, `_` and `\`
     /// in the pattern's literals are escaped, `*` becomes `%`, `?` becomes `_`.
     pub fn to_sql_like(&self) -> String {
@@ -146,18 +141,6 @@ impl Glob {
         }
         out
     }
-}
-
-/// Escapes a literal string for SQL `LIKE` with `\` as the escape character (for prefixes).
-pub fn escape_sql_like(literal: &str) -> String {
-    let mut out = String::with_capacity(literal.len() + 4);
-    for c in literal.chars() {
-        if matches!(c, '%' | '_' | '\\') {
-            out.push('\\');
-        }
-        out.push(c);
-    }
-    out
 }
 
 /// Escapes a literal string so that [`Glob::new`] matches exactly it.

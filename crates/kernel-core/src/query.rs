@@ -256,11 +256,6 @@ pub fn validate_path(path: &str) -> Result<()> {
     Ok(())
 }
 
-/// Splits a dotted path into its segments.
-pub fn path_segments(path: &str) -> impl Iterator<Item = &str> {
-    path.split('.')
-}
-
 /// The value at a dotted path, if present.
 pub fn lookup<'a>(value: &'a Value, path: &str) -> Option<&'a Value> {
     let mut cur = value;
