@@ -224,17 +224,26 @@ async fn boots_memory_kernel_and_reports_health() {
 }
 
 #[tokio::test]
-async fn memory_roles_share_one_driver() {
-    let kernel = Kernel::boot(KernelConfig::default()).await.unwrap();
-    let limits = kernel.config().limits;
-    assert_eq!(limits, kernel_core::Limits::DEFAULT);
-    let big = "x".repeat(limits.max_value_bytes + 1);
+async fn configured_value_limit_reaches_the_driver() {
+    let kernel =
+        Kernel::boot(KernelConfig::from_vars(vars(&[("KERNEL_MAX_VALUE_BYTES", "100")])).unwrap())
+            .await
+            .unwrap();
+    assert_eq!(kernel.config().limits.max_value_bytes, 100);
+    assert_eq!(kernel.storage().capabilities().max_value_bytes, 100);
+    // A JSON string of n characters serialises to n + 2 bytes.
+    kernel
+        .storage()
+        .put("boot", "fits", json!("x".repeat(98)), PutOptions::new())
+        .await
+        .unwrap();
     let e = kernel
         .storage()
-        .put("boot", "big", json!(big), PutOptions::new())
+        .put("boot", "big", json!("x".repeat(99)), PutOptions::new())
         .await
         .unwrap_err();
     assert_eq!(e.code(), ErrorCode::InvalidInput);
+    assert!(kernel.storage().get("boot", "big").await.unwrap().is_none());
 }
 
 #[test]

@@ -376,10 +376,11 @@ impl StorageDriver for MemoryDriver {
             .map_err(|e| e.with_context("namespace", ns))?;
         let now = SystemTime::now();
         let docs = self.inner.docs_read()?;
-        Ok(query.apply(
-            docs.live_entries(ns, now)
-                .map(|e| (e.key.clone(), e.value.clone(), e.clone())),
-        ))
+        Ok(query
+            .apply(docs.live_entries(ns, now), |e| &e.key, |e| &e.value)
+            .into_iter()
+            .cloned()
+            .collect())
     }
 
     async fn count(&self, ns: &str, filter: Option<&Filter>) -> Result<u64> {

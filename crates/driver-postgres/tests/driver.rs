@@ -271,8 +271,11 @@ async fn native_queries_match_the_shared_evaluator() {
         queries.push(Query::new().sort_asc(path).offset(3).limit(5));
     }
     for q in &queries {
-        let want: Vec<String> =
-            q.apply(docs.iter().map(|(k, d)| (k.clone(), d.clone(), k.clone())));
+        let want: Vec<String> = q
+            .apply(docs.iter(), |(k, _)| k.as_str(), |(_, d)| d)
+            .into_iter()
+            .map(|(k, _)| k.clone())
+            .collect();
         let got: Vec<String> = expect_ok(driver.query(&ns, q).await, "query")
             .into_iter()
             .map(|e| e.key)

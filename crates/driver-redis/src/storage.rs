@@ -489,7 +489,7 @@ impl StorageDriver for RedisDriver {
             .validate()
             .map_err(|e| e.with_context("namespace", ns))?;
         let all = self.scan_all(ns).await?;
-        Ok(query.apply(all.into_iter().map(|e| (e.key.clone(), e.value.clone(), e))))
+        Ok(query.apply(all, |e| &e.key, |e| &e.value))
     }
 
     async fn count(&self, ns: &str, filter: Option<&Filter>) -> Result<u64> {

@@ -477,18 +477,23 @@ impl Query {
         a.0.as_bytes().cmp(b.0.as_bytes())
     }
 
-    /// Runs the whole query over an unordered scan: filter, sort, offset, limit. `items` are
-    /// `(key, value, payload)`; the payload (an entry, say) travels along.
-    pub fn apply<T>(&self, items: impl IntoIterator<Item = (String, Value, T)>) -> Vec<T> {
-        let mut hits: Vec<(String, Value, T)> = items
+    /// Runs the whole query over an unordered scan: filter, sort, offset, limit. `key` and
+    /// `value` read each item's key and value, so nothing is cloned: pass references (`&Entry`)
+    /// and clone only what comes back.
+    pub fn apply<T>(
+        &self,
+        items: impl IntoIterator<Item = T>,
+        key: impl Fn(&T) -> &str,
+        value: impl Fn(&T) -> &Value,
+    ) -> Vec<T> {
+        let mut hits: Vec<T> = items
             .into_iter()
-            .filter(|(_, v, _)| self.filter.as_ref().is_none_or(|f| f.matches(v)))
+            .filter(|t| self.filter.as_ref().is_none_or(|f| f.matches(value(t))))
             .collect();
-        hits.sort_by(|a, b| self.compare((&a.0, &a.1), (&b.0, &b.1)));
+        hits.sort_by(|a, b| self.compare((key(a), value(a)), (key(b), value(b))));
         hits.into_iter()
             .skip(self.offset)
             .take(self.limit.unwrap_or(usize::MAX))
-            .map(|(_, _, t)| t)
             .collect()
     }
 }
