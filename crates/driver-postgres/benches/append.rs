@@ -1,10 +1,12 @@
 //! Appends per second: the driver's gapless append (concurrent appenders, each on its own
-//! stream) against plain single-row INSERTs through raw tokio-postgres on the same server, in
-//! the same run. Run with:
+//! stream) against single-row INSERTs through raw tokio-postgres on the same server, in the
+//! same run. Two baselines: a plain table (a bigserial key, a stream, a payload), and a copy of
+//! `kernel_events` with all its indexes (what any event table with those lookups pays). Run
+//! with:
 //!
 //! ```text
-//! cargo bench -p driver-postgres --bench append            # 4 s per row
-//! KERNEL_BENCH_SECONDS=10 cargo bench -p driver-postgres --bench append
+//! cargo bench -p driver-postgres --bench append            # 4 s per row, 1/4/16/32/64
+//! KERNEL_BENCH_SECONDS=10 KERNEL_BENCH_CONCURRENCY=16,64 cargo bench -p driver-postgres --bench append
 //! ```
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -32,7 +34,8 @@ async fn main() {
     admin
         .batch_execute(
             "CREATE TABLE bench_plain (id bigserial PRIMARY KEY, stream text NOT NULL, \
-             payload jsonb NOT NULL, recorded_at timestamptz NOT NULL DEFAULT clock_timestamp())",
+             payload jsonb NOT NULL, recorded_at timestamptz NOT NULL DEFAULT clock_timestamp()); \
+             CREATE TABLE bench_events (LIKE kernel_events INCLUDING ALL)",
         )
         .await
         .unwrap_or_else(|e| panic!("create bench table: {e}"));
@@ -46,14 +49,19 @@ async fn main() {
     );
 
     println!("\nappend throughput, {seconds} s per row, one event per INSERT\n");
-    println!("| concurrency | raw INSERT (events/s) | driver append (events/s) | driver / raw | driver p50 latency | driver, 10 events per append (events/s) |");
-    println!("|---|---|---|---|---|---|");
-    for concurrency in [1usize, 4, 16, 32] {
-        let raw = raw_inserts(db.url(), concurrency, duration).await;
+    println!("| concurrency | raw INSERT, plain table (events/s) | raw INSERT, events table (events/s) | driver append (events/s) | driver / plain | driver p50 latency | driver, 10 events per append (events/s) |");
+    println!("|---|---|---|---|---|---|---|");
+    let levels: Vec<usize> = std::env::var("KERNEL_BENCH_CONCURRENCY")
+        .ok()
+        .map(|v| v.split(',').filter_map(|c| c.trim().parse().ok()).collect())
+        .unwrap_or_else(|| vec![1, 4, 16, 32, 64]);
+    for concurrency in levels {
+        let raw = raw_inserts(db.url(), PLAIN, concurrency, duration).await;
+        let events = raw_inserts(db.url(), EVENTS, concurrency, duration).await;
         let (appended, p50) = driver_appends(&driver, concurrency, duration, 1).await;
         let (batched, _) = driver_appends(&driver, concurrency, duration, 10).await;
         println!(
-            "| {concurrency} | {raw:.0} | {appended:.0} | {:.2} | {:.2} ms | {batched:.0} |",
+            "| {concurrency} | {raw:.0} | {events:.0} | {appended:.0} | {:.2} | {:.2} ms | {batched:.0} |",
             appended / raw,
             p50.as_secs_f64() * 1000.0
         );
@@ -63,7 +71,7 @@ async fn main() {
         .await
         .unwrap_or_else(|e| panic!("head: {e}"));
     let pending: i64 = admin
-        .query_one("SELECT count(*) FROM kernel_event_pending", &[])
+        .query_one("SELECT kernel_events_unpositioned()", &[])
         .await
         .unwrap_or_else(|e| panic!("pending: {e}"))
         .get(0);
@@ -79,7 +87,11 @@ async fn connect(url: &str) -> tokio_postgres::Client {
     client
 }
 
-async fn raw_inserts(url: &str, concurrency: usize, duration: Duration) -> f64 {
+const PLAIN: &str = "INSERT INTO bench_plain (stream, payload) VALUES ($1, $2)";
+const EVENTS: &str = "INSERT INTO bench_events (stream, version, id, event_type, payload) \
+     VALUES ($1, $3, gen_random_uuid(), 'Bench', $2)";
+
+async fn raw_inserts(url: &str, sql: &'static str, concurrency: usize, duration: Duration) -> f64 {
     let count = Arc::new(AtomicU64::new(0));
     let deadline = Instant::now() + duration;
     let mut tasks = Vec::new();
@@ -88,16 +100,21 @@ async fn raw_inserts(url: &str, concurrency: usize, duration: Duration) -> f64 {
         let client = connect(url).await;
         tasks.push(tokio::spawn(async move {
             let stmt = client
-                .prepare("INSERT INTO bench_plain (stream, payload) VALUES ($1, $2)")
+                .prepare(sql)
                 .await
                 .unwrap_or_else(|e| panic!("prepare: {e}"));
-            let stream = format!("raw-{t}");
+            // Each stream's versions 1, 2, 3, ... (the events table is unique on them).
+            let stream = format!("raw_{}-{t}", uuid::Uuid::new_v4().simple());
             let mut i = 0u64;
             while Instant::now() < deadline {
-                client
-                    .execute(&stmt, &[&stream, &json!({"i": i})])
-                    .await
-                    .unwrap_or_else(|e| panic!("insert: {e}"));
+                let payload = json!({"i": i});
+                let version = i as i64 + 1;
+                let result = if sql == EVENTS {
+                    client.execute(&stmt, &[&stream, &payload, &version]).await
+                } else {
+                    client.execute(&stmt, &[&stream, &payload]).await
+                };
+                result.unwrap_or_else(|e| panic!("insert: {e}"));
                 i += 1;
             }
             count.fetch_add(i, Ordering::Relaxed);

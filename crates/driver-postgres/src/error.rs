@@ -179,6 +179,18 @@ pub(crate) fn pool(err: deadpool_postgres::PoolError, size: usize) -> Error {
     }
 }
 
+/// The same failure again, for one more of the callers a shared statement served (errors are
+/// not `Clone`: their source is not), under `message`.
+pub(crate) fn copy_with_message(error: &Error, message: impl Into<String>) -> Error {
+    let mut copy = Error::new(error.code(), message)
+        .with_retryable(error.is_retryable())
+        .with_current_version(error.current_version());
+    for (name, value) in error.context() {
+        copy = copy.with_context(name, value);
+    }
+    copy
+}
+
 /// A stored value that does not have the shape the kernel wrote.
 pub(crate) fn corrupted(what: &str) -> Error {
     Error::corrupted(format!("postgres holds {what}")).with_context("backend", BACKEND)

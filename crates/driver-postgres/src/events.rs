@@ -1,13 +1,12 @@
 //! `EventStore` on `kernel_events`, `kernel_event_log` and friends.
 //!
-//! An append is two server transactions sent together in one network round trip on one
-//! connection: `kernel_append_stage` (stream lock, idempotency, expected version, insert without
-//! position; commits) and `kernel_event_positions` (a sequencer pass, then the positions). When
-//! an older transaction elsewhere is still running, the events cannot be numbered yet; the
-//! append then polls the positions with a short backoff (any pass, by anyone, numbers them).
+//! An append goes to the driver's writer task (`crate::writer`), which writes it, together with
+//! the appends that arrived meanwhile, in one `kernel_append_batch` transaction (stream lock,
+//! idempotency, expected version, insert without position); then the appender waits for the
+//! sequencing task (`crate::sequencer`) to hand back the positions a shared pass gave them.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::collections::HashMap;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use deadpool_postgres::Pool;
@@ -20,17 +19,18 @@ use kernel_core::{
     ReadDirection, ReadStream, RecordedEvent, Result, Snapshot, Uuid, Value,
 };
 
-use crate::error::{self, kernel_state, pg, BACKEND};
+use crate::error::{self, pg};
 use crate::rows::{self, limit_i64, to_i64, EVENT_COLUMNS};
+use crate::writer::{AppendRequest, Staged};
 use crate::PostgresDriver;
 
-const STAGE: &str = "SELECT o_written, o_stream_version, o_stored \
-     FROM kernel_append_stage($1, $2, $3, $4, $5, $6, $7, $8, $9)";
-const POSITIONS: &str = "SELECT kernel_event_positions($1, $2)";
-const LOOKUP: &str = "SELECT array_agg(l.position ORDER BY t.ord) \
-     FROM unnest($2::uuid[]) WITH ORDINALITY AS t(id, ord) \
-     LEFT JOIN kernel_events e ON e.stream = $1 AND e.id = t.id \
-     LEFT JOIN kernel_event_log l ON l.seq = e.seq";
+// The log and the events meet one primary-key probe per row (LATERAL with LIMIT 1 keeps the
+// planner from turning them into a hash join): a plan made while the tables were small, and
+// cached by the session, must not become a full scan of either as they grow.
+const LOG_TO_EVENT: &str =
+    "CROSS JOIN LATERAL (SELECT * FROM kernel_events e WHERE e.seq = l.seq LIMIT 1) e";
+const EVENT_TO_LOG: &str = "CROSS JOIN LATERAL \
+     (SELECT l.position FROM kernel_event_log l WHERE l.seq = e.seq LIMIT 1) l";
 
 /// Reads the global log: what `read_all` and subscriptions run.
 #[derive(Clone)]
@@ -57,7 +57,7 @@ impl LogReader {
             .map_err(|e| error::pool(e, self.pool_size))?;
         let stmt = client
             .prepare_cached(&format!(
-                "SELECT {EVENT_COLUMNS} FROM kernel_event_log l JOIN kernel_events e ON e.seq = l.seq \
+                "SELECT {EVENT_COLUMNS} FROM kernel_event_log l {LOG_TO_EVENT} \
                  WHERE l.position > $1 \
                  AND ($2::text[] IS NULL OR e.category = ANY ($2)) \
                  AND ($3::text[] IS NULL OR e.event_type = ANY ($3)) \
@@ -97,88 +97,6 @@ impl PostgresDriver {
             shutdown: self.inner.shutdown.subscribe(),
         }
     }
-
-    /// Waits until every one of `ids` in `stream` has a global position.
-    ///
-    /// Passes are coalesced in-process, like group commit: an appender needs a pass that
-    /// *started* after its commit; if one ran while it queued on the gate, a plain lookup
-    /// suffices, otherwise it runs the pass itself for everyone queued behind it. Across
-    /// processes, passes serialise on the database's sequencer lock.
-    async fn await_positions(
-        &self,
-        stream: &str,
-        ids: &[Uuid],
-        first: Option<Vec<Option<i64>>>,
-    ) -> Result<Vec<u64>> {
-        let deadline = Instant::now() + self.inner.config.statement_timeout;
-        let mut backoff = Duration::from_micros(200);
-        let mut current = first;
-        let seq = &self.inner.sequencer;
-        loop {
-            if let Some(positions) = &current {
-                if positions.len() == ids.len() && positions.iter().all(Option::is_some) {
-                    return positions
-                        .iter()
-                        .map(|p| rows::version(p.unwrap_or_default()))
-                        .collect();
-                }
-                // Numbered nothing yet although a pass ran after our commit: an older
-                // transaction holds the horizon back. Wait a little before the next pass.
-                if Instant::now() >= deadline {
-                    return Err(Error::timeout(format!(
-                        "the events are stored but had no global position within {} ms: an \
-                         older transaction on the server is still running; retrying the append \
-                         returns their positions",
-                        self.inner.config.statement_timeout.as_millis()
-                    ))
-                    .with_context("stream", stream)
-                    .with_context("backend", BACKEND));
-                }
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_millis(20));
-            }
-            let need = seq.started.load(Ordering::Acquire) + 1;
-            let gate = seq.gate.lock().await;
-            let result = if seq.finished.load(Ordering::Acquire) < need {
-                seq.started.fetch_add(1, Ordering::AcqRel);
-                let result = self.locate(stream, ids, true).await;
-                seq.finished
-                    .store(seq.started.load(Ordering::Acquire), Ordering::Release);
-                drop(gate);
-                result
-            } else {
-                // A pass that started after our commit has finished: just look (without
-                // holding the gate, so lookups run in parallel).
-                drop(gate);
-                self.locate(stream, ids, false).await
-            };
-            current = Some(result?);
-        }
-    }
-
-    /// The positions of `ids` in `stream` (NULL where not numbered yet), after a sequencer
-    /// pass when `pass`.
-    async fn locate(&self, stream: &str, ids: &[Uuid], pass: bool) -> Result<Vec<Option<i64>>> {
-        let client = self.client().await?;
-        let stmt = client
-            .prepare_cached(if pass { POSITIONS } else { LOOKUP })
-            .await
-            .map_err(pg)?;
-        let row = client
-            .query_one(&stmt, &[&stream, &ids])
-            .await
-            .map_err(|e| pg(e).with_context("stream", stream))?;
-        let positions: Option<Vec<Option<i64>>> = row.try_get(0).map_err(pg)?;
-        Ok(positions.unwrap_or_default())
-    }
-}
-
-/// In-process coalescing of sequencer passes (see `await_positions`).
-#[derive(Default)]
-pub(crate) struct Sequencer {
-    gate: tokio::sync::Mutex<()>,
-    started: AtomicU64,
-    finished: AtomicU64,
 }
 
 fn expected_args(expected: ExpectedVersion) -> (i16, Option<i64>) {
@@ -207,92 +125,77 @@ impl EventStore for PostgresDriver {
             })?;
         }
         let n = events.len();
-        let ids: Vec<Uuid> = events.iter().map(|e| e.id).collect();
-        let types: Vec<&str> = events.iter().map(|e| e.event_type.as_str()).collect();
-        let payloads: Vec<&Value> = events.iter().map(|e| &e.payload).collect();
-        let metadata: Vec<Value> = events
-            .iter()
-            .map(|e| Value::Object(e.metadata.clone()))
-            .collect();
-        let correlation: Vec<Option<&str>> =
-            events.iter().map(|e| e.correlation_id.as_deref()).collect();
-        let causation: Vec<Option<&str>> =
-            events.iter().map(|e| e.causation_id.as_deref()).collect();
         let (kind, version) = expected_args(expected);
-
-        let client = self.client().await?;
-        let stage = client.prepare_cached(STAGE).await.map_err(pg)?;
-        let stage_params: [&(dyn tokio_postgres::types::ToSql + Sync); 9] = [
-            &stream,
-            &kind,
-            &version,
-            &ids,
-            &types,
-            &payloads,
-            &metadata,
-            &correlation,
-            &causation,
-        ];
-        let seq = &self.inner.sequencer;
-        let (staged, located) = match seq.gate.try_lock() {
-            Ok(gate) => {
-                // Nobody in this process is numbering: send the stage and the pass together,
-                // one network round trip; the server runs the pass right after the stage
-                // transaction commits.
-                let positions = client.prepare_cached(POSITIONS).await.map_err(pg)?;
-                let position_params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] =
-                    [&stream, &ids];
-                seq.started.fetch_add(1, Ordering::AcqRel);
-                let (staged, located) = futures::join!(
-                    client.query_one(&stage, &stage_params),
-                    client
-                        .query_one(&positions, &position_params)
-                        .map(|r| r.and_then(|row| row.try_get::<_, Option<Vec<Option<i64>>>>(0))),
-                );
-                seq.finished
-                    .store(seq.started.load(Ordering::Acquire), Ordering::Release);
-                drop(gate);
-                (staged, located)
+        let events = Arc::new(events);
+        let staged = self
+            .inner
+            .writer
+            .stage(AppendRequest {
+                stream: stream.to_owned(),
+                kind,
+                expected: version,
+                events: events.clone(),
+            })
+            .await
+            .map_err(|e| e.with_context("stream", stream))?;
+        let (stream_version, seqs, written) = match staged {
+            Staged::Written {
+                stream_version,
+                positions: Some(positions),
+                ..
+            } if positions.len() == n => {
+                return Ok(AppendResult {
+                    stream_version: rows::version(stream_version)?,
+                    positions: positions
+                        .into_iter()
+                        .map(rows::version)
+                        .collect::<Result<_>>()?,
+                    written: true,
+                });
             }
-            Err(_) => (client.query_one(&stage, &stage_params).await, Ok(None)),
-        };
-        drop(client);
-        let staged = staged.map_err(|e| match kernel_state(&e) {
-            Some(s) if s.code == "KR004" => {
-                expected.conflict(stream, s.current_version().unwrap_or_default())
+            Staged::Written {
+                stream_version,
+                seqs,
+                ..
+            } => (rows::version(stream_version)?, seqs, true),
+            Staged::Busy => {
+                return Err(Error::internal("the append writer returned a busy append")
+                    .with_context("stream", stream));
             }
-            _ => pg(e).with_context("stream", stream),
-        })?;
-        // A failed position pass is not fatal: the events are committed; poll again below.
-        let located = match located {
-            Ok(p) => p,
-            Err(e) => {
-                tracing::debug!(stream, error = %e, "position lookup after append failed; retrying");
-                None
+            Staged::Mismatch { current } => {
+                return Err(expected.conflict(stream, rows::version(current)?));
             }
-        };
-        let written: bool = staged.try_get(0).map_err(pg)?;
-        let stream_version = rows::version(staged.try_get(1).map_err(pg)?)?;
-        let stream_version = if written {
-            stream_version
-        } else {
-            let stored: Vec<Option<i64>> = staged.try_get(2).map_err(pg)?;
-            let by_id: std::collections::HashMap<Uuid, u64> = ids
-                .iter()
-                .zip(&stored)
-                .filter_map(|(id, v)| v.and_then(|v| u64::try_from(v).ok()).map(|v| (*id, v)))
-                .collect();
-            match check_idempotent(stream, expected, &events, |id| by_id.get(id).copied())? {
-                Some(first) => first + n as u64 - 1,
-                None => {
-                    return Err(Error::internal(
-                        "append stage reported stored ids but none matched",
-                    )
-                    .with_context("stream", stream))
+            Staged::Stored { stored, seqs } => {
+                let by_id: HashMap<Uuid, u64> = events
+                    .iter()
+                    .zip(&stored)
+                    .filter_map(|(e, v)| v.and_then(|v| u64::try_from(v).ok()).map(|v| (e.id, v)))
+                    .collect();
+                match check_idempotent(stream, expected, &events, |id| by_id.get(id).copied())? {
+                    Some(first) => (first + n as u64 - 1, seqs, false),
+                    None => {
+                        return Err(
+                            Error::internal("the append found stored ids but none matched")
+                                .with_context("stream", stream),
+                        )
+                    }
                 }
             }
         };
-        let positions = self.await_positions(stream, &ids, located).await?;
+        // After a fresh append or an idempotent retry every event is stored: each has a seq.
+        let seqs: Vec<i64> = seqs
+            .into_iter()
+            .collect::<Option<Vec<i64>>>()
+            .filter(|seqs| seqs.len() == n)
+            .ok_or_else(|| {
+                Error::internal("the append did not get back a seq for every event")
+                    .with_context("stream", stream)
+            })?;
+        let positions = self
+            .inner
+            .sequencer
+            .positions(stream, seqs, self.inner.config.statement_timeout)
+            .await?;
         Ok(AppendResult {
             stream_version,
             positions,
@@ -310,14 +213,14 @@ impl EventStore for PostgresDriver {
         let (sql, from) = match options.direction {
             ReadDirection::Forward => (
                 format!(
-                    "SELECT {EVENT_COLUMNS} FROM kernel_events e JOIN kernel_event_log l ON l.seq = e.seq \
+                    "SELECT {EVENT_COLUMNS} FROM kernel_events e {EVENT_TO_LOG} \
                      WHERE e.stream = $1 AND e.version >= $2 ORDER BY e.version ASC LIMIT $3"
                 ),
                 options.from_version.map_or(1, to_i64),
             ),
             ReadDirection::Backward => (
                 format!(
-                    "SELECT {EVENT_COLUMNS} FROM kernel_events e JOIN kernel_event_log l ON l.seq = e.seq \
+                    "SELECT {EVENT_COLUMNS} FROM kernel_events e {EVENT_TO_LOG} \
                      WHERE e.stream = $1 AND e.version <= $2 ORDER BY e.version DESC LIMIT $3"
                 ),
                 options.from_version.map_or(i64::MAX, to_i64),

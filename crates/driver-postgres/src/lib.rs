@@ -9,9 +9,9 @@
 //! * Documents: one table keyed `(namespace, key)` under `COLLATE "C"`, JSONB values; writes
 //!   and batches are single calls of SQL functions (atomic, one round trip); queries are
 //!   translated to parameterised SQL with the exact semantics of [`kernel_core::query`].
-//! * Events: appenders insert in parallel; a short sequencer pass gives global positions only
-//!   to events of transactions older than every running one, so readers never skip a late
-//!   commit (see `docs/postgres.md`). Subscriptions pull pages and wake on LISTEN/NOTIFY
+//! * Events: appenders insert in parallel, one statement each; a sequencer pass shared by every
+//!   waiting appender gives global positions only to events of transactions older than every
+//!   running one, so readers never skip a late commit (see `docs/postgres.md`). Subscriptions pull pages and wake on LISTEN/NOTIFY
 //!   received on a dedicated connection that reconnects by itself.
 //! * Locks: a lease table with a per-key fencing counter. Rate limits: GCRA in SQL.
 //!
@@ -34,14 +34,18 @@ mod lock;
 pub mod migrations;
 mod rate_limit;
 mod rows;
+mod sequencer;
 mod sql;
 mod storage;
 mod transaction;
+mod writer;
 
 use std::fmt;
 use std::sync::{Arc, Mutex};
 
-use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
+use deadpool_postgres::{
+    Manager, ManagerConfig, Object, Pool, QueueMode, RecyclingMethod, Runtime,
+};
 use kernel_core::subscription::HeadSignal;
 use kernel_core::{Error, ErrorCode, Result};
 use tokio::sync::watch;
@@ -68,7 +72,8 @@ struct Inner {
     head: Arc<watch::Sender<HeadSignal>>,
     shutdown: watch::Sender<bool>,
     listener: Mutex<Option<JoinHandle<()>>>,
-    sequencer: events::Sequencer,
+    sequencer: sequencer::Sequencer,
+    writer: writer::AppendWriter,
 }
 
 impl Drop for Inner {
@@ -96,6 +101,10 @@ impl PostgresDriver {
         );
         let pool = Pool::builder(manager)
             .max_size(config.pool_size)
+            // The most recently used connection first: its server process is awake with warm
+            // caches. Rotating through every pooled connection (FIFO, the default) measured
+            // about 0.35 ms slower per append on an idle server.
+            .queue_mode(QueueMode::Lifo)
             .runtime(Runtime::Tokio1)
             .wait_timeout(Some(config.pool_wait_timeout))
             .create_timeout(Some(config.connect_timeout))
@@ -145,15 +154,21 @@ impl PostgresDriver {
             shutdown: shutdown_rx,
             tick: config.subscription.poll_interval,
         });
+        let committed = Arc::new(tokio::sync::Notify::new());
         tracing::debug!(url = %config.redacted_url(), pool_size = config.pool_size, "postgres driver connected");
         Ok(PostgresDriver {
             inner: Arc::new(Inner {
+                sequencer: sequencer::Sequencer::spawn(
+                    pool.clone(),
+                    config.pool_size,
+                    committed.clone(),
+                ),
+                writer: writer::AppendWriter::spawn(pool.clone(), config.pool_size, committed),
                 pool,
                 config,
                 head,
                 shutdown,
                 listener: Mutex::new(Some(listener)),
-                sequencer: events::Sequencer::default(),
             }),
         })
     }

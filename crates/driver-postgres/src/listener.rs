@@ -168,11 +168,11 @@ async fn sequence(s: &ListenerSetup) -> bool {
             return false;
         }
     };
-    // Two statements: the check must see the pass's own deletions.
+    // Two statements: the check must see what the pass committed.
     let result = match client.batch_execute("SELECT kernel_sequence()").await {
         Ok(()) => {
             client
-                .query_one("SELECT EXISTS (SELECT 1 FROM kernel_event_pending)", &[])
+                .query_one("SELECT kernel_events_unpositioned(1) > 0", &[])
                 .await
         }
         Err(e) => Err(e),

@@ -40,12 +40,20 @@ pub struct Migration {
 }
 
 /// Every migration of this build, in order.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "init",
-    up: include_str!("../../../migrations/0001_init.up.sql"),
-    down: include_str!("../../../migrations/0001_init.down.sql"),
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "init",
+        up: include_str!("../../../migrations/0001_init.up.sql"),
+        down: include_str!("../../../migrations/0001_init.down.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "event_txid",
+        up: include_str!("../../../migrations/0002_event_txid.up.sql"),
+        down: include_str!("../../../migrations/0002_event_txid.down.sql"),
+    },
+];
 
 /// Advisory lock (two-int form, class `KRNL`) that serialises migration runners.
 const LOCK_CLASS: i32 = 1_263_685_452;

@@ -417,3 +417,179 @@ async fn late_commit_is_never_skipped() {
     assert_eq!(order, vec![("Slow", 1), ("Fast", 2)]);
     driver.shutdown().await;
 }
+
+/// Appends are written in batches, but a stream whose lock another transaction holds must not
+/// stall the batch: the append to the free stream is written while the busy one waits, and both
+/// keep per-stream and global order once the other transaction ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn busy_stream_does_not_stall_other_streams() {
+    let (driver, db) = common::driver().await;
+    let driver = Arc::new(driver);
+    let category = unique("busy");
+    let busy = format!("{category}-busy");
+    let free = format!("{category}-free");
+    let mut sql = common::raw_client(db.url()).await;
+    let tx = sql
+        .transaction()
+        .await
+        .unwrap_or_else(|e| panic!("begin: {e}"));
+    tx.query(
+        "SELECT * FROM kernel_append($1, NULL, $2)",
+        &[&busy, &json!([{"type": "Sql"}])],
+    )
+    .await
+    .unwrap_or_else(|e| panic!("kernel_append in an open transaction: {e}"));
+
+    let append = |stream: String, ty: &'static str| {
+        let driver = driver.clone();
+        tokio::spawn(async move {
+            expect_ok(
+                driver
+                    .append(
+                        &stream,
+                        ExpectedVersion::Any,
+                        vec![NewEvent::new(ty, json!({}))],
+                    )
+                    .await,
+                ty,
+            )
+        })
+    };
+    let blocked = append(busy.clone(), "Blocked");
+    let written = append(free.clone(), "Free");
+
+    // The free stream's event is committed while the busy stream's append still waits (it has
+    // no position yet: the open transaction also holds the horizon).
+    let checker = common::raw_client(db.url()).await;
+    let stored = |stream: String| {
+        let checker = &checker;
+        async move {
+            checker
+                .query_one(
+                    "SELECT count(*) FROM kernel_events WHERE stream = $1",
+                    &[&stream],
+                )
+                .await
+                .unwrap_or_else(|e| panic!("count {stream}: {e}"))
+                .get::<_, i64>(0)
+        }
+    };
+    within(
+        Duration::from_secs(10),
+        "the free stream's append commits",
+        async {
+            while stored(free.clone()).await == 0 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        },
+    )
+    .await;
+    assert_eq!(
+        stored(busy.clone()).await,
+        0,
+        "nothing of the busy stream is committed yet"
+    );
+    assert!(!blocked.is_finished() && !written.is_finished());
+
+    tx.commit().await.unwrap_or_else(|e| panic!("commit: {e}"));
+    let blocked = join(blocked, "busy append").await;
+    let written = join(written, "free append").await;
+    assert_eq!(blocked.stream_version, 2, "after the SQL client's event");
+    assert_eq!(written.stream_version, 1);
+    let all = expect_ok(
+        driver.read_all(0, &EventFilter::all(), 10).await,
+        "read_all",
+    );
+    let order: Vec<(&str, u64)> = all
+        .iter()
+        .map(|e| (e.event_type.as_str(), e.position))
+        .collect();
+    assert_eq!(order, vec![("Sql", 1), ("Free", 2), ("Blocked", 3)]);
+    driver.shutdown().await;
+}
+
+/// `kernel_append_batch` checks and writes every append of a batch on its own: a failed
+/// expected version or a repeated id writes nothing of that append and nothing else changes;
+/// two appends to one stream in a batch run in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_appends_are_independent() {
+    let (driver, db) = common::driver().await;
+    let sql = common::raw_client(db.url()).await;
+    let first = expect_ok(
+        driver
+            .append(
+                "order-1",
+                ExpectedVersion::Any,
+                vec![NewEvent::new("Seed", json!({}))],
+            )
+            .await,
+        "seed",
+    );
+    let seed_id: uuid::Uuid = sql
+        .query_one("SELECT id FROM kernel_events WHERE stream = 'order-1'", &[])
+        .await
+        .unwrap_or_else(|e| panic!("seed id: {e}"))
+        .get(0);
+    let ids: Vec<uuid::Uuid> = (0..4).map(|_| uuid::Uuid::new_v4()).collect();
+    // 1: order-2 fresh; 2: order-1 expecting version 5 (it is at 1); 3: order-1 repeating the
+    // seed's id; 4: order-2 again, expecting the version append 1 leaves.
+    let rows = sql
+        .query(
+            "SELECT o_status, o_stream_version FROM kernel_append_batch( \
+               ARRAY['order-2', 'order-1', 'order-1', 'order-2'], ARRAY[1, 3, 0, 3]::smallint[], \
+               ARRAY[NULL, 5, NULL, 1]::bigint[], ARRAY[1, 1, 1, 1], $1, \
+               ARRAY['A', 'B', 'C', 'D'], ARRAY['{}', '{}', '{}', '{}']::jsonb[], \
+               ARRAY['{}', '{}', '{}', '{}']::jsonb[], ARRAY[NULL, NULL, NULL, NULL]::text[], \
+               ARRAY[NULL, NULL, NULL, NULL]::text[], false)",
+            &[&vec![ids[0], ids[1], seed_id, ids[3]]],
+        )
+        .await
+        .unwrap_or_else(|e| panic!("kernel_append_batch: {e}"));
+    let statuses: Vec<(i16, Option<i64>)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    assert_eq!(
+        statuses,
+        vec![(0, Some(1)), (2, Some(1)), (1, Some(1)), (0, Some(2))],
+        "written, version mismatch, stored id, written after the first"
+    );
+    let types: Vec<(String, String, i64)> = sql
+        .query(
+            "SELECT stream, event_type, version FROM kernel_events ORDER BY stream, version",
+            &[],
+        )
+        .await
+        .unwrap_or_else(|e| panic!("events: {e}"))
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    let expect = |s: &str, t: &str, v: i64| (s.to_owned(), t.to_owned(), v);
+    assert_eq!(
+        types,
+        vec![
+            expect("order-1", "Seed", 1),
+            expect("order-2", "A", 1),
+            expect("order-2", "D", 2)
+        ]
+    );
+    // The SQL client's batch gets positions from the next pass, after the seed.
+    expect_ok(
+        driver
+            .append(
+                "order-3",
+                ExpectedVersion::Any,
+                vec![NewEvent::new("After", json!({}))],
+            )
+            .await,
+        "append after the batch",
+    );
+    let all = expect_ok(
+        driver.read_all(0, &EventFilter::all(), 10).await,
+        "read_all",
+    );
+    let order: Vec<(&str, u64)> = all
+        .iter()
+        .map(|e| (e.event_type.as_str(), e.position))
+        .collect();
+    assert_eq!(first.positions, vec![1]);
+    assert_eq!(order, vec![("Seed", 1), ("A", 2), ("D", 3), ("After", 4)]);
+    driver.shutdown().await;
+}

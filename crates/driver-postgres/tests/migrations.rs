@@ -34,29 +34,45 @@ async fn up_status_rollback_round_trip() {
         applied,
         MIGRATIONS.iter().map(|m| m.version).collect::<Vec<_>>()
     );
-    assert_eq!(tables(&client).await, 8, "every kernel table");
+    assert_eq!(tables(&client).await, 7, "every kernel table");
     assert!(
         expect_ok(m.up(&client).await, "second up").is_empty(),
         "up is idempotent"
     );
     assert!(expect_ok(m.is_current(&client).await, "is_current"));
-    let row = client
-        .query_one(
-            "SELECT version, name, length(checksum), applied_at IS NOT NULL FROM schema_migrations",
+    let rows = client
+        .query(
+            "SELECT version, name, length(checksum), applied_at IS NOT NULL FROM schema_migrations \
+             ORDER BY version",
             &[],
         )
         .await
         .unwrap_or_else(|e| panic!("schema_migrations: {e}"));
-    assert_eq!(row.get::<_, i64>(0), 1);
-    assert_eq!(row.get::<_, String>(1), "init");
-    assert_eq!(row.get::<_, i32>(2), 64, "sha-256 hex");
-    assert!(row.get::<_, bool>(3));
+    let recorded: Vec<(i64, String, i32, bool)> = rows
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+        .collect();
+    assert_eq!(
+        recorded,
+        vec![
+            (1, "init".to_owned(), 64, true),
+            (2, "event_txid".to_owned(), 64, true)
+        ],
+        "version, name, sha-256 hex, time"
+    );
 
-    let reverted = expect_ok(m.rollback(&client, 1).await, "rollback");
+    let reverted = expect_ok(m.rollback(&client, 1).await, "rollback 1");
+    assert_eq!(reverted, vec![2]);
+    assert_eq!(
+        tables(&client).await,
+        8,
+        "0001's tables, the pending table back"
+    );
+    let reverted = expect_ok(m.rollback(&client, 5).await, "rollback the rest");
     assert_eq!(reverted, vec![1]);
     assert_eq!(tables(&client).await, 0, "down removes every kernel table");
     assert!(expect_ok(m.rollback(&client, 1).await, "rollback of nothing").is_empty());
-    assert_eq!(expect_ok(m.up(&client).await, "up again"), vec![1]);
+    assert_eq!(expect_ok(m.up(&client).await, "up again"), vec![1, 2]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -109,14 +125,19 @@ async fn concurrent_migrators_are_serialised() {
             "concurrent up",
         ));
     }
-    assert_eq!(applied, vec![1], "exactly one runner applied the migration");
+    applied.sort_unstable();
+    assert_eq!(
+        applied,
+        vec![1, 2],
+        "exactly one runner applied each migration"
+    );
     let client = common::raw_client(db.url()).await;
     let n: i64 = client
         .query_one("SELECT count(*) FROM schema_migrations", &[])
         .await
         .unwrap_or_else(|e| panic!("count: {e}"))
         .get(0);
-    assert_eq!(n, 1);
+    assert_eq!(n, 2);
 }
 
 /// `connect` migrates on boot by default; with it off, a missing schema shows up as a `Config`
@@ -178,11 +199,17 @@ fn kernel_migrate_cli() {
         "{out}"
     );
     let (code, out, _) = run(&["up"]);
-    assert_eq!((code, out.trim()), (Some(0), "applied 0001"));
+    assert_eq!((code, out.trim()), (Some(0), "applied 0001\napplied 0002"));
     let (_, out, _) = run(&["status"]);
-    assert!(out.contains("applied"), "{out}");
-    let (code, out, _) = run(&["rollback", "1"]);
-    assert_eq!((code, out.trim()), (Some(0), "reverted 0001"));
+    assert!(
+        out.contains("applied") && out.contains("0002_event_txid"),
+        "{out}"
+    );
+    let (code, out, _) = run(&["rollback", "2"]);
+    assert_eq!(
+        (code, out.trim()),
+        (Some(0), "reverted 0002\nreverted 0001")
+    );
     let (code, _, err) = run(&["sideways"]);
     assert_eq!(code, Some(2), "usage error: {err}");
     let out = std::process::Command::new(bin)
@@ -198,4 +225,122 @@ fn kernel_migrate_cli() {
     );
     drop(db);
     drop(rt);
+}
+
+/// Events carried across 0002 both ways: numbered ones keep their positions, and ones still
+/// waiting for a position when the schema changes are numbered next, in the order the old
+/// sequencer would have given them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn event_txid_migration_carries_waiting_events_both_ways() {
+    let db = fresh_database().await;
+    let client = common::raw_client(db.url()).await;
+    let m = Migrator::new();
+    expect_ok(m.up(&client).await, "up");
+    assert_eq!(
+        expect_ok(m.rollback(&client, 1).await, "down to 0001"),
+        vec![2]
+    );
+
+    let append = |stream: &'static str, ty: &'static str| {
+        let client = &client;
+        async move {
+            client
+                .batch_execute(&format!(
+                    "SELECT * FROM kernel_append('{stream}', NULL, '[{{\"type\": \"{ty}\"}}]')"
+                ))
+                .await
+                .unwrap_or_else(|e| panic!("append {ty}: {e}"));
+        }
+    };
+    // Passes until every event has a position: a transaction of a test running in parallel
+    // (transaction ids are cluster-wide) may hold the horizon back for a moment.
+    let sequence = || async {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            client
+                .batch_execute("SELECT kernel_sequence()")
+                .await
+                .unwrap_or_else(|e| panic!("kernel_sequence: {e}"));
+            let waiting: i64 = client
+                .query_one(
+                    "SELECT count(*) FROM kernel_events e \
+                     WHERE NOT EXISTS (SELECT 1 FROM kernel_event_log l WHERE l.seq = e.seq)",
+                    &[],
+                )
+                .await
+                .unwrap_or_else(|e| panic!("count waiting: {e}"))
+                .get(0);
+            if waiting == 0 {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{waiting} events still without a position after 10 s"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    };
+    let log = || async {
+        client
+            .query(
+                "SELECT l.position, e.event_type FROM kernel_event_log l \
+                 JOIN kernel_events e ON e.seq = l.seq ORDER BY l.position",
+                &[],
+            )
+            .await
+            .unwrap_or_else(|e| panic!("read log: {e}"))
+            .iter()
+            .map(|r| (r.get::<_, i64>(0), r.get::<_, String>(1)))
+            .collect::<Vec<_>>()
+    };
+    let numbered = |types: &[&str]| {
+        types
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (i as i64 + 1, (*t).to_owned()))
+            .collect::<Vec<_>>()
+    };
+
+    // Under 0001: two numbered, two waiting in kernel_event_pending.
+    append("order-1", "A").await;
+    append("order-2", "B").await;
+    sequence().await;
+    append("order-1", "C").await;
+    append("order-3", "D").await;
+    assert_eq!(log().await, numbered(&["A", "B"]));
+
+    // Up to 0002: the waiting two are numbered next, then new appends after them.
+    assert_eq!(expect_ok(m.up(&client).await, "up to 0002"), vec![2]);
+    let waiting: i64 = client
+        .query_one("SELECT kernel_events_unpositioned()", &[])
+        .await
+        .unwrap_or_else(|e| panic!("unpositioned: {e}"))
+        .get(0);
+    assert_eq!(waiting, 2, "the events 0001 had not numbered");
+    sequence().await;
+    append("order-2", "E").await;
+    sequence().await;
+    assert_eq!(log().await, numbered(&["A", "B", "C", "D", "E"]));
+
+    // Down again with one waiting: 0001's sequencer numbers it next.
+    append("order-4", "F").await;
+    assert_eq!(
+        expect_ok(m.rollback(&client, 1).await, "down again"),
+        vec![2]
+    );
+    sequence().await;
+    append("order-4", "G").await;
+    sequence().await;
+    assert_eq!(log().await, numbered(&["A", "B", "C", "D", "E", "F", "G"]));
+    let versions: Vec<i64> = client
+        .query(
+            "SELECT version FROM kernel_events WHERE stream = 'order-4' ORDER BY version",
+            &[],
+        )
+        .await
+        .unwrap_or_else(|e| panic!("versions: {e}"))
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(versions, vec![1, 2]);
 }

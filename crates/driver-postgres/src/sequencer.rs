@@ -1,0 +1,219 @@
+//! Group sequencing: appenders hand the seqs of their committed events to one task per driver,
+//! which runs one sequencer pass for everyone waiting and hands each appender its positions.
+//!
+//! An append's transaction (see `crate::writer`) only inserts its events; their global positions come from a
+//! pass (`kernel_event_positions`, see `migrations/0002_event_txid.up.sql`) that may only
+//! number transactions older than every running one. Running that pass once per append would
+//! put a second server transaction on every append and make passes queue on the sequencer
+//! lock; one task running passes back to back instead shares each pass between all appenders
+//! that committed while the previous one ran, the way group commit shares a WAL flush. Across
+//! processes, passes serialise on the database's sequencer lock, and an appender whose events
+//! another process numbered just reads their positions.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use deadpool_postgres::Pool;
+use kernel_core::{Error, Result};
+use tokio::sync::{mpsc, oneshot, Notify};
+
+use crate::error::{self, pg, BACKEND};
+
+const POSITIONS: &str = "SELECT kernel_event_positions($1)";
+
+/// The first pause when an older transaction holds the events back; it doubles up to the cap.
+const MIN_BACKOFF: Duration = Duration::from_micros(200);
+const MAX_BACKOFF: Duration = Duration::from_millis(20);
+
+/// A handle on the driver's sequencing task; the task ends when every handle is dropped.
+pub(crate) struct Sequencer {
+    requests: mpsc::UnboundedSender<Request>,
+}
+
+struct Request {
+    seqs: Vec<i64>,
+    wait: Duration,
+    deadline: Instant,
+    reply: oneshot::Sender<Result<Vec<i64>>>,
+}
+
+impl Sequencer {
+    /// Starts the task. `committed` is notified whenever this driver commits appends: events
+    /// that were waiting for those transactions to end may be numbered now.
+    pub(crate) fn spawn(pool: Pool, pool_size: usize, committed: Arc<Notify>) -> Sequencer {
+        let (requests, rx) = mpsc::unbounded_channel();
+        tokio::spawn(run(pool, pool_size, rx, committed));
+        Sequencer { requests }
+    }
+
+    /// The global positions of the committed events `seqs` of `stream`, in order: waits for
+    /// the pass that numbers them, at most `wait`.
+    pub(crate) async fn positions(
+        &self,
+        stream: &str,
+        seqs: Vec<i64>,
+        wait: Duration,
+    ) -> Result<Vec<u64>> {
+        let (reply, answer) = oneshot::channel();
+        let request = Request {
+            seqs,
+            wait,
+            deadline: Instant::now() + wait,
+            reply,
+        };
+        if self.requests.send(request).is_err() {
+            return Err(stopped().with_context("stream", stream));
+        }
+        let positions = match answer.await {
+            Ok(result) => result.map_err(|e| e.with_context("stream", stream))?,
+            Err(_) => return Err(stopped().with_context("stream", stream)),
+        };
+        positions
+            .into_iter()
+            .map(|p| {
+                u64::try_from(p).map_err(|_| {
+                    Error::corrupted(format!("negative global position {p} in kernel_event_log"))
+                        .with_context("stream", stream)
+                })
+            })
+            .collect()
+    }
+}
+
+fn stopped() -> Error {
+    Error::unavailable(
+        "the events are stored, but the driver's sequencing task has stopped before giving \
+         them positions; retrying the append returns them",
+    )
+    .with_context("backend", BACKEND)
+}
+
+async fn run(
+    pool: Pool,
+    pool_size: usize,
+    mut rx: mpsc::UnboundedReceiver<Request>,
+    committed: Arc<Notify>,
+) {
+    let mut waiting: Vec<Request> = Vec::new();
+    let mut backoff = MIN_BACKOFF;
+    loop {
+        if waiting.is_empty() {
+            match rx.recv().await {
+                Some(request) => waiting.push(request),
+                None => return,
+            }
+        }
+        while let Ok(request) = rx.try_recv() {
+            waiting.push(request);
+        }
+        // An appender that gave up (its future was dropped) needs no pass.
+        waiting.retain(|r| !r.reply.is_closed());
+        if waiting.is_empty() {
+            continue;
+        }
+        let seqs: Vec<i64> = waiting
+            .iter()
+            .flat_map(|r| r.seqs.iter().copied())
+            .collect();
+        let answered = match pass(&pool, pool_size, &seqs).await {
+            Ok(positions) => answer(&mut waiting, positions),
+            Err(e) => fail(&mut waiting, &e),
+        };
+        if waiting.is_empty() || answered {
+            backoff = MIN_BACKOFF;
+            continue;
+        }
+        // Nobody could be answered: an older transaction holds the horizon back (often an
+        // append batch of this driver still committing), or the server is unreachable. Pass
+        // again when a batch of ours commits or new appenders arrive, else after a pause.
+        tokio::select! {
+            _ = committed.notified() => {}
+            request = rx.recv() => match request {
+                Some(request) => waiting.push(request),
+                None => {
+                    fail(&mut waiting, &stopped());
+                    return;
+                }
+            },
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+/// One pass for `seqs`: their positions, `None` where not numbered yet.
+async fn pass(pool: &Pool, pool_size: usize, seqs: &[i64]) -> Result<Vec<Option<i64>>> {
+    let client = pool.get().await.map_err(|e| error::pool(e, pool_size))?;
+    let stmt = client.prepare_cached(POSITIONS).await.map_err(pg)?;
+    let row = client.query_one(&stmt, &[&seqs]).await.map_err(pg)?;
+    let positions: Option<Vec<Option<i64>>> = row.try_get(0).map_err(pg)?;
+    let positions = positions.unwrap_or_default();
+    if positions.len() != seqs.len() {
+        return Err(Error::internal(format!(
+            "kernel_event_positions returned {} positions for {} events",
+            positions.len(),
+            seqs.len()
+        ))
+        .with_context("backend", BACKEND));
+    }
+    Ok(positions)
+}
+
+/// Replies to every request whose events all have positions, and to every request past its
+/// deadline; keeps the rest. `true` when some request got its positions.
+fn answer(waiting: &mut Vec<Request>, positions: Vec<Option<i64>>) -> bool {
+    let now = Instant::now();
+    let mut positions = positions.into_iter();
+    let mut answered = false;
+    let mut kept = Vec::with_capacity(waiting.len());
+    for request in waiting.drain(..) {
+        let mine: Option<Vec<i64>> = positions.by_ref().take(request.seqs.len()).collect();
+        match mine {
+            Some(mine) => {
+                answered = true;
+                // The appender may have given up meanwhile: nothing to tell it then.
+                let _ = request.reply.send(Ok(mine));
+            }
+            None if now >= request.deadline => {
+                let _ = request.reply.send(Err(held_back(request.wait)));
+            }
+            None => kept.push(request),
+        }
+    }
+    *waiting = kept;
+    answered
+}
+
+/// After a failed pass: a permanent error (say, the schema is missing) fails every request
+/// now; a temporary one (connection lost, pool busy) fails only those past their deadline,
+/// and the next pass retries for the others.
+fn fail(waiting: &mut Vec<Request>, error: &Error) -> bool {
+    let now = Instant::now();
+    let permanent = !error.is_retryable();
+    tracing::debug!(%error, waiting = waiting.len(), "sequencer pass failed");
+    let mut kept = Vec::with_capacity(waiting.len());
+    for request in waiting.drain(..) {
+        if permanent || now >= request.deadline {
+            let _ = request.reply.send(Err(error::copy_with_message(
+                error,
+                format!(
+                    "the events are stored, but giving them positions failed: {}",
+                    error.message()
+                ),
+            )));
+        } else {
+            kept.push(request);
+        }
+    }
+    *waiting = kept;
+    false
+}
+
+fn held_back(wait: Duration) -> Error {
+    Error::timeout(format!(
+        "the events are stored but had no global position within {} ms: an older transaction \
+         on the server is still running; retrying the append returns their positions",
+        wait.as_millis()
+    ))
+    .with_context("backend", BACKEND)
+}
