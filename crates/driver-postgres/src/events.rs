@@ -247,7 +247,7 @@ impl EventStore for PostgresDriver {
     async fn head_position(&self) -> Result<u64> {
         let client = self.client().await?;
         let stmt = client
-            .prepare_cached("SELECT coalesce(max(position), 0) FROM kernel_event_log")
+            .prepare_cached("SELECT coalesce((SELECT position FROM kernel_event_log ORDER BY position DESC LIMIT 1), 0)")
             .await
             .map_err(pg)?;
         let row = client.query_one(&stmt, &[]).await.map_err(pg)?;
@@ -289,7 +289,7 @@ impl EventStore for PostgresDriver {
         // highest version.
         let stmt = client
             .prepare_cached(
-                "WITH cur AS (SELECT coalesce((SELECT max(e.version) FROM kernel_events e WHERE e.stream = $1::text), 0) AS v), \
+                "WITH cur AS (SELECT coalesce((SELECT e.version FROM kernel_events e WHERE e.stream = $1::text ORDER BY e.version DESC LIMIT 1), 0) AS v), \
                  ins AS (INSERT INTO kernel_snapshots AS k (stream, version, state, created_at) \
                    SELECT $1::text, $2::bigint, $3::jsonb, clock_timestamp() FROM cur WHERE $2::bigint BETWEEN 1 AND cur.v \
                    ON CONFLICT (stream) DO UPDATE SET version = EXCLUDED.version, state = EXCLUDED.state, \

@@ -9,10 +9,11 @@
 //! * Documents: one table keyed `(namespace, key)` under `COLLATE "C"`, JSONB values; writes
 //!   and batches are single calls of SQL functions (atomic, one round trip); queries are
 //!   translated to parameterised SQL with the exact semantics of [`kernel_core::query`].
-//! * Events: appenders insert in parallel, one statement each; a sequencer pass shared by every
-//!   waiting appender gives global positions only to events of transactions older than every
-//!   running one, so readers never skip a late commit (see `docs/postgres.md`). Subscriptions pull pages and wake on LISTEN/NOTIFY
-//!   received on a dedicated connection that reconnects by itself.
+//! * Events: appends that arrive together are written in one transaction (group commit), with
+//!   no lock across streams; a sequencer pass gives global positions only to events of
+//!   transactions older than every running one, so readers never skip a late commit (see
+//!   `docs/postgres.md`). Subscriptions pull pages and wake on LISTEN/NOTIFY received on a
+//!   dedicated connection that reconnects by itself.
 //! * Locks: a lease table with a per-key fencing counter. Rate limits: GCRA in SQL.
 //!
 //! ```no_run

@@ -1,14 +1,15 @@
-//! Group sequencing: appenders hand the seqs of their committed events to one task per driver,
-//! which runs one sequencer pass for everyone waiting and hands each appender its positions.
+//! Group sequencing: appenders whose events did not get positions from the pass sent behind
+//! their batch (see `crate::writer`) hand their seqs to one task per driver, which runs one
+//! sequencer pass for everyone waiting and hands each appender its positions.
 //!
-//! An append's transaction (see `crate::writer`) only inserts its events; their global positions come from a
-//! pass (`kernel_event_positions`, see `migrations/0002_event_txid.up.sql`) that may only
-//! number transactions older than every running one. Running that pass once per append would
-//! put a second server transaction on every append and make passes queue on the sequencer
-//! lock; one task running passes back to back instead shares each pass between all appenders
-//! that committed while the previous one ran, the way group commit shares a WAL flush. Across
-//! processes, passes serialise on the database's sequencer lock, and an appender whose events
-//! another process numbered just reads their positions.
+//! Positions come from a pass (`kernel_event_positions`, see
+//! `migrations/0002_event_txid.up.sql`) that may only number transactions older than every
+//! running one, so an append's events can be held back by an older transaction still running:
+//! another batch, or a transaction elsewhere in the cluster. One task shares each pass between
+//! all such appenders and runs the next one when a batch of this driver commits, when new
+//! appenders arrive, or after a short backoff. Across processes, passes serialise on the
+//! database's sequencer lock, and an appender whose events another process numbered just reads
+//! their positions.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

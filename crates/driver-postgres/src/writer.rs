@@ -3,14 +3,18 @@
 //!
 //! A single-event append costs the server a statement, a transaction and a WAL flush, which
 //! is several times the cost of inserting its row. Appenders therefore hand their append to one
-//! task per driver, which keeps up to [`batches_in_flight`] batches on the wire and starts the
+//! task per driver, which keeps one batch on the wire ([`BATCHES_IN_FLIGHT`]) and starts the
 //! next batch with everything that queued meanwhile. Under light load a batch holds one append
 //! and goes out at once (no added wait); under load the batches grow and the per-append cost
-//! falls towards the cost of its rows. Each append in a batch is checked and written on its
-//! own (a failed expected version writes nothing of that append and does not affect the
-//! others), and the batch takes every stream's lock in one sorted order before its first write,
-//! so per-stream version order and the sequencer's gapless numbering hold as for single
-//! appends (see `migrations/0002_event_txid.up.sql`).
+//! falls towards the cost of its rows.
+//!
+//! Each append in a batch is checked and written on its own: a failed expected version writes
+//! nothing of that append and does not affect the others. The batch takes every stream's lock
+//! before its first write, so per-stream version order and the sequencer's gapless numbering
+//! hold as for single appends (see `migrations/0002_event_txid.up.sql`), but without waiting: an
+//! append whose stream another transaction holds comes back busy and is written again on its
+//! own, waiting for the lock, so it does not hold up the batch. A cancelled appender's append
+//! may still be written, as with any statement already sent.
 
 use std::collections::HashMap;
 use std::sync::Arc;

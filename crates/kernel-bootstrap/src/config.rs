@@ -115,6 +115,9 @@ pub struct PostgresSettings {
     pub operation_timeout_ms: Option<u64>,
     /// `KERNEL_MIGRATE_ON_BOOT` / `postgres.migrate_on_boot` (default true).
     pub migrate_on_boot: Option<bool>,
+    /// `KERNEL_POSTGRES_POLL_INTERVAL_MS` / `postgres.poll_interval_ms` (default 1000): how often
+    /// an idle subscription reads again when no notification woke it.
+    pub poll_interval_ms: Option<u64>,
 }
 
 /// `[redis]` settings.
@@ -255,6 +258,10 @@ pub const ENV_KEYS: &[(&str, &str)] = &[
         "postgres.operation_timeout_ms",
     ),
     ("KERNEL_MIGRATE_ON_BOOT", "postgres.migrate_on_boot"),
+    (
+        "KERNEL_POSTGRES_POLL_INTERVAL_MS",
+        "postgres.poll_interval_ms",
+    ),
     ("REDIS_URL", "redis.url"),
     ("KERNEL_REDIS_POOL_SIZE", "redis.pool_size"),
     (
@@ -367,6 +374,9 @@ impl KernelConfig {
                 self.postgres.operation_timeout_ms = Some(parse(env, &v)?)
             }
             "KERNEL_MIGRATE_ON_BOOT" => self.postgres.migrate_on_boot = Some(parse_bool(env, &v)?),
+            "KERNEL_POSTGRES_POLL_INTERVAL_MS" => {
+                self.postgres.poll_interval_ms = Some(parse(env, &v)?)
+            }
             "REDIS_URL" => self.redis.url = Some(SecretUrl::new(v)),
             "KERNEL_REDIS_POOL_SIZE" => self.redis.pool_size = Some(parse(env, &v)?),
             "KERNEL_REDIS_CONNECT_TIMEOUT_MS" => {
@@ -462,6 +472,11 @@ impl KernelConfig {
                     30_000,
                 )?,
                 migrate_on_boot: self.postgres.migrate_on_boot.unwrap_or(true),
+                poll_interval: ms(
+                    "KERNEL_POSTGRES_POLL_INTERVAL_MS",
+                    self.postgres.poll_interval_ms,
+                    1_000,
+                )?,
             })
         } else {
             None
@@ -640,6 +655,8 @@ pub struct PostgresResolved {
     pub operation_timeout: Duration,
     /// Run pending migrations at boot.
     pub migrate_on_boot: bool,
+    /// How often an idle subscription reads again without a notification.
+    pub poll_interval: Duration,
 }
 
 /// Checked Redis settings.

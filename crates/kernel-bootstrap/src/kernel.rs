@@ -119,6 +119,7 @@ async fn connect(kind: BackendKind, config: &ResolvedConfig) -> Result<Backend> 
             pg.statement_timeout = settings.operation_timeout;
             pg.pool_wait_timeout = settings.operation_timeout;
             pg.migrate_on_boot = settings.migrate_on_boot;
+            pg.subscription.poll_interval = settings.poll_interval;
             pg.limits = config.limits;
             Ok(Backend::Postgres(PostgresDriver::connect(pg).await?))
         }
