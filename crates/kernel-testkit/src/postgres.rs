@@ -468,8 +468,41 @@ where
             &format!("ALTER DATABASE {} WITH IS_TEMPLATE true", ident(template)),
         )
         .await;
+        drop_other_templates(client, template).await;
     }
     unlock(client).await;
+}
+
+/// A new template means a new schema: templates of other schemas will not be cloned again
+/// (test binaries of one build share one schema), so they go instead of piling up with every
+/// migration change. A failure here only leaves a database behind: reported, not fatal.
+async fn drop_other_templates(client: &Client, keep: &str) {
+    let others = match client
+        .query(
+            "SELECT datname FROM pg_database WHERE datname LIKE 'kernel\\_tmpl\\_%' AND datname <> $1",
+            &[&keep],
+        )
+        .await
+    {
+        Ok(rows) => rows.iter().map(|r| r.get::<_, String>(0)).collect::<Vec<_>>(),
+        Err(e) => {
+            eprintln!("kernel-testkit: cannot list old template databases: {e}");
+            return;
+        }
+    };
+    for name in others {
+        // Two statements: DROP DATABASE cannot run inside the implicit transaction of a
+        // multi-statement string.
+        let unmark = format!("ALTER DATABASE {} WITH IS_TEMPLATE false", ident(&name));
+        let drop = format!("DROP DATABASE {} WITH (FORCE)", ident(&name));
+        let result = match client.batch_execute(&unmark).await {
+            Ok(()) => client.batch_execute(&drop).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = result {
+            eprintln!("kernel-testkit: cannot drop the old template database {name}: {e}");
+        }
+    }
 }
 
 async fn unlock(client: &Client) {
