@@ -194,6 +194,18 @@ fn passwords_never_show() {
     .unwrap_err();
     assert!(!e.to_string().contains(secret), "{e}");
     assert!(!format!("{e:?}").contains(secret), "{e:?}");
+
+    // A URL given where a backend name or a TOML table belongs: the error quotes the value,
+    // redacted.
+    let url = format!("postgres://app:{secret}@db/app");
+    let e = KernelConfig::from_vars(vars(&[("KERNEL_STORAGE_MODE", &url)]))
+        .and_then(|c| c.resolve())
+        .unwrap_err();
+    assert!(!format!("{e} {e:?}").contains(secret), "{e:?}");
+    assert!(e.to_string().contains("***"), "{e}");
+    let e = KernelConfig::from_toml_str(&format!("postgres = \"{url}\"\n")).unwrap_err();
+    assert!(!format!("{e} {e:?}").contains(secret), "{e:?}");
+    assert!(e.to_string().contains("***"), "{e}");
 }
 
 #[tokio::test]

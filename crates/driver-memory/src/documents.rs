@@ -259,21 +259,13 @@ impl StorageDriver for MemoryDriver {
     }
 
     async fn exists(&self, ns: &str, key: &str) -> Result<bool> {
-        Ok(self.get(ns, key).await?.is_some())
+        validate::document(ns, key)?;
+        let docs = self.inner.docs_read()?;
+        Ok(docs.live(ns, key, SystemTime::now()).is_some())
     }
 
     async fn get_many(&self, ns: &str, keys: &[String]) -> Result<Vec<Option<Entry>>> {
-        validate::namespace(ns)?;
-        if keys.len() > MAX_BATCH_SIZE {
-            return Err(Error::invalid_input(format!(
-                "batch has {} keys; the limit is {MAX_BATCH_SIZE}",
-                keys.len()
-            ))
-            .with_context("namespace", ns));
-        }
-        for k in keys {
-            validate::key(k).map_err(|e| e.with_context("namespace", ns))?;
-        }
+        validate::batch(ns, keys.iter().map(String::as_str), false)?;
         let now = SystemTime::now();
         let docs = self.inner.docs_read()?;
         Ok(keys
@@ -345,9 +337,10 @@ impl StorageDriver for MemoryDriver {
             _ => Bound::Unbounded,
         };
         let range = state.entries.range::<String, _>((lower, upper));
-        let admitted = |(k, s): (&String, &Stored)| {
-            (s.live(now) && options.admits(k, glob.as_ref())).then(|| s.entry.clone())
-        };
+        // Cloned only once skipped past the offset: a deep offset copies nothing it skips.
+        let admitted =
+            |(k, s): &(&String, &Stored)| s.live(now) && options.admits(k, glob.as_ref());
+        let clone = |(_, s): (&String, &Stored)| s.entry.clone();
         let want = options
             .limit
             .map(|l| l.saturating_add(1))
@@ -355,15 +348,17 @@ impl StorageDriver for MemoryDriver {
         let entries: Vec<Entry> = if options.reverse {
             range
                 .rev()
-                .filter_map(admitted)
+                .filter(admitted)
                 .skip(options.offset)
                 .take(want)
+                .map(clone)
                 .collect()
         } else {
             range
-                .filter_map(admitted)
+                .filter(admitted)
                 .skip(options.offset)
                 .take(want)
+                .map(clone)
                 .collect()
         };
         Ok(ListPage::from_overfetch(entries, options.limit))

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use deadpool_postgres::Pool;
 use futures::FutureExt;
-use kernel_core::event::{check_idempotent, validate_append};
+use kernel_core::event::{check_idempotent, validate_append, validate_snapshot_version};
 use kernel_core::subscription::{paged, SubscriptionConfig};
 use kernel_core::validate;
 use kernel_core::{
@@ -304,13 +304,7 @@ impl EventStore for PostgresDriver {
             .await
             .map_err(|e| pg(e).with_context("stream", stream))?;
         let current = rows::version(row.try_get(0).map_err(pg)?)?;
-        if version == 0 || version > current {
-            return Err(Error::invalid_input(format!(
-                "snapshot version {version} is outside the stream's versions 1..={current}"
-            ))
-            .with_context("stream", stream));
-        }
-        Ok(())
+        validate_snapshot_version(stream, version, current)
     }
 
     async fn load_snapshot(&self, stream: &str) -> Result<Option<Snapshot>> {

@@ -154,6 +154,7 @@ impl PostgresDriver {
             head: head.clone(),
             shutdown: shutdown_rx,
             tick: config.subscription.poll_interval,
+            pending: Arc::default(),
         });
         let committed = Arc::new(tokio::sync::Notify::new());
         tracing::debug!(url = %config.redacted_url(), pool_size = config.pool_size, "postgres driver connected");

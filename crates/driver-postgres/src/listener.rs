@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use deadpool_postgres::Pool;
 use futures::StreamExt;
 use kernel_core::subscription::HeadSignal;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, Notify};
 use tokio::task::JoinHandle;
 use tokio_postgres::{AsyncMessage, NoTls, Notification};
 
@@ -33,6 +33,8 @@ pub(crate) struct ListenerSetup {
     pub(crate) head: Arc<watch::Sender<HeadSignal>>,
     pub(crate) shutdown: watch::Receiver<bool>,
     pub(crate) tick: Duration,
+    /// Wakes `retry_passes` on `kernel_pending`.
+    pub(crate) pending: Arc<Notify>,
 }
 
 const SWEEP_EVERY: Duration = Duration::from_secs(60);
@@ -42,6 +44,12 @@ pub(crate) fn spawn(setup: ListenerSetup) -> JoinHandle<()> {
 }
 
 async fn run(mut s: ListenerSetup) {
+    let retries = tokio::spawn(retry_passes(s.pool.clone(), s.pool_size, s.pending.clone()));
+    run_until_shutdown(&mut s).await;
+    retries.abort();
+}
+
+async fn run_until_shutdown(s: &mut ListenerSetup) {
     let mut backoff = Duration::from_millis(50);
     let mut last_sweep = Instant::now();
     loop {
@@ -100,21 +108,21 @@ async fn run(mut s: ListenerSetup) {
         backoff = Duration::from_millis(50);
         // Events may have been numbered while nobody listened, and psql appends may wait for a
         // pass: number what is pending, then wake every subscription to re-read.
-        sequence(&s).await;
+        sequence(&s.pool, s.pool_size).await;
         s.head.send_modify(|_| {});
         let mut ticker = tokio::time::interval(s.tick);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 note = rx.recv() => match note {
-                    Some(n) => handle(&s, &n).await,
+                    Some(n) => handle(s, &n).await,
                     None => break,
                 },
                 _ = ticker.tick() => {
-                    sequence(&s).await;
+                    sequence(&s.pool, s.pool_size).await;
                     if last_sweep.elapsed() >= SWEEP_EVERY {
                         last_sweep = Instant::now();
-                        sweep(&s).await;
+                        sweep(s).await;
                     }
                 }
                 _ = s.shutdown.changed() => {
@@ -145,26 +153,34 @@ async fn handle(s: &ListenerSetup, n: &Notification) {
             let head = n.payload().parse::<u64>().unwrap_or(0);
             s.head.send_modify(|h| h.position = h.position.max(head));
         }
-        "kernel_pending" => {
-            // An older transaction may still hold the horizon back: retry briefly, then leave it
-            // to the tick.
-            for _ in 0..50 {
-                if !sequence(s).await {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        }
+        // Passes for SQL-client appends run in a task of their own (`retry_passes`), so the
+        // listener keeps handling wake-ups and shutdown meanwhile.
+        "kernel_pending" => s.pending.notify_one(),
         other => tracing::debug!(channel = other, "unexpected notification"),
     }
 }
 
+/// After each `kernel_pending` notification: passes until nothing waits for a position, up to
+/// about a second (an older transaction may hold the horizon back); the tick takes over after
+/// that. A notification during a round starts another one (`Notify` keeps one permit).
+async fn retry_passes(pool: Pool, pool_size: usize, pending: Arc<Notify>) {
+    loop {
+        pending.notified().await;
+        for _ in 0..50 {
+            if !sequence(&pool, pool_size).await {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
 /// Runs a sequencer pass; `true` when events still wait for positions afterwards.
-async fn sequence(s: &ListenerSetup) -> bool {
-    let client = match s.pool.get().await {
+async fn sequence(pool: &Pool, pool_size: usize) -> bool {
+    let client = match pool.get().await {
         Ok(c) => c,
         Err(e) => {
-            tracing::warn!(error = %error::pool(e, s.pool_size), "sequencer pass skipped");
+            tracing::warn!(error = %error::pool(e, pool_size), "sequencer pass skipped");
             return false;
         }
     };

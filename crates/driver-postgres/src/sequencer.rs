@@ -168,8 +168,10 @@ fn answer(waiting: &mut Vec<Request>, positions: Vec<Option<i64>>) -> bool {
     let mut answered = false;
     let mut kept = Vec::with_capacity(waiting.len());
     for request in waiting.drain(..) {
-        let mine: Option<Vec<i64>> = positions.by_ref().take(request.seqs.len()).collect();
-        match mine {
+        // Take this request's whole share before looking at it: collecting straight into an
+        // `Option` would stop at its first `None` and hand the rest to the next request.
+        let mine: Vec<Option<i64>> = positions.by_ref().take(request.seqs.len()).collect();
+        match mine.into_iter().collect::<Option<Vec<i64>>>() {
             Some(mine) => {
                 answered = true;
                 // The appender may have given up meanwhile: nothing to tell it then.
@@ -217,4 +219,37 @@ fn held_back(wait: Duration) -> Error {
         wait.as_millis()
     ))
     .with_context("backend", BACKEND)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(seqs: usize) -> (Request, oneshot::Receiver<Result<Vec<i64>>>) {
+        let (reply, answer) = oneshot::channel();
+        let request = Request {
+            seqs: vec![0; seqs],
+            wait: Duration::from_secs(60),
+            deadline: Instant::now() + Duration::from_secs(60),
+            reply,
+        };
+        (request, answer)
+    }
+
+    /// A request still partly unnumbered keeps its place, and the ones after it get their own
+    /// positions, not its leftovers.
+    #[test]
+    fn each_request_gets_its_own_positions() {
+        let (a, _a) = request(2);
+        let (b, mut b_answer) = request(1);
+        let (c, mut c_answer) = request(1);
+        let mut waiting = vec![a, b, c];
+        let answered = answer(&mut waiting, vec![Some(1), None, Some(7), Some(9)]);
+        assert!(answered);
+        assert_eq!(waiting.len(), 1, "the partly numbered request waits");
+        match (b_answer.try_recv(), c_answer.try_recv()) {
+            (Ok(Ok(b)), Ok(Ok(c))) => assert_eq!((b, c), (vec![7], vec![9])),
+            other => panic!("b and c must be answered: {other:?}"),
+        }
+    }
 }

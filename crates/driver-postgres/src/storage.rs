@@ -4,6 +4,7 @@ use std::collections::HashMap;
 use std::time::Instant;
 
 use async_trait::async_trait;
+use kernel_core::document::already_exists;
 use kernel_core::glob::prefix_upper_bound;
 use kernel_core::validate::{self, MAX_BATCH_SIZE};
 use kernel_core::{
@@ -68,13 +69,9 @@ pub(crate) fn validate_put(
 /// Turns a `KR001` / `KR002` raised by the write functions into the kernel's error.
 pub(crate) fn write_error(err: tokio_postgres::Error, namespace: &str) -> Error {
     match kernel_state(&err) {
-        Some(s) if s.code == "KR001" => Error::new(
-            kernel_core::ErrorCode::AlreadyExists,
-            "the key already exists",
-        )
-        .with_context("namespace", namespace)
-        .with_context("key", validate::escape(&s.detail))
-        .with_context("backend", BACKEND),
+        Some(s) if s.code == "KR001" => {
+            already_exists(namespace, &s.detail).with_context("backend", BACKEND)
+        }
         Some(s) if s.code == "KR002" => Error::conflict("the key is not at the expected version")
             .with_context("namespace", namespace)
             .with_context("key", validate::escape(&s.detail))
@@ -290,14 +287,28 @@ impl StorageDriver for PostgresDriver {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
-        let found: HashMap<String, Entry> = self
+        let mut found: HashMap<String, Entry> = self
             .fetch(namespace, keys)
             .await?
             .into_iter()
             .map(|e| (e.key.clone(), e))
             .collect();
-        // A key asked for twice is answered twice.
-        Ok(keys.iter().map(|k| found.get(k).cloned()).collect())
+        // Each entry moves to the last request for its key; only a key asked for twice (and
+        // answered twice) is cloned.
+        let mut left: HashMap<&str, usize> = HashMap::with_capacity(keys.len());
+        for k in keys {
+            *left.entry(k.as_str()).or_default() += 1;
+        }
+        Ok(keys
+            .iter()
+            .map(|k| match left.get_mut(k.as_str()) {
+                Some(n) if *n > 1 => {
+                    *n -= 1;
+                    found.get(k).cloned()
+                }
+                _ => found.remove(k),
+            })
+            .collect())
     }
 
     async fn put_many(&self, namespace: &str, items: Vec<BatchPut>) -> Result<Vec<Entry>> {

@@ -13,10 +13,11 @@ use std::collections::BTreeMap;
 use std::time::SystemTime;
 
 use async_trait::async_trait;
+use kernel_core::document::{already_exists, version_conflict};
 use kernel_core::validate;
 use kernel_core::{
-    DeleteCondition, Entry, Error, ErrorCode, Metadata, PutCondition, PutOptions, Result,
-    StorageDriver, Transaction, Value,
+    DeleteCondition, Entry, Error, Metadata, PutCondition, PutOptions, Result, StorageDriver,
+    Transaction, Value,
 };
 
 use crate::error::{kernel_state, pg, BACKEND};
@@ -93,19 +94,12 @@ impl Transaction for PgTransaction {
             PutCondition::Always => {}
             PutCondition::IfAbsent => {
                 if current.is_some() {
-                    return Err(
-                        Error::new(ErrorCode::AlreadyExists, "the key already exists")
-                            .with_context("namespace", namespace)
-                            .with_context("key", validate::escape(key)),
-                    );
+                    return Err(already_exists(namespace, key));
                 }
             }
             PutCondition::IfVersion(v) => {
                 if current != Some(v) {
-                    return Err(Error::conflict("the key is not at the expected version")
-                        .with_context("namespace", namespace)
-                        .with_context("key", validate::escape(key))
-                        .with_current_version(current));
+                    return Err(version_conflict(namespace, key, v, current));
                 }
             }
         }
@@ -143,10 +137,7 @@ impl Transaction for PgTransaction {
         let current = t.view.as_ref().map(|e| e.version);
         if let DeleteCondition::IfVersion(v) = condition {
             if current != Some(v) {
-                return Err(Error::conflict("the key is not at the expected version")
-                    .with_context("namespace", namespace)
-                    .with_context("key", validate::escape(key))
-                    .with_current_version(current));
+                return Err(version_conflict(namespace, key, v, current));
             }
         }
         t.view = None;

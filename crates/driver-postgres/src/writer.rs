@@ -185,6 +185,8 @@ async fn write(target: &Target, batch: Vec<Pending>, permit: OwnedSemaphorePermi
             // A permanent failure may belong to one append only (data the client-side checks
             // let through): write each alone, so only that one fails.
             tracing::debug!(error = %e, appends = batch.len(), "append batch failed; writing its appends one by one");
+            // The one-by-one writes run outside the batches: free the slot for the next one.
+            drop(permit.take());
             for pending in batch {
                 alone(target, pending).await;
             }

@@ -58,6 +58,11 @@ async fn missing_database_is_a_config_error() {
 async fn debug_and_errors_never_show_the_password() {
     let (driver, db) = common::driver().await;
     let with_password = db.url().replacen("postgres@", "postgres:sekret-pw@", 1);
+    assert_ne!(
+        with_password,
+        db.url(),
+        "the test URL must be postgres://postgres@host/... (no password) for this test"
+    );
     let config = common::config(&with_password);
     // Trust authentication ignores the password, so this connects.
     let d = expect_ok(
@@ -93,39 +98,43 @@ async fn server_errors_map_to_kernel_codes() {
         "NUL inside a JSON string",
     );
     assert_eq!(err.context_value("key"), Some("nul"));
-    // A statement cancelled by statement_timeout -> retryable timeout.
+    // A statement cancelled by statement_timeout -> retryable timeout, through the driver: a
+    // read that waits behind another session's table lock.
     let mut config = common::config(db.url());
     config.statement_timeout = Duration::from_millis(100);
     let short = expect_ok(PostgresDriver::connect(config).await, "connect");
-    let client = expect_ok(
-        short
-            .pool()
-            .get()
-            .await
-            .map_err(|e| kernel_core::Error::internal(e.to_string())),
-        "pool",
-    );
-    let cancelled = client
-        .batch_execute("SELECT pg_sleep(1)")
+    let mut locker = common::raw_client(db.url()).await;
+    let lock = locker
+        .transaction()
         .await
-        .expect_err("statement timeout");
-    assert_eq!(cancelled.code().map(|c| c.code()), Some("57014"));
-    assert_eq!(
-        driver_postgres::classify_sqlstate("57014"),
-        (ErrorCode::Timeout, true)
+        .unwrap_or_else(|e| panic!("begin: {e}"));
+    lock.batch_execute("LOCK TABLE kernel_documents IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap_or_else(|e| panic!("lock: {e}"));
+    let err = expect_err(
+        short.get("ns", "k").await,
+        ErrorCode::Timeout,
+        "a read past statement_timeout",
     );
-    drop(client);
+    assert!(err.is_retryable(), "{err}");
+    assert_eq!(err.context_value("sqlstate"), Some("57014"), "{err}");
+    lock.rollback()
+        .await
+        .unwrap_or_else(|e| panic!("rollback: {e}"));
     short.shutdown().await;
     // A connection killed under the pool -> retryable unavailable, then the pool recovers.
     let admin = common::raw_client(db.url()).await;
-    admin
-        .batch_execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+    let killed: i64 = admin
+        .query_one(
+            "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
              WHERE datname = current_database() AND pid <> pg_backend_pid() \
-             AND application_name = 'kernel'",
+             AND application_name = 'kernel') AS t",
+            &[],
         )
         .await
-        .unwrap_or_else(|e| panic!("terminate: {e}"));
+        .unwrap_or_else(|e| panic!("terminate: {e}"))
+        .get(0);
+    assert!(killed >= 1, "no pooled connection was there to kill");
     let mut recovered = false;
     for _ in 0..10 {
         match driver.get("ns", "k").await {
@@ -286,31 +295,5 @@ async fn native_queries_match_the_shared_evaluator() {
             assert_eq!(n, want.len() as u64, "count {q:?}");
         }
     }
-    driver.shutdown().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn snapshots_keep_the_highest_version() {
-    let (driver, _db) = common::driver().await;
-    let stream = format!("{}-1", unique("snap"));
-    let events = (0..3)
-        .map(|i| kernel_core::NewEvent::new("E", json!(i)))
-        .collect();
-    expect_ok(
-        driver
-            .append(&stream, kernel_core::ExpectedVersion::Any, events)
-            .await,
-        "append",
-    );
-    expect_ok(
-        driver.save_snapshot(&stream, 3, json!("three")).await,
-        "save 3",
-    );
-    expect_ok(
-        driver.save_snapshot(&stream, 2, json!("two")).await,
-        "save 2",
-    );
-    let s = expect_ok(driver.load_snapshot(&stream).await, "load").map(|s| (s.version, s.state));
-    assert_eq!(s, Some((3, json!("three"))));
     driver.shutdown().await;
 }

@@ -312,40 +312,6 @@ async fn append_through_one_driver_reaches_another() {
     reader.shutdown().await;
 }
 
-/// A retried append whose first attempt committed returns the same positions.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn retried_append_returns_the_same_positions() {
-    let (driver, _db) = common::driver().await;
-    let stream = format!("{}-1", unique("retry"));
-    let events = vec![NewEvent::new("A", json!(1)), NewEvent::new("B", json!(2))];
-    let first = expect_ok(
-        driver
-            .append(&stream, ExpectedVersion::NoStream, events.clone())
-            .await,
-        "append",
-    );
-    expect_ok(
-        driver
-            .append(
-                &stream,
-                ExpectedVersion::Any,
-                vec![NewEvent::new("C", json!(3))],
-            )
-            .await,
-        "later append",
-    );
-    let again = expect_ok(
-        driver
-            .append(&stream, ExpectedVersion::NoStream, events)
-            .await,
-        "retry",
-    );
-    assert_eq!(again.positions, first.positions);
-    assert_eq!(again.stream_version, first.stream_version);
-    assert!(first.written && !again.written);
-    driver.shutdown().await;
-}
-
 /// The classic gap: a transaction that appended first but commits last. Its event must get the
 /// lower position, and no reader may see the later event's position before it commits.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -8,6 +8,7 @@ use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
+use kernel_core::redact::redact_url;
 use kernel_core::{Error, Limits, Result};
 use serde::Deserialize;
 
@@ -52,8 +53,10 @@ impl FromStr for BackendKind {
             "memory" | "in_memory" | "inmemory" => Ok(BackendKind::Memory),
             "postgres" | "postgresql" | "supabase" => Ok(BackendKind::Postgres),
             "redis" => Ok(BackendKind::Redis),
+            // A connection string put here by mistake must not show its password.
             _ => Err(format!(
-                "expected memory, postgres or redis (aliases: IN_MEMORY, SUPABASE); got {s:?}"
+                "expected memory, postgres or redis (aliases: IN_MEMORY, SUPABASE); got {:?}",
+                kernel_core::validate::escape(&redact_url(s))
             )),
         }
     }
@@ -303,10 +306,14 @@ impl KernelConfig {
     /// Parses TOML text.
     pub fn from_toml_str(text: &str) -> Result<KernelConfig> {
         toml::from_str(text).map_err(|e| {
-            // toml's message names the offending key and line; it never holds a URL's value
-            // because URLs are strings and a type error reports the type, not the text.
-            Error::config("toml", format!("invalid configuration: {}", e.message()))
-                .with_context("span", format!("{:?}", e.span()))
+            // toml's message quotes the offending value (`invalid type: string "postgres://
+            // u:pw@h/db", expected ...` when a URL is given where a table belongs): every
+            // quoted part goes through the redaction.
+            Error::config(
+                "toml",
+                format!("invalid configuration: {}", redact_quoted(e.message())),
+            )
+            .with_context("span", format!("{:?}", e.span()))
         })
     }
 
@@ -324,7 +331,19 @@ impl KernelConfig {
     /// Reads the process environment: the file named by `KERNEL_CONFIG_FILE` if set, then every
     /// variable in [`ENV_KEYS`] on top.
     pub fn from_env() -> Result<KernelConfig> {
-        KernelConfig::from_vars(std::env::vars())
+        // Only the kernel's own names: `std::env::vars()` would panic on any variable of the
+        // process that is not UTF-8, however unrelated.
+        let mut vars = Vec::new();
+        for name in std::iter::once(CONFIG_FILE_ENV).chain(ENV_KEYS.iter().map(|(n, _)| *n)) {
+            match std::env::var(name) {
+                Ok(value) => vars.push((name.to_owned(), value)),
+                Err(std::env::VarError::NotPresent) => {}
+                Err(std::env::VarError::NotUnicode(_)) => {
+                    return Err(Error::config(name, "the value is not valid UTF-8"));
+                }
+            }
+        }
+        KernelConfig::from_vars(vars)
     }
 
     /// Like [`KernelConfig::from_env`] over any set of variables (tests use this instead of
@@ -753,4 +772,20 @@ fn check_url(setting: &str, url: &SecretUrl, schemes: &[&str]) -> Result<()> {
             ),
         )),
     }
+}
+
+/// `message` with every `"..."` part passed through [`redact_url`].
+fn redact_quoted(message: &str) -> String {
+    message
+        .split('"')
+        .enumerate()
+        .map(|(i, part)| {
+            if i % 2 == 1 {
+                redact_url(part)
+            } else {
+                part.to_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\"")
 }

@@ -156,18 +156,18 @@ impl Change {
     /// What the change touches, for logs and errors (never the value).
     pub fn target(&self) -> String {
         match self {
+            // Not validated yet when a submission is refused: escape what reaches the logs.
             Change::Put { namespace, key, .. } | Change::Delete { namespace, key, .. } => {
-                format!("{namespace}/{}", validate::escape(key))
+                format!("{}/{}", validate::escape(namespace), validate::escape(key))
             }
-            Change::Append { stream, .. } => format!("stream {stream}"),
+            Change::Append { stream, .. } => format!("stream {}", validate::escape(stream)),
         }
     }
 
     fn validate(&self) -> Result<()> {
         match self {
             Change::Put { namespace, key, .. } | Change::Delete { namespace, key, .. } => {
-                validate::namespace(namespace)?;
-                validate::key(key).map_err(|e| e.with_context("namespace", namespace))
+                validate::document(namespace, key)
             }
             Change::Append { stream, events, .. } => {
                 validate::stream(stream)?;

@@ -566,11 +566,19 @@ async fn connect(config: &Config) -> Result<Client, String> {
 async fn connect_or_panic(config: &Config) -> Client {
     match connect(config).await {
         Ok(c) => c,
+        // A server that answers but refuses the user (Debian's default scram auth on
+        // 127.0.0.1) needs other advice than one that does not answer at all.
+        Err(e) if e.contains("password") || e.contains("authentication") => panic!(
+            "kernel-testkit: the PostgreSQL server at {URL_VAR} (default {DEFAULT_URL}) answers \
+             but refuses the user: {e}\nPut the password in {URL_VAR}, or allow local trust \
+             authentication (`host all all 127.0.0.1/32 trust` in pg_hba.conf, then reload; \
+             scripts/test does this)."
+        ),
         Err(e) => panic!(
             "kernel-testkit: no PostgreSQL server answers at {URL_VAR} (default {DEFAULT_URL}): \
-             {e}\nStart it with: scripts/test (does it); or `pg_ctlcluster 15 main start` \
-             (Debian: `apt-get install -y postgresql` first); or point {URL_VAR} at a server \
-             where the user may create databases."
+             {e}\nStart it with: scripts/test (does it); or `pg_lsclusters` and \
+             `pg_ctlcluster <version> main start` (Debian: `apt-get install -y postgresql` \
+             first); or point {URL_VAR} at a server where the user may create databases."
         ),
     }
 }

@@ -197,16 +197,16 @@ impl Principal {
             Access::Read => "read",
             Access::Write => "write",
         };
-        tracing::info!(principal = %self.name, operation = op, resource = resource.as_str(), "kernel access denied");
+        let principal = validate::escape(&self.name);
+        tracing::info!(principal = %principal, operation = op, resource = resource.as_str(), "kernel access denied");
         Error::new(
             ErrorCode::PermissionDenied,
             format!(
-                "principal {:?} may not {verb} this {}",
-                validate::escape(&self.name),
+                "principal {principal:?} may not {verb} this {}",
                 resource.as_str()
             ),
         )
-        .with_context("principal", validate::escape(&self.name))
+        .with_context("principal", principal)
         .with_context("operation", op)
     }
 

@@ -388,9 +388,12 @@ pub(crate) async fn read_all_kept<E: EventStore + ?Sized>(
     if limit == 0 {
         return Ok(out);
     }
+    // Inner pages of at least 256: when the kept events are rare, pages of the caller's
+    // `limit` (say 1) would cost a round trip per foreign event.
+    let page_size = limit.max(256);
     let mut cursor = after;
     loop {
-        let page = inner.read_all(cursor, filter, limit).await?;
+        let page = inner.read_all(cursor, filter, page_size).await?;
         let fetched = page.len();
         for mut e in page {
             cursor = cursor.max(e.position);
@@ -403,7 +406,7 @@ pub(crate) async fn read_all_kept<E: EventStore + ?Sized>(
         }
         // "At most `limit`": a short page may end a read, but an empty answer must mean the
         // log is exhausted, so keep paging while nothing was kept and the inner log goes on.
-        if fetched == 0 || (fetched < limit && !out.is_empty()) {
+        if fetched == 0 || (fetched < page_size && !out.is_empty()) {
             return Ok(out);
         }
     }
