@@ -10,8 +10,8 @@ use std::time::Duration;
 use futures::StreamExt;
 use kernel_bootstrap::Kernel;
 use kernel_core::{
-    json, EventFilter, EventStoreExt, ExpectedVersion, Filter, ListOptions, LockExt, NewEvent,
-    PutOptions, Query, Quota, StorageExt,
+    EventFilter, EventStoreExt, ExpectedVersion, Filter, ListOptions, LockExt, NewEvent,
+    PutOptions, Query, Quota, StorageExt, json,
 };
 use serde::{Deserialize, Serialize};
 

@@ -1,7 +1,7 @@
 //! Booting the kernel from environment variables and TOML, and every configuration error.
 
 use kernel_bootstrap::{BackendKind, Kernel, KernelConfig, Role};
-use kernel_core::{json, ErrorCode, PutOptions};
+use kernel_core::{ErrorCode, PutOptions, json};
 
 fn vars(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
     pairs
@@ -58,7 +58,7 @@ fn per_role_overrides_from_env() {
     .unwrap()
     .resolve()
     .unwrap();
-    assert_eq!(resolved.backend(Role::Documents), BackendKind::Postgres);
+    assert_eq!(resolved.backend(Role::Storage), BackendKind::Postgres);
     assert_eq!(resolved.backend(Role::Events), BackendKind::Postgres);
     assert_eq!(resolved.backend(Role::Locks), BackendKind::Redis);
     assert_eq!(resolved.backend(Role::RateLimits), BackendKind::Redis);
@@ -96,7 +96,7 @@ max_value_bytes = 4096
     .unwrap()
     .resolve()
     .unwrap();
-    assert_eq!(resolved.backend(Role::Documents), BackendKind::Memory);
+    assert_eq!(resolved.backend(Role::Storage), BackendKind::Memory);
     assert_eq!(resolved.backend(Role::Events), BackendKind::Postgres);
     let pg = resolved.postgres.unwrap();
     assert_eq!(pg.pool_size, 2, "the environment overrides the file");
@@ -223,10 +223,12 @@ async fn boots_memory_kernel_and_reports_health() {
     let report = kernel.health().await;
     assert!(report.healthy);
     assert_eq!(report.components.len(), 4);
-    assert!(report
-        .components
-        .iter()
-        .all(|c| c.backend == "memory" && c.healthy));
+    assert!(
+        report
+            .components
+            .iter()
+            .all(|c| c.backend == "memory" && c.healthy)
+    );
     kernel.shutdown().await;
     kernel.shutdown().await;
     assert!(

@@ -32,7 +32,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures::StreamExt;
 use kernel_bootstrap::{Kernel, KernelConfig};
-use kernel_core::{json, EventFilter, EventSubscription, ExpectedVersion, NewEvent, RecordedEvent};
+use kernel_core::{EventFilter, EventSubscription, ExpectedVersion, NewEvent, RecordedEvent, json};
 use kernel_integration_tests::vars;
 use kernel_testkit::postgres::fresh_database;
 use tokio::sync::mpsc;
@@ -83,7 +83,9 @@ fn main() -> ExitCode {
     }
     let Some(list) = selection() else {
         println!("\nrunning 0 tests\n");
-        println!("test result: ok. 0 passed; 0 failed; 0 ignored; 0 measured; 1 filtered out; finished in 0.00s\n");
+        println!(
+            "test result: ok. 0 passed; 0 failed; 0 ignored; 0 measured; 1 filtered out; finished in 0.00s\n"
+        );
         return ExitCode::SUCCESS;
     };
     if list {
@@ -101,14 +103,18 @@ fn main() -> ExitCode {
             for line in details {
                 println!("    {line}");
             }
-            println!("\ntest result: ok. 1 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in {elapsed:.2}s\n");
+            println!(
+                "\ntest result: ok. 1 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in {elapsed:.2}s\n"
+            );
             ExitCode::SUCCESS
         }
         Err(e) => {
             println!("test {TEST_NAME} ... FAILED");
             println!("\nfailures:\n\n---- {TEST_NAME} ----\n{e}\n");
             println!("failures:\n    {TEST_NAME}\n");
-            println!("test result: FAILED. 0 passed; 1 failed; 0 ignored; 0 measured; 0 filtered out; finished in {elapsed:.2}s\n");
+            println!(
+                "test result: FAILED. 0 passed; 1 failed; 0 ignored; 0 measured; 0 filtered out; finished in {elapsed:.2}s\n"
+            );
             ExitCode::FAILURE
         }
     }
@@ -385,7 +391,7 @@ impl ChildProcess {
                     return Err(format!(
                         "child process {} did not exit within {wait:?}",
                         self.child.id()
-                    ))
+                    ));
                 }
                 Err(e) => return Err(format!("wait for child process {}: {e}", self.child.id())),
             }

@@ -68,10 +68,12 @@ async fn healthy_kernel_answers_200_with_the_report() {
         .iter()
         .map(|c| c["component"].as_str().unwrap())
         .collect();
-    assert_eq!(names, vec!["documents", "events", "locks", "rate_limits"]);
-    assert!(components
-        .iter()
-        .all(|c| c["healthy"] == Value::Bool(true) && c["backend"] == "memory"));
+    assert_eq!(names, vec!["storage", "events", "locks", "rate_limits"]);
+    assert!(
+        components
+            .iter()
+            .all(|c| c["healthy"] == Value::Bool(true) && c["backend"] == "memory")
+    );
     assert!(components[0]["latency_ms"].as_f64().is_some());
     kernel.shutdown().await;
 }

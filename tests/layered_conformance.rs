@@ -12,13 +12,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use driver_memory::MemoryDriver;
+use kernel_bootstrap::layers::Layered;
 use kernel_bootstrap::layers::access::{AccessControl, Permission, Principal, Resource};
 use kernel_bootstrap::layers::circuit_breaker::{CircuitBreaker, CircuitBreakerConfig};
 use kernel_bootstrap::layers::observe::Observer;
 use kernel_bootstrap::layers::retry::RetryPolicy;
 use kernel_bootstrap::layers::tenant::{Tenant, TenantScope};
 use kernel_bootstrap::layers::timeout::TimeoutPolicy;
-use kernel_bootstrap::layers::Layered;
 
 /// The kernel's default stack, outermost first, as one concrete type.
 type Standard = Layered<

@@ -9,15 +9,15 @@ use kernel_bootstrap::layers::access::{Permission, Principal, Resource};
 use kernel_bootstrap::layers::circuit_breaker::{
     CircuitBreaker, CircuitBreakerConfig, CircuitState,
 };
-use kernel_bootstrap::layers::fault::{flaky, FaultInjector, Flaky};
+use kernel_bootstrap::layers::fault::{FaultInjector, Flaky, flaky};
 use kernel_bootstrap::layers::observe::Observer;
 use kernel_bootstrap::layers::retry::RetryPolicy;
 use kernel_bootstrap::layers::tenant::Tenant;
 use kernel_bootstrap::layers::timeout::TimeoutPolicy;
 use kernel_bootstrap::layers::{Intercept, Layer, StandardLayers, Stores};
 use kernel_bootstrap::{BackendKind, Kernel, KernelConfig};
-use kernel_core::{json, ErrorCode, EventFilter, ExpectedVersion, NewEvent, PutOptions, Quota};
-use kernel_integration_tests::{vars, LogCapture};
+use kernel_core::{ErrorCode, EventFilter, ExpectedVersion, NewEvent, PutOptions, Quota, json};
+use kernel_integration_tests::{LogCapture, vars};
 
 fn fast_retry() -> RetryPolicy {
     RetryPolicy {
@@ -312,21 +312,25 @@ async fn tenants_and_principals_on_a_kernel() {
         .await
         .unwrap();
     assert!(globex.storage.get("orders", "1").await.unwrap().is_none());
-    assert!(globex
-        .events
-        .read_all(0, &EventFilter::all(), 10)
-        .await
-        .unwrap()
-        .is_empty());
+    assert!(
+        globex
+            .events
+            .read_all(0, &EventFilter::all(), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
     let e = acme.storage.get("users", "1").await.unwrap_err();
     assert_eq!(e.code(), ErrorCode::PermissionDenied);
     // The kernel's own (unscoped) stores see the tenant's data under its prefix.
-    assert!(kernel
-        .storage()
-        .get("t_acme.orders", "1")
-        .await
-        .unwrap()
-        .is_some());
+    assert!(
+        kernel
+            .storage()
+            .get("t_acme.orders", "1")
+            .await
+            .unwrap()
+            .is_some()
+    );
     kernel.shutdown().await;
 }
 

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use kernel_bootstrap::{Kernel, KernelConfig};
 use kernel_core::{
-    json, EventFilter, EventStoreExt, ExpectedVersion, NewEvent, PutOptions, Quota, ReadStream,
+    EventFilter, EventStoreExt, ExpectedVersion, NewEvent, PutOptions, Quota, ReadStream, json,
 };
 use kernel_integration_tests::vars;
 use kernel_testkit::postgres::fresh_database;
@@ -37,7 +37,7 @@ async fn documents_and_events_on_postgres_locks_and_limits_on_redis() {
             .find(|c| c.component == component)
             .map(|c| c.backend.clone())
     };
-    assert_eq!(backend_of("documents").as_deref(), Some("postgres"));
+    assert_eq!(backend_of("storage").as_deref(), Some("postgres"));
     assert_eq!(backend_of("events").as_deref(), Some("postgres"));
     assert_eq!(backend_of("locks").as_deref(), Some("redis"));
     assert_eq!(backend_of("rate_limits").as_deref(), Some("redis"));
@@ -92,12 +92,14 @@ async fn documents_and_events_on_postgres_locks_and_limits_on_redis() {
         .await
         .unwrap();
     assert_eq!(events[0].event_type, "Placed");
-    assert!(other
-        .locks()
-        .try_acquire("order-1", Duration::from_secs(5))
-        .await
-        .unwrap()
-        .is_none());
+    assert!(
+        other
+            .locks()
+            .try_acquire("order-1", Duration::from_secs(5))
+            .await
+            .unwrap()
+            .is_none()
+    );
     let all = other
         .events()
         .read_all(0, &EventFilter::all(), 10)

@@ -9,9 +9,9 @@ use futures::StreamExt;
 use kernel_bootstrap::layers::fault::flaky;
 use kernel_bootstrap::{Change, ChangePipeline, Kernel, KernelConfig, PipelineConfig, SubmitError};
 use kernel_core::{
-    json, ErrorCode, EventFilter, ExpectedVersion, NewEvent, PutOptions, ReadStream, StorageDriver,
+    ErrorCode, EventFilter, ExpectedVersion, NewEvent, PutOptions, ReadStream, StorageDriver, json,
 };
-use kernel_integration_tests::{vars, LogCapture};
+use kernel_integration_tests::{LogCapture, vars};
 
 async fn kernel(pairs: &[(&str, &str)]) -> Kernel {
     Kernel::boot(KernelConfig::from_vars(vars(pairs)).unwrap())

@@ -7,15 +7,15 @@ use std::time::{Instant, SystemTime};
 use async_trait::async_trait;
 use kernel_core::document::{already_exists, version_conflict};
 use kernel_core::glob::prefix_upper_bound;
-use kernel_core::validate::{self, escape, MAX_BATCH_SIZE};
+use kernel_core::validate::{self, MAX_BATCH_SIZE, escape};
 use kernel_core::{
-    merge_metadata, BatchDelete, BatchPut, Capabilities, DeleteCondition, Entry, Error, Filter,
-    Isolation, ListOptions, ListPage, Metadata, MetadataMode, NamespaceInfo, PutCondition,
-    PutOptions, Query, Result, Status, StorageDriver, Transaction, Value,
+    BatchDelete, BatchPut, Capabilities, DeleteCondition, Entry, Error, Filter, Isolation,
+    ListOptions, ListPage, Metadata, MetadataMode, NamespaceInfo, PutCondition, PutOptions, Query,
+    Result, Status, StorageDriver, Transaction, Value, merge_metadata,
 };
 
-use crate::transaction::MemoryTransaction;
 use crate::MemoryDriver;
+use crate::transaction::MemoryTransaction;
 
 /// A stored document and the stamp of the write that produced it (transactions validate reads
 /// against stamps, which unlike versions never repeat after a delete and re-create).
@@ -144,7 +144,7 @@ impl DocState {
         &'a self,
         ns: &str,
         now: SystemTime,
-    ) -> impl Iterator<Item = &'a Entry> + 'a {
+    ) -> impl Iterator<Item = &'a Entry> + use<'a> {
         self.namespaces
             .get(ns)
             .into_iter()

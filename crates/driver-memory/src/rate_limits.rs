@@ -5,9 +5,9 @@ use std::time::SystemTime;
 
 use async_trait::async_trait;
 use kernel_core::rate_limit::gcra;
-use kernel_core::{validate, Quota, RateDecision, RateLimiter, Result};
+use kernel_core::{Quota, RateDecision, RateLimiter, Result, validate};
 
-use crate::{micros, MemoryDriver};
+use crate::{MemoryDriver, micros};
 
 #[derive(Debug, Default)]
 pub(crate) struct RateTable {

@@ -10,8 +10,8 @@ use async_trait::async_trait;
 use kernel_core::validate::escape;
 use kernel_core::{DeleteCondition, Entry, Error, PutOptions, Result, Transaction, Value};
 
-use crate::documents::{check_delete_condition, DocState, Planned};
 use crate::MemoryDriver;
+use crate::documents::{DocState, Planned, check_delete_condition};
 
 type Slot = (String, String);
 

@@ -9,8 +9,8 @@
 //! KERNEL_BENCH_SECONDS=10 KERNEL_BENCH_CONCURRENCY=16,64 cargo bench -p driver-postgres --bench append
 //! ```
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use driver_postgres::migrations::Migrator;
@@ -49,7 +49,9 @@ async fn main() {
     );
 
     println!("\nappend throughput, {seconds} s per row, one event per INSERT\n");
-    println!("| concurrency | raw INSERT, plain table (events/s) | raw INSERT, events table (events/s) | driver append (events/s) | driver / plain | driver p50 latency | driver, 10 events per append (events/s) |");
+    println!(
+        "| concurrency | raw INSERT, plain table (events/s) | raw INSERT, events table (events/s) | driver append (events/s) | driver / plain | driver p50 latency | driver, 10 events per append (events/s) |"
+    );
     println!("|---|---|---|---|---|---|---|");
     let levels: Vec<usize> = std::env::var("KERNEL_BENCH_CONCURRENCY")
         .ok()

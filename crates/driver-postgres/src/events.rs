@@ -12,17 +12,17 @@ use async_trait::async_trait;
 use deadpool_postgres::Pool;
 use futures::FutureExt;
 use kernel_core::event::{check_idempotent, validate_append, validate_snapshot_version};
-use kernel_core::subscription::{paged, SubscriptionConfig};
+use kernel_core::subscription::{SubscriptionConfig, paged};
 use kernel_core::validate;
 use kernel_core::{
     AppendResult, Error, EventFilter, EventStore, EventSubscription, ExpectedVersion, NewEvent,
     ReadDirection, ReadStream, RecordedEvent, Result, Snapshot, Uuid, Value,
 };
 
-use crate::error::{self, pg};
-use crate::rows::{self, limit_i64, to_i64, EVENT_COLUMNS};
-use crate::writer::{AppendRequest, Staged};
 use crate::PostgresDriver;
+use crate::error::{self, pg};
+use crate::rows::{self, EVENT_COLUMNS, limit_i64, to_i64};
+use crate::writer::{AppendRequest, Staged};
 
 // The log and the events meet one primary-key probe per row (LATERAL with LIMIT 1 keeps the
 // planner from turning them into a hash join): a plan made while the tables were small, and
@@ -177,7 +177,7 @@ impl EventStore for PostgresDriver {
                         return Err(
                             Error::internal("the append found stored ids but none matched")
                                 .with_context("stream", stream),
-                        )
+                        );
                     }
                 }
             }

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use deadpool_postgres::Pool;
 use futures::StreamExt;
 use kernel_core::subscription::HeadSignal;
-use tokio::sync::{mpsc, watch, Notify};
+use tokio::sync::{Notify, mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_postgres::{AsyncMessage, NoTls, Notification};
 

@@ -15,9 +15,9 @@ use kernel_core::lock::{not_held, validate_lease_request, validate_ttl};
 use kernel_core::validate;
 use kernel_core::{Lease, Lock, Result, Uuid};
 
+use crate::PostgresDriver;
 use crate::error::pg;
 use crate::rows::{micros, to_i64, version};
-use crate::PostgresDriver;
 
 #[async_trait]
 impl Lock for PostgresDriver {
@@ -68,11 +68,7 @@ impl Lock for PostgresDriver {
             )
             .await
             .map_err(|e| pg(e).with_context("key", validate::escape(&lease.key)))?;
-        if n == 1 {
-            Ok(())
-        } else {
-            Err(not_held(lease))
-        }
+        if n == 1 { Ok(()) } else { Err(not_held(lease)) }
     }
 
     async fn extend(&self, lease: &Lease, ttl: Duration) -> Result<Lease> {

@@ -24,7 +24,7 @@ use std::time::SystemTime;
 use kernel_core::{Error, Result};
 use tokio_postgres::Client;
 
-use crate::error::{pg, BACKEND};
+use crate::error::{BACKEND, pg};
 
 /// One numbered migration: the SQL to apply it and to revert it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

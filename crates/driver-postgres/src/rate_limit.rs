@@ -7,9 +7,9 @@ use async_trait::async_trait;
 use kernel_core::validate;
 use kernel_core::{Quota, RateDecision, RateLimiter, Result};
 
+use crate::PostgresDriver;
 use crate::error::{corrupted, pg};
 use crate::rows::to_i64;
-use crate::PostgresDriver;
 
 fn micros(v: i64) -> Result<Duration> {
     u64::try_from(v)

@@ -16,9 +16,9 @@ use std::time::{Duration, Instant};
 
 use deadpool_postgres::Pool;
 use kernel_core::{Error, Result};
-use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::sync::{Notify, mpsc, oneshot};
 
-use crate::error::{self, pg, BACKEND};
+use crate::error::{self, BACKEND, pg};
 
 const POSITIONS: &str = "SELECT kernel_event_positions($1)";
 

@@ -16,8 +16,8 @@
 //! User input only ever travels as bound parameters; the SQL text holds only the builder's own
 //! fragments.
 
-use kernel_core::query::{parse_index, Direction, Filter, Op, SortKey};
 use kernel_core::Value;
+use kernel_core::query::{Direction, Filter, Op, SortKey, parse_index};
 use tokio_postgres::types::{ToSql, Type};
 
 /// SQL text and its bound parameters.
@@ -156,7 +156,9 @@ impl SqlBuilder {
             },
             Op::StartsWith(s) => {
                 let p = self.bind(s.clone(), Type::TEXT);
-                format!("(CASE WHEN jsonb_typeof({f}) = 'string' THEN starts_with({f} #>> '{{}}', {p}) END)")
+                format!(
+                    "(CASE WHEN jsonb_typeof({f}) = 'string' THEN starts_with({f} #>> '{{}}', {p}) END)"
+                )
             }
             Op::EndsWith(s) => {
                 let p = self.bind(s.clone(), Type::TEXT);
@@ -176,7 +178,9 @@ impl SqlBuilder {
         match v {
             Value::Number(_) => {
                 let p = self.bind(v.clone(), Type::JSONB);
-                format!("(CASE WHEN jsonb_typeof({f}) = 'number' THEN ({f})::numeric {cmp} ({p})::numeric END)")
+                format!(
+                    "(CASE WHEN jsonb_typeof({f}) = 'number' THEN ({f})::numeric {cmp} ({p})::numeric END)"
+                )
             }
             Value::String(s) => {
                 let p = self.bind(s.clone(), Type::TEXT);

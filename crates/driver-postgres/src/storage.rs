@@ -14,11 +14,11 @@ use kernel_core::{
 };
 use tokio_postgres::types::Type;
 
-use crate::error::{kernel_state, pg, BACKEND};
-use crate::rows::{self, entry, limit_i64, micros, to_i64, ENTRY_COLUMNS, LIVE};
+use crate::PostgresDriver;
+use crate::error::{BACKEND, kernel_state, pg};
+use crate::rows::{self, ENTRY_COLUMNS, LIVE, entry, limit_i64, micros, to_i64};
 use crate::sql::SqlBuilder;
 use crate::transaction::PgTransaction;
-use crate::PostgresDriver;
 
 const PUT: &str = "SELECT o_key, o_metadata, o_version, o_created_at, o_updated_at, o_expires_at \
      FROM kernel_put($1, $2, $3, $4, $5, $6, $7)";

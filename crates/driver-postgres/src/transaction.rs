@@ -20,10 +20,10 @@ use kernel_core::{
     Transaction, Value,
 };
 
-use crate::error::{kernel_state, pg, BACKEND};
+use crate::PostgresDriver;
+use crate::error::{BACKEND, kernel_state, pg};
 use crate::rows::{micros, to_i64};
 use crate::storage::validate_put;
-use crate::PostgresDriver;
 
 enum Staged {
     Read,

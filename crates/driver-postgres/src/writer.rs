@@ -21,10 +21,10 @@ use std::sync::Arc;
 
 use deadpool_postgres::Pool;
 use kernel_core::{Error, NewEvent, Result, Uuid, Value};
-use tokio::sync::{mpsc, oneshot, Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio_postgres::types::{Json, ToSql};
 
-use crate::error::{self, pg, BACKEND};
+use crate::error::{self, BACKEND, pg};
 
 const BATCH: &str = "SELECT o_status, o_stream_version, o_stored, o_seqs \
      FROM kernel_append_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)";

@@ -8,7 +8,7 @@ use std::time::Duration;
 use driver_postgres::{PostgresConfig, PostgresDriver};
 use kernel_core::{ErrorCode, EventStore, Filter, PutOptions, Query, StorageDriver};
 use kernel_testkit::{expect_err, expect_ok, unique};
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 
 #[tokio::test]
 async fn malformed_url_is_a_config_error() {

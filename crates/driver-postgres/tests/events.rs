@@ -94,10 +94,11 @@ async fn concurrent_appenders_are_seen_once_in_order_without_gaps() {
         "read_all",
     );
     assert_eq!(all.len(), total);
-    assert!(all
-        .iter()
-        .enumerate()
-        .all(|(i, e)| e.position == i as u64 + 1));
+    assert!(
+        all.iter()
+            .enumerate()
+            .all(|(i, e)| e.position == i as u64 + 1)
+    );
     driver.shutdown().await;
 }
 
@@ -359,11 +360,13 @@ async fn late_commit_is_never_skipped() {
         0,
         "nothing is readable yet"
     );
-    assert!(expect_ok(
-        driver.read_all(0, &EventFilter::all(), 10).await,
-        "read_all"
-    )
-    .is_empty());
+    assert!(
+        expect_ok(
+            driver.read_all(0, &EventFilter::all(), 10).await,
+            "read_all"
+        )
+        .is_empty()
+    );
 
     tx.commit().await.unwrap_or_else(|e| panic!("commit: {e}"));
     let fast = join(fast, "fast append").await;

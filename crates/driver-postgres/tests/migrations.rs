@@ -2,7 +2,7 @@
 
 mod common;
 
-use driver_postgres::migrations::{MigrationState, Migrator, MIGRATIONS};
+use driver_postgres::migrations::{MIGRATIONS, MigrationState, Migrator};
 use kernel_core::ErrorCode;
 use kernel_testkit::postgres::fresh_database;
 use kernel_testkit::{expect_err, expect_ok};

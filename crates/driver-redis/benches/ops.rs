@@ -13,7 +13,7 @@ use driver_redis::{RedisConfig, RedisDriver};
 use fred::clients::Pool;
 use fred::interfaces::{ClientLike, KeysInterface, LuaInterface};
 use fred::types::{Builder, Value as RedisValue};
-use kernel_core::{json, Lock, PutOptions, Quota, RateLimiter, StorageDriver};
+use kernel_core::{Lock, PutOptions, Quota, RateLimiter, StorageDriver, json};
 use kernel_testkit::redis::RedisTestServer;
 
 const SEQUENTIAL: usize = 2_000;

@@ -54,8 +54,14 @@ pub(crate) fn decode_entry(ns: &str, key: &str, raw: &[u8]) -> Result<StoredEntr
             .with_context("key", escape(key))
     };
     let (fields, body) = header::<6>(raw).ok_or_else(|| bad("bad header"))?;
-    let [Some(version), Some(created), Some(updated), expires, Some(stamp), Some(meta_len)] =
-        fields
+    let [
+        Some(version),
+        Some(created),
+        Some(updated),
+        expires,
+        Some(stamp),
+        Some(meta_len),
+    ] = fields
     else {
         return Err(bad("missing header field"));
     };

@@ -2,8 +2,8 @@
 //! positions and one id index per stream, all written by one append script; subscriptions pull
 //! pages from the log and wake on a pub/sub notification the script publishes.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use async_trait::async_trait;
 use fred::interfaces::{HashesInterface, KeysInterface};
@@ -17,9 +17,9 @@ use kernel_core::{
     ReadDirection, ReadStream, RecordedEvent, Result, Snapshot, Uuid, Value,
 };
 
-use crate::codec::{decode_event, decode_snapshot, to_json, EventBodyRef, Reply};
-use crate::error::map_err;
 use crate::RedisDriver;
+use crate::codec::{EventBodyRef, Reply, decode_event, decode_snapshot, to_json};
+use crate::error::map_err;
 
 /// Positions read per `HMGET` when walking the global log.
 const LOG_BATCH: u64 = 256;

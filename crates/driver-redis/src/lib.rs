@@ -48,6 +48,6 @@ mod scripts;
 mod storage;
 mod transaction;
 
-pub use config::{RedisConfig, MAX_KEY_PREFIX_LEN};
+pub use config::{MAX_KEY_PREFIX_LEN, RedisConfig};
 pub use driver::RedisDriver;
 pub use kernel_core::redact::redact_url;

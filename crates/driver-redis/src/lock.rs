@@ -9,8 +9,8 @@ use kernel_core::lock::{not_held, validate_lease_request, validate_ttl};
 use kernel_core::validate::escape;
 use kernel_core::{Lease, Lock, Result, Uuid};
 
-use crate::codec::{from_micros, Reply};
 use crate::RedisDriver;
+use crate::codec::{Reply, from_micros};
 
 /// Redis expires keys with millisecond precision; round up so a lease never lapses early.
 fn ttl_millis(ttl: Duration) -> String {

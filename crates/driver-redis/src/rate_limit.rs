@@ -9,9 +9,9 @@ use fred::types::Value as RedisValue;
 use kernel_core::validate::{self, escape};
 use kernel_core::{Quota, RateDecision, RateLimiter, Result};
 
+use crate::RedisDriver;
 use crate::codec::Reply;
 use crate::error::map_err;
-use crate::RedisDriver;
 
 #[async_trait]
 impl RateLimiter for RedisDriver {

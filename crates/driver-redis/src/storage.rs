@@ -9,17 +9,17 @@ use fred::types::Value as RedisValue;
 use futures::StreamExt;
 use kernel_core::document::{already_exists, version_conflict};
 use kernel_core::glob::prefix_upper_bound;
-use kernel_core::validate::{self, escape, MAX_BATCH_SIZE};
+use kernel_core::validate::{self, MAX_BATCH_SIZE, escape};
 use kernel_core::{
-    merge_metadata, BatchDelete, BatchPut, Capabilities, DeleteCondition, Entry, Error, ErrorCode,
-    Filter, Glob, Isolation, ListOptions, ListPage, Metadata, MetadataMode, NamespaceInfo,
-    PutCondition, PutOptions, Query, Result, Status, StorageDriver, Transaction, Value,
+    BatchDelete, BatchPut, Capabilities, DeleteCondition, Entry, Error, ErrorCode, Filter, Glob,
+    Isolation, ListOptions, ListPage, Metadata, MetadataMode, NamespaceInfo, PutCondition,
+    PutOptions, Query, Result, Status, StorageDriver, Transaction, Value, merge_metadata,
 };
 
-use crate::codec::{decode_entry, from_micros, micros, to_json, Reply, StoredEntry};
+use crate::RedisDriver;
+use crate::codec::{Reply, StoredEntry, decode_entry, from_micros, micros, to_json};
 use crate::error::map_err;
 use crate::transaction::RedisTransaction;
-use crate::RedisDriver;
 
 /// Keys read per script call when scanning a namespace.
 const SCAN_BATCH: usize = 1000;
@@ -116,7 +116,7 @@ impl RedisDriver {
                 return Err(crate::error::bad_reply(
                     "put",
                     format!("unknown status {other:?}"),
-                ))
+                ));
             }
         }
         let now = from_micros(reply.u64()?);
@@ -675,7 +675,7 @@ impl StorageDriver for RedisDriver {
                     return Err(crate::error::bad_reply(
                         "set_metadata",
                         format!("unknown status {other:?}"),
-                    ))
+                    ));
                 }
             }
         }

@@ -16,8 +16,8 @@ use kernel_core::{
     DeleteCondition, Entry, Error, PutCondition, PutOptions, Result, Transaction, Value,
 };
 
-use crate::codec::{micros, to_json, Reply};
 use crate::RedisDriver;
+use crate::codec::{Reply, micros, to_json};
 use kernel_core::document::{already_exists, version_conflict};
 
 type Slot = (String, String);
@@ -108,7 +108,7 @@ impl Transaction for RedisTransaction {
                     key,
                     v,
                     cur.as_ref().map(|e| e.version),
-                ))
+                ));
             }
             _ => {}
         }

@@ -9,11 +9,11 @@ use driver_redis::{RedisConfig, RedisDriver};
 use fred::interfaces::{ClientLike, HashesInterface, KeysInterface, LuaInterface};
 use futures::StreamExt;
 use kernel_core::{
-    json, ErrorCode, EventFilter, EventStore, ExpectedVersion, ListOptions, Lock, NewEvent,
-    PutOptions, Query, StorageDriver, StorageExt,
+    ErrorCode, EventFilter, EventStore, ExpectedVersion, ListOptions, Lock, NewEvent, PutOptions,
+    Query, StorageDriver, StorageExt, json,
 };
 use kernel_testkit::redis::RedisTestServer;
-use kernel_testkit::{expect_err, expect_ok, unique, within, STEP_TIMEOUT};
+use kernel_testkit::{STEP_TIMEOUT, expect_err, expect_ok, unique, within};
 
 fn config(server: &RedisTestServer) -> RedisConfig {
     let mut config = RedisConfig::new(server.url());
@@ -149,9 +149,10 @@ async fn a_namespace_lives_under_the_prefix_in_one_slot() {
         .collect();
     assert_eq!(keys, expected);
     let slot = fred::util::redis_keyslot(keys[0].as_bytes());
-    assert!(keys
-        .iter()
-        .all(|k| fred::util::redis_keyslot(k.as_bytes()) == slot));
+    assert!(
+        keys.iter()
+            .all(|k| fred::util::redis_keyslot(k.as_bytes()) == slot)
+    );
     d.shutdown().await.unwrap();
 }
 

@@ -66,7 +66,7 @@ impl FromStr for BackendKind {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Role {
     /// `StorageDriver`.
-    Documents,
+    Storage,
     /// `EventStore`.
     Events,
     /// `Lock`.
@@ -77,12 +77,12 @@ pub enum Role {
 
 impl Role {
     /// Every role, in report order.
-    pub const ALL: [Role; 4] = [Role::Documents, Role::Events, Role::Locks, Role::RateLimits];
+    pub const ALL: [Role; 4] = [Role::Storage, Role::Events, Role::Locks, Role::RateLimits];
 
     /// The role's name in reports and settings.
     pub fn as_str(self) -> &'static str {
         match self {
-            Role::Documents => "documents",
+            Role::Storage => "storage",
             Role::Events => "events",
             Role::Locks => "locks",
             Role::RateLimits => "rate_limits",
@@ -427,7 +427,7 @@ impl KernelConfig {
             "KERNEL_PIPELINE_WORKERS" => self.pipeline.workers = Some(parse(env, &v)?),
             other => {
                 return Err(Error::internal("unknown configuration variable")
-                    .with_context("setting", other))
+                    .with_context("setting", other));
             }
         }
         Ok(())

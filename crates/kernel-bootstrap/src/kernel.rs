@@ -1,7 +1,7 @@
 //! The `Kernel`: the configured drivers behind the four traits, with health and shutdown.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use driver_memory::MemoryDriver;
@@ -11,7 +11,7 @@ use kernel_core::{Error, EventStore, Lock, RateLimiter, Result, StorageDriver};
 use serde::Serialize;
 
 use crate::config::{BackendKind, KernelConfig, ResolvedConfig, Role};
-use crate::layers::{circuit_breaker::CircuitBreaker, Layer, StandardLayers, Stores};
+use crate::layers::{Layer, StandardLayers, Stores, circuit_breaker::CircuitBreaker};
 use crate::pipeline::{ChangeFailure, ChangePipeline};
 
 /// How long one health probe may take before the component counts as unhealthy.
@@ -208,7 +208,7 @@ impl Kernel {
                 Error::internal("no layers built for a role").with_context("role", role.as_str())
             })
         };
-        let storage = stack(Role::Documents)?.storage(pick(Role::Documents)?.storage());
+        let storage = stack(Role::Storage)?.storage(pick(Role::Storage)?.storage());
         let events = stack(Role::Events)?.events(pick(Role::Events)?.events());
         let locks = stack(Role::Locks)?.locks(pick(Role::Locks)?.locks());
         let rate_limiter =

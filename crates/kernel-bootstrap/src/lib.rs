@@ -29,7 +29,7 @@ pub mod pipeline;
 mod secret;
 
 pub use config::{BackendKind, KernelConfig, ResolvedConfig, Role};
-pub use kernel::{ComponentHealth, HealthReport, Kernel, HEALTH_PROBE_TIMEOUT};
+pub use kernel::{ComponentHealth, HEALTH_PROBE_TIMEOUT, HealthReport, Kernel};
 pub use layers::{Layer, Stores};
 pub use pipeline::{Change, ChangeFailure, ChangePipeline, PipelineConfig, SubmitError};
-pub use secret::{redact, SecretUrl};
+pub use secret::{SecretUrl, redact};

@@ -46,10 +46,10 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use futures::FutureExt;
 use kernel_core::{
-    validate, DeleteCondition, Error, EventStore, ExpectedVersion, NewEvent, PutOptions, Result,
-    StorageDriver, Value,
+    DeleteCondition, Error, EventStore, ExpectedVersion, NewEvent, PutOptions, Result,
+    StorageDriver, Value, validate,
 };
-use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore, TryAcquireError};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError, mpsc, watch};
 use tokio::task::JoinHandle;
 
 /// Pipeline settings.
@@ -562,7 +562,7 @@ mod tests {
 
     use driver_memory::MemoryDriver;
     use kernel_core::{
-        json, ErrorCode, EventStore, ExpectedVersion, Limits, NewEvent, ReadStream, StorageDriver,
+        ErrorCode, EventStore, ExpectedVersion, Limits, NewEvent, ReadStream, StorageDriver, json,
     };
 
     use futures::future::BoxFuture;

@@ -6,9 +6,9 @@ use std::time::{Duration, SystemTime};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::Metadata;
 use crate::error::{Error, Result};
 use crate::validate;
-use crate::Metadata;
 
 /// A stored document.
 #[derive(Debug, Clone, PartialEq)]

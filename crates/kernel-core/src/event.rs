@@ -8,9 +8,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use uuid::Uuid;
 
+use crate::Metadata;
 use crate::error::{Error, Result};
 use crate::validate::{self, Limits};
-use crate::Metadata;
 
 /// An event to append.
 ///

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::FutureExt;
-use serde::de::DeserializeOwned;
 use serde::Serialize;
+use serde::de::DeserializeOwned;
 
 use crate::document::{Entry, ListOptions, PutCondition, PutOptions};
 use crate::error::{Error, ErrorCode, Result};

@@ -61,7 +61,7 @@ impl Glob {
                         return Err(Error::invalid_input(
                             "glob pattern ends with a lone '\\' (escape what?)",
                         )
-                        .with_context("pattern", crate::validate::escape(pattern)))
+                        .with_context("pattern", crate::validate::escape(pattern)));
                     }
                 },
                 other => tokens.push(Token::Literal(other)),

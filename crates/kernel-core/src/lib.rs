@@ -50,7 +50,7 @@ pub use validate::Limits;
 
 /// Re-exported so users need not depend on these crates directly for the types in the API.
 pub use async_trait::async_trait;
-pub use serde_json::{json, Value};
+pub use serde_json::{Value, json};
 pub use uuid::Uuid;
 
 /// A JSON object: document and event metadata.

@@ -3,13 +3,13 @@
 use async_trait::async_trait;
 use serde_json::Value;
 
+use crate::Metadata;
 use crate::document::{
     BatchDelete, BatchPut, Capabilities, DeleteCondition, Entry, ListOptions, ListPage,
     MetadataMode, NamespaceInfo, PutOptions, Status,
 };
 use crate::error::Result;
 use crate::query::{Filter, Query};
-use crate::Metadata;
 
 /// Namespaced JSON documents with versions, conditions, TTL, atomic batches, ordered listing,
 /// queries and transactions.

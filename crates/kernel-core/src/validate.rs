@@ -6,8 +6,8 @@
 
 use serde_json::Value;
 
-use crate::error::{Error, Result};
 use crate::Metadata;
+use crate::error::{Error, Result};
 
 /// Longest namespace, in bytes.
 pub const MAX_NAMESPACE_LEN: usize = 128;

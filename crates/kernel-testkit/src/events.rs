@@ -5,8 +5,8 @@
 //! test's own category, so the suite holds when stores share a backend.
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
 
 use futures::StreamExt;
@@ -17,7 +17,7 @@ use kernel_core::{
 use serde_json::json;
 
 use crate::support::{
-    assert_time_between, expect_err, expect_ok, join, unique, unique_stream, STEP_TIMEOUT,
+    STEP_TIMEOUT, assert_time_between, expect_err, expect_ok, join, unique, unique_stream,
 };
 
 /// Every event-store behaviour, in suite order (the one list; see the storage suite).
@@ -742,9 +742,11 @@ pub async fn read_missing_stream_is_empty<E: EventStore + ?Sized + 'static>(stor
     let (_, stream) = unique_stream("order", "missing");
     assert!(read(e, &stream, ReadStream::forward()).await.is_empty());
     assert!(read(e, &stream, ReadStream::backward()).await.is_empty());
-    assert!(read(e, &stream, ReadStream::forward().from(3))
-        .await
-        .is_empty());
+    assert!(
+        read(e, &stream, ReadStream::forward().from(3))
+            .await
+            .is_empty()
+    );
 }
 
 /// `read_all` from a position returns the later events of every stream in global order.
@@ -915,9 +917,10 @@ pub async fn read_all_filter_by_correlation<E: EventStore + ?Sized + 'static>(st
     append(e, &stream, ExpectedVersion::Any, batch).await;
     let got = read_all_pages(e, h0, &EventFilter::all().correlation(&c1), 100).await;
     assert_eq!(ns(&got), vec![1, 4]);
-    assert!(got
-        .iter()
-        .all(|ev| ev.correlation_id.as_deref() == Some(c1.as_str())));
+    assert!(
+        got.iter()
+            .all(|ev| ev.correlation_id.as_deref() == Some(c1.as_str()))
+    );
 }
 
 /// A time filter keeps events recorded in `[since, until)`.

@@ -192,7 +192,7 @@ where
                     name,
                     admin,
                     pooled: Some((template, signature)),
-                }
+                };
             }
             Err(why) => {
                 eprintln!("kernel-testkit: not reusing {name} ({why}); dropping it");

@@ -163,7 +163,7 @@ async fn connect(url: &str) -> Result<Client, fred::error::Error> {
             return Err(fred::error::Error::new(
                 fred::error::ErrorKind::Timeout,
                 format!("no connection within {} s", CONNECT_TIMEOUT.as_secs()),
-            ))
+            ));
         }
     }
     let pong: String = client.ping(None).await?;

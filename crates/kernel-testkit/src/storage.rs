@@ -14,11 +14,11 @@ use kernel_core::{
     MetadataMode, PutOptions, Query, StorageDriver, StorageExt, Transaction,
 };
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 
 use crate::support::{
-    assert_time_between, assert_time_close, expect_err, expect_ok, join, unique, within,
-    STEP_TIMEOUT,
+    STEP_TIMEOUT, assert_time_between, assert_time_close, expect_err, expect_ok, join, unique,
+    within,
 };
 
 /// Every storage behaviour, in suite order. The one list: the macro below expands it into tests
@@ -2137,9 +2137,11 @@ pub async fn query_nested_path_and_array_index<S: StorageDriver + ?Sized + 'stat
         filter_keys(s, &ns, Filter::exists("tags.0", true)).await,
         strings(&["p1", "p2"])
     );
-    assert!(filter_keys(s, &ns, Filter::eq("address.city.x", "Paris"))
-        .await
-        .is_empty());
+    assert!(
+        filter_keys(s, &ns, Filter::eq("address.city.x", "Paris"))
+            .await
+            .is_empty()
+    );
     let deep = unique("deep");
     put(
         s,
@@ -2335,9 +2337,11 @@ pub async fn query_limit_offset<S: StorageDriver + ?Sized + 'static>(store: Arc<
         .await,
         strings(&["q1", "q2"])
     );
-    assert!(query_keys(s, &ns, &Query::new().offset(10))
-        .await
-        .is_empty());
+    assert!(
+        query_keys(s, &ns, &Query::new().offset(10))
+            .await
+            .is_empty()
+    );
     assert!(query_keys(s, &ns, &Query::new().limit(0)).await.is_empty());
 }
 

@@ -5,8 +5,8 @@
 
 use std::process::ExitCode;
 
-use driver_postgres::migrations::{MigrationState, Migrator};
 use driver_postgres::PostgresConfig;
+use driver_postgres::migrations::{MigrationState, Migrator};
 use tokio_postgres::NoTls;
 
 const USAGE: &str = "usage: kernel-migrate up | status | rollback [N]\n\

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use driver_postgres::migrations::Migrator;
 use driver_postgres::{PostgresConfig, PostgresDriver};
-use kernel_testkit::postgres::{database_from_template, TestDatabase};
+use kernel_testkit::postgres::{TestDatabase, database_from_template};
 use tokio_postgres::NoTls;
 
 /// A fresh database holding the migrated kernel schema; dropped with the guard.

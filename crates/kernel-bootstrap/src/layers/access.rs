@@ -26,14 +26,14 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures::StreamExt;
 use kernel_core::{
-    validate, AppendResult, BatchDelete, BatchPut, Capabilities, DeleteCondition, Entry, Error,
-    ErrorCode, EventFilter, EventStore, EventSubscription, ExpectedVersion, Filter, Glob, Lease,
-    ListOptions, ListPage, Lock, Metadata, MetadataMode, NamespaceInfo, NewEvent, PutOptions,
-    Query, Quota, RateDecision, RateLimiter, ReadStream, RecordedEvent, Result, Snapshot, Status,
-    StorageDriver, Transaction, Value,
+    AppendResult, BatchDelete, BatchPut, Capabilities, DeleteCondition, Entry, Error, ErrorCode,
+    EventFilter, EventStore, EventSubscription, ExpectedVersion, Filter, Glob, Lease, ListOptions,
+    ListPage, Lock, Metadata, MetadataMode, NamespaceInfo, NewEvent, PutOptions, Query, Quota,
+    RateDecision, RateLimiter, ReadStream, RecordedEvent, Result, Snapshot, Status, StorageDriver,
+    Transaction, Value, validate,
 };
 
-use super::{read_all_kept, Access, Layer};
+use super::{Access, Layer, read_all_kept};
 
 /// What a permission covers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -560,8 +560,8 @@ mod tests {
     use driver_memory::MemoryDriver;
     use futures::StreamExt;
     use kernel_core::{
-        json, ErrorCode, EventFilter, EventStore, ExpectedVersion, Lock, NewEvent, PutOptions,
-        Quota, RateLimiter, ReadStream, StorageDriver,
+        ErrorCode, EventFilter, EventStore, ExpectedVersion, Lock, NewEvent, PutOptions, Quota,
+        RateLimiter, ReadStream, StorageDriver, json,
     };
 
     use super::{AccessControl, Permission, Principal, Resource};

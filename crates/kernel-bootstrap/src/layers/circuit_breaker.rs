@@ -220,13 +220,13 @@ mod tests {
     use std::time::Duration;
 
     use driver_memory::MemoryDriver;
-    use kernel_core::{json, ErrorCode, Lock, PutOptions, RateLimiter, StorageDriver};
+    use kernel_core::{ErrorCode, Lock, PutOptions, RateLimiter, StorageDriver, json};
 
     use super::{CircuitBreaker, CircuitBreakerConfig, CircuitState};
+    use crate::layers::Layered;
     use crate::layers::fault::flaky;
     use crate::layers::testing::MetricsCapture;
     use crate::layers::timeout::TimeoutPolicy;
-    use crate::layers::Layered;
 
     fn breaker(threshold: u32, cool_down_ms: u64) -> Arc<CircuitBreaker> {
         Arc::new(CircuitBreaker::new(
@@ -380,11 +380,13 @@ mod tests {
         assert_eq!(e.code(), ErrorCode::Timeout);
         assert_eq!(b.state(), CircuitState::HalfOpen);
         inner.faults().set_delay(Duration::ZERO);
-        assert!(store
-            .try_acquire("l", Duration::from_secs(1))
-            .await
-            .unwrap()
-            .is_some());
+        assert!(
+            store
+                .try_acquire("l", Duration::from_secs(1))
+                .await
+                .unwrap()
+                .is_some()
+        );
         assert_eq!(b.state(), CircuitState::Closed { failures: 0 });
     }
 }

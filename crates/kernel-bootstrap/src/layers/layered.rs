@@ -107,7 +107,7 @@ fn once<'a, R: Send + 'a>(
 }
 
 fn doc<'a>(name: &'static str, access: Access, repeatable: bool) -> Op<'a> {
-    Op::new(Role::Documents, name, access, repeatable)
+    Op::new(Role::Storage, name, access, repeatable)
 }
 
 fn ev<'a>(name: &'static str, access: Access, repeatable: bool) -> Op<'a> {

@@ -60,8 +60,8 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 use kernel_core::{
-    validate, Error, EventFilter, EventStore, Lock, RateLimiter, RecordedEvent, Result,
-    StorageDriver,
+    Error, EventFilter, EventStore, Lock, RateLimiter, RecordedEvent, Result, StorageDriver,
+    validate,
 };
 
 use crate::config::{BackendKind, ResolvedConfig, Role};

@@ -22,9 +22,9 @@
 use std::time::Instant;
 
 use futures::future::BoxFuture;
-use kernel_core::{validate, ErrorCode, Result};
-use tracing::field::Empty;
+use kernel_core::{ErrorCode, Result, validate};
 use tracing::Instrument;
+use tracing::field::Empty;
 
 use super::{Attempt, Call, Interceptor, Op};
 
@@ -118,13 +118,13 @@ mod tests {
 
     use driver_memory::MemoryDriver;
     use kernel_core::{
-        json, ErrorCode, EventStore, ExpectedVersion, NewEvent, PutOptions, StorageDriver,
+        ErrorCode, EventStore, ExpectedVersion, NewEvent, PutOptions, StorageDriver, json,
     };
 
     use super::Observer;
-    use crate::layers::fault::flaky;
-    use crate::layers::testing::{capture_logs, MetricsCapture};
     use crate::layers::Layered;
+    use crate::layers::fault::flaky;
+    use crate::layers::testing::{MetricsCapture, capture_logs};
 
     #[test]
     fn spans_and_events_name_backend_operation_namespace_and_outcome() {
@@ -157,7 +157,7 @@ mod tests {
             .unwrap_or_else(|| panic!("no put line in {logs}"));
         for field in [
             "backend=memory",
-            "role=\"documents\"",
+            "role=\"storage\"",
             "namespace=orders",
             "outcome=\"ok\"",
         ] {
@@ -205,7 +205,7 @@ mod tests {
         assert_eq!(timeouts, 1);
         let invalid = metrics.counter(
             "kernel_operations_total",
-            &[("outcome", "invalid_input"), ("role", "documents")],
+            &[("outcome", "invalid_input"), ("role", "storage")],
         );
         assert_eq!(invalid, 1);
         let samples = metrics.histogram(

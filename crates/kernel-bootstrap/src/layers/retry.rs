@@ -151,14 +151,14 @@ mod tests {
 
     use driver_memory::MemoryDriver;
     use kernel_core::{
-        json, Error, ErrorCode, EventStore, ExpectedVersion, Lock, NewEvent, PutOptions, Quota,
-        RateLimiter, StorageDriver,
+        Error, ErrorCode, EventStore, ExpectedVersion, Lock, NewEvent, PutOptions, Quota,
+        RateLimiter, StorageDriver, json,
     };
 
     use super::RetryPolicy;
-    use crate::layers::fault::flaky;
-    use crate::layers::testing::{capture_logs_of, MetricsCapture};
     use crate::layers::Layered;
+    use crate::layers::fault::flaky;
+    use crate::layers::testing::{MetricsCapture, capture_logs_of};
 
     fn fast(max_attempts: u32) -> RetryPolicy {
         RetryPolicy {

@@ -31,14 +31,14 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures::StreamExt;
 use kernel_core::{
-    validate, AppendResult, BatchDelete, BatchPut, Capabilities, DeleteCondition, Entry, Error,
-    EventFilter, EventStore, EventSubscription, ExpectedVersion, Filter, Lease, ListOptions,
-    ListPage, Lock, Metadata, MetadataMode, NamespaceInfo, NewEvent, PutOptions, Query, Quota,
-    RateDecision, RateLimiter, ReadStream, RecordedEvent, Result, Snapshot, Status, StorageDriver,
-    Transaction, Value,
+    AppendResult, BatchDelete, BatchPut, Capabilities, DeleteCondition, Entry, Error, EventFilter,
+    EventStore, EventSubscription, ExpectedVersion, Filter, Lease, ListOptions, ListPage, Lock,
+    Metadata, MetadataMode, NamespaceInfo, NewEvent, PutOptions, Query, Quota, RateDecision,
+    RateLimiter, ReadStream, RecordedEvent, Result, Snapshot, Status, StorageDriver, Transaction,
+    Value, validate,
 };
 
-use super::{read_all_kept, Layer};
+use super::{Layer, read_all_kept};
 
 /// A validated tenant id: 1..=32 bytes of `[A-Za-z0-9_]`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -510,8 +510,8 @@ mod tests {
     use driver_memory::MemoryDriver;
     use futures::StreamExt;
     use kernel_core::{
-        json, ErrorCode, EventFilter, EventStore, ExpectedVersion, ListOptions, Lock, NewEvent,
-        PutOptions, Quota, RateLimiter, ReadStream, StorageDriver,
+        ErrorCode, EventFilter, EventStore, ExpectedVersion, ListOptions, Lock, NewEvent,
+        PutOptions, Quota, RateLimiter, ReadStream, StorageDriver, json,
     };
 
     use super::{Tenant, TenantScope};

@@ -54,11 +54,11 @@ mod tests {
     use std::time::{Duration, Instant};
 
     use driver_memory::MemoryDriver;
-    use kernel_core::{json, ErrorCode, EventStore, Lock, PutOptions, StorageDriver};
+    use kernel_core::{ErrorCode, EventStore, Lock, PutOptions, StorageDriver, json};
 
     use super::TimeoutPolicy;
-    use crate::layers::fault::flaky;
     use crate::layers::Layered;
+    use crate::layers::fault::flaky;
 
     #[tokio::test]
     async fn slow_calls_time_out_naming_the_operation() {
