@@ -11,19 +11,23 @@ fn vars(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
 }
 
 fn config_error(pairs: &[(&str, &str)]) -> kernel_core::Error {
-    let result = KernelConfig::from_vars(vars(pairs)).and_then(|c| c.resolve());
+    let result = KernelConfig::from_vars(vars(pairs)).and_then(|c| c.validate().map(|()| c));
     match result {
-        Ok(resolved) => panic!("expected a Config error for {pairs:?}, got {resolved:?}"),
+        Ok(config) => panic!("expected a Config error for {pairs:?}, got {config:?}"),
         Err(e) => e,
     }
 }
 
+/// The config after validation.
+fn resolved(pairs: &[(&str, &str)]) -> KernelConfig {
+    let config = KernelConfig::from_vars(vars(pairs)).unwrap();
+    config.validate().unwrap();
+    config
+}
+
 #[test]
 fn empty_environment_means_memory_everywhere() {
-    let resolved = KernelConfig::from_vars(vars(&[]))
-        .unwrap()
-        .resolve()
-        .unwrap();
+    let resolved = resolved(&[]);
     for role in Role::ALL {
         assert_eq!(resolved.backend(role), BackendKind::Memory);
     }
@@ -46,24 +50,22 @@ fn storage_mode_aliases() {
 
 #[test]
 fn per_role_overrides_from_env() {
-    let resolved = KernelConfig::from_vars(vars(&[
+    let resolved = resolved(&[
         ("KERNEL_STORAGE_MODE", "SUPABASE"),
         ("DATABASE_URL", "postgres://app:pw@db:5432/app"),
         ("REDIS_URL", "redis://cache:6379"),
-        ("KERNEL_LOCKS_BACKEND", "redis"),
-        ("KERNEL_RATE_LIMITS_BACKEND", "redis"),
+        ("KERNEL_BACKENDS_LOCKS", "redis"),
+        ("KERNEL_BACKENDS_RATE_LIMITS", "redis"),
         ("KERNEL_POSTGRES_POOL_SIZE", "4"),
-        ("KERNEL_KEY_PREFIX", "myapp"),
-    ]))
-    .unwrap()
-    .resolve()
-    .unwrap();
+        ("KERNEL_REDIS_KEY_PREFIX", "myapp"),
+    ]);
     assert_eq!(resolved.backend(Role::Storage), BackendKind::Postgres);
     assert_eq!(resolved.backend(Role::Events), BackendKind::Postgres);
     assert_eq!(resolved.backend(Role::Locks), BackendKind::Redis);
     assert_eq!(resolved.backend(Role::RateLimits), BackendKind::Redis);
-    assert_eq!(resolved.postgres.as_ref().unwrap().pool_size, 4);
-    assert_eq!(resolved.redis.as_ref().unwrap().key_prefix, "myapp");
+    assert_eq!(resolved.postgres.pool_size, 4);
+    assert_eq!(resolved.redis.key_prefix, "myapp");
+    assert_eq!(resolved.postgres.url, "postgres://app:pw@db:5432/app");
 }
 
 #[test]
@@ -89,19 +91,20 @@ max_value_bytes = 4096
 "#,
     )
     .unwrap();
-    let resolved = KernelConfig::from_vars(vars(&[
+    let resolved = resolved(&[
         ("KERNEL_CONFIG_FILE", path.to_str().unwrap()),
         ("KERNEL_POSTGRES_POOL_SIZE", "2"),
-    ]))
-    .unwrap()
-    .resolve()
-    .unwrap();
+    ]);
     assert_eq!(resolved.backend(Role::Storage), BackendKind::Memory);
     assert_eq!(resolved.backend(Role::Events), BackendKind::Postgres);
-    let pg = resolved.postgres.unwrap();
+    let pg = resolved.postgres_config();
     assert_eq!(pg.pool_size, 2, "the environment overrides the file");
     assert!(!pg.migrate_on_boot);
     assert_eq!(resolved.limits.max_value_bytes, 4096);
+    assert_eq!(
+        pg.limits.max_value_bytes, 4096,
+        "[limits] reaches the driver's settings"
+    );
     std::fs::remove_dir_all(dir).ok();
 }
 
@@ -109,50 +112,73 @@ max_value_bytes = 4096
 fn unknown_backend_names_the_setting() {
     let e = config_error(&[("KERNEL_STORAGE_MODE", "mongo")]);
     assert_eq!(e.code(), ErrorCode::Config);
-    assert_eq!(e.context_value("setting"), Some("KERNEL_STORAGE_MODE"));
-    let e = config_error(&[("KERNEL_EVENTS_BACKEND", "kafka")]);
-    assert_eq!(e.context_value("setting"), Some("KERNEL_EVENTS_BACKEND"));
+    assert_eq!(e.context_value("setting"), Some("storage_mode"));
+    assert_eq!(e.context_value("env"), Some("KERNEL_STORAGE_MODE"));
+    let e = config_error(&[("KERNEL_BACKENDS_EVENTS", "kafka")]);
+    assert_eq!(e.context_value("setting"), Some("backends.events"));
+    assert_eq!(e.context_value("env"), Some("KERNEL_BACKENDS_EVENTS"));
 }
 
 #[test]
 fn missing_urls_are_named() {
     let e = config_error(&[("KERNEL_STORAGE_MODE", "postgres")]);
-    assert_eq!(e.context_value("setting"), Some("DATABASE_URL"));
-    let e = config_error(&[("KERNEL_LOCKS_BACKEND", "redis")]);
-    assert_eq!(e.context_value("setting"), Some("REDIS_URL"));
+    assert_eq!(e.context_value("setting"), Some("postgres.url"));
+    assert!(e.to_string().contains("DATABASE_URL"), "{e}");
+    let e = config_error(&[("KERNEL_BACKENDS_LOCKS", "redis")]);
+    assert_eq!(e.context_value("setting"), Some("redis.url"));
+    assert!(e.to_string().contains("REDIS_URL"), "{e}");
 }
 
 #[test]
 fn malformed_values_are_named() {
-    for (name, value) in [
-        ("KERNEL_POSTGRES_POOL_SIZE", "many"),
-        ("KERNEL_MAX_VALUE_BYTES", "-1"),
-        ("KERNEL_MIGRATE_ON_BOOT", "perhaps"),
-        ("KERNEL_REDIS_OPERATION_TIMEOUT_MS", "1s"),
+    for (name, value, key) in [
+        ("KERNEL_POSTGRES_POOL_SIZE", "many", "postgres.pool_size"),
+        ("KERNEL_POSTGRES_POOL_SIZE", "0", "postgres.pool_size"),
+        (
+            "KERNEL_LIMITS_MAX_VALUE_BYTES",
+            "-1",
+            "limits.max_value_bytes",
+        ),
+        (
+            "KERNEL_POSTGRES_MIGRATE_ON_BOOT",
+            "perhaps",
+            "postgres.migrate_on_boot",
+        ),
+        (
+            "KERNEL_REDIS_OPERATION_TIMEOUT_MS",
+            "1s",
+            "redis.operation_timeout_ms",
+        ),
+        (
+            "KERNEL_REDIS_OPERATION_TIMEOUT_MS",
+            "0",
+            "redis.operation_timeout_ms",
+        ),
     ] {
         let e = config_error(&[
             ("KERNEL_STORAGE_MODE", "postgres"),
-            ("KERNEL_LOCKS_BACKEND", "redis"),
+            ("KERNEL_BACKENDS_LOCKS", "redis"),
             ("DATABASE_URL", "postgres://h/db"),
             ("REDIS_URL", "redis://h"),
             (name, value),
         ]);
         assert_eq!(e.code(), ErrorCode::Config, "{name}");
-        assert_eq!(e.context_value("setting"), Some(name), "{e}");
+        assert_eq!(e.context_value("setting"), Some(key), "{e}");
+        assert_eq!(e.context_value("env"), Some(name), "{e}");
     }
-    let e = config_error(&[("KERNEL_MAX_DEPTH", "0")]);
-    assert_eq!(e.context_value("setting"), Some("KERNEL_MAX_DEPTH"));
+    let e = config_error(&[("KERNEL_LIMITS_MAX_DEPTH", "0")]);
+    assert_eq!(e.context_value("setting"), Some("limits.max_depth"));
     let e = config_error(&[
         ("KERNEL_STORAGE_MODE", "postgres"),
         ("DATABASE_URL", "mysql://h/db"),
     ]);
-    assert_eq!(e.context_value("setting"), Some("DATABASE_URL"));
+    assert_eq!(e.context_value("setting"), Some("postgres.url"));
     let e = config_error(&[
         ("KERNEL_STORAGE_MODE", "redis"),
         ("REDIS_URL", "redis://h"),
-        ("KERNEL_KEY_PREFIX", "a{b}"),
+        ("KERNEL_REDIS_KEY_PREFIX", "a{b}"),
     ]);
-    assert_eq!(e.context_value("setting"), Some("KERNEL_KEY_PREFIX"));
+    assert_eq!(e.context_value("setting"), Some("redis.key_prefix"));
 }
 
 #[test]
@@ -165,6 +191,11 @@ fn bad_toml_is_a_config_error() {
     let e = KernelConfig::from_vars(vars(&[("KERNEL_CONFIG_FILE", "/nonexistent/kernel.toml")]))
         .unwrap_err();
     assert_eq!(e.context_value("setting"), Some("KERNEL_CONFIG_FILE"));
+    let e = config_error(&[("KERNEL_DOCUMENTS_BACKEND", "redis")]);
+    assert!(
+        e.to_string().contains("KERNEL_BACKENDS_STORAGE"),
+        "renamed: {e}"
+    );
 }
 
 #[test]
@@ -172,7 +203,7 @@ fn passwords_never_show() {
     let secret = "s3cr3t-pa55";
     let cfg = KernelConfig::from_vars(vars(&[
         ("KERNEL_STORAGE_MODE", "postgres"),
-        ("KERNEL_LOCKS_BACKEND", "redis"),
+        ("KERNEL_BACKENDS_LOCKS", "redis"),
         (
             "DATABASE_URL",
             &format!("postgres://app:{secret}@db:5432/app"),
@@ -180,8 +211,9 @@ fn passwords_never_show() {
         ("REDIS_URL", &format!("redis://:{secret}@cache:6379")),
     ]))
     .unwrap();
-    let resolved = cfg.resolve().unwrap();
-    for shown in [format!("{cfg:?}"), format!("{resolved:?}")] {
+    cfg.validate().unwrap();
+    let serialized = serde_json::to_string(&cfg).unwrap();
+    for shown in [format!("{cfg:?}"), serialized] {
         assert!(!shown.contains(secret), "password leaked: {shown}");
         assert!(shown.contains("***"), "{shown}");
     }
@@ -190,7 +222,7 @@ fn passwords_never_show() {
         ("DATABASE_URL", &format!("mysql://app:{secret}@db/app")),
     ]))
     .unwrap()
-    .resolve()
+    .validate()
     .unwrap_err();
     assert!(!e.to_string().contains(secret), "{e}");
     assert!(!format!("{e:?}").contains(secret), "{e:?}");
@@ -199,7 +231,7 @@ fn passwords_never_show() {
     // redacted.
     let url = format!("postgres://app:{secret}@db/app");
     let e = KernelConfig::from_vars(vars(&[("KERNEL_STORAGE_MODE", &url)]))
-        .and_then(|c| c.resolve())
+        .and_then(|c| c.validate())
         .unwrap_err();
     assert!(!format!("{e} {e:?}").contains(secret), "{e:?}");
     assert!(e.to_string().contains("***"), "{e}");
@@ -239,11 +271,12 @@ async fn boots_memory_kernel_and_reports_health() {
 
 #[tokio::test]
 async fn configured_value_limit_reaches_the_driver() {
-    let kernel =
-        Kernel::boot(KernelConfig::from_vars(vars(&[("KERNEL_MAX_VALUE_BYTES", "100")])).unwrap())
-            .await
-            .unwrap();
-    assert_eq!(kernel.config().limits.max_value_bytes, 100);
+    let kernel = Kernel::boot(
+        KernelConfig::from_vars(vars(&[("KERNEL_LIMITS_MAX_VALUE_BYTES", "100")])).unwrap(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(kernel.config().unwrap().limits.max_value_bytes, 100);
     assert_eq!(kernel.storage().capabilities().max_value_bytes, 100);
     // A JSON string of n characters serialises to n + 2 bytes.
     kernel
@@ -262,17 +295,18 @@ async fn configured_value_limit_reaches_the_driver() {
 
 #[test]
 fn layer_and_pipeline_defaults() {
-    let resolved = KernelConfig::default().resolve().unwrap();
+    let resolved = resolved(&[]);
     assert_eq!(
         resolved.retry,
         kernel_bootstrap::layers::retry::RetryPolicy::default()
     );
     assert_eq!(resolved.retry.max_attempts, 3);
     assert_eq!(
-        resolved.operation_timeout,
+        resolved.timeouts.operation,
         std::time::Duration::from_secs(30)
     );
-    let breaker = resolved.circuit_breaker.unwrap();
+    let breaker = resolved.circuit_breaker;
+    assert!(breaker.enabled);
     assert_eq!(breaker.failure_threshold, 5);
     assert_eq!(breaker.cool_down, std::time::Duration::from_secs(10));
     assert_eq!(resolved.pipeline.capacity, 1024);
@@ -307,32 +341,26 @@ workers = 2
 "#,
     )
     .unwrap();
-    let resolved = KernelConfig::from_vars(vars(&[
+    let resolved = resolved(&[
         ("KERNEL_CONFIG_FILE", path.to_str().unwrap()),
         ("KERNEL_RETRY_MAX_ATTEMPTS", "2"),
         ("KERNEL_PIPELINE_WORKERS", "8"),
-    ]))
-    .unwrap()
-    .resolve()
-    .unwrap();
+    ]);
     let ms = std::time::Duration::from_millis;
     assert_eq!(resolved.retry.max_attempts, 2, "the environment wins");
     assert_eq!(resolved.retry.initial_backoff, ms(20));
     assert_eq!(resolved.retry.max_backoff, ms(400));
     assert_eq!(resolved.retry.max_elapsed, ms(3000));
-    assert_eq!(resolved.operation_timeout, ms(1500));
-    let breaker = resolved.circuit_breaker.unwrap();
+    assert_eq!(resolved.timeouts.operation, ms(1500));
+    let breaker = resolved.circuit_breaker;
     assert_eq!(breaker.failure_threshold, 7);
     assert_eq!(breaker.cool_down, ms(2500));
     assert_eq!(resolved.pipeline.capacity, 64);
     assert_eq!(resolved.pipeline.workers, 8);
     std::fs::remove_dir_all(dir).ok();
 
-    let off = KernelConfig::from_vars(vars(&[("KERNEL_CIRCUIT_BREAKER_ENABLED", "off")]))
-        .unwrap()
-        .resolve()
-        .unwrap();
-    assert_eq!(off.circuit_breaker, None);
+    let off = crate::resolved(&[("KERNEL_CIRCUIT_BREAKER_ENABLED", "off")]);
+    assert!(!off.circuit_breaker.enabled);
 }
 
 #[test]
@@ -344,8 +372,8 @@ fn malformed_layer_settings_are_named() {
         ("KERNEL_RETRY_INITIAL_BACKOFF_MS", "0"),
         ("KERNEL_RETRY_MAX_BACKOFF_MS", "-5"),
         ("KERNEL_RETRY_MAX_ELAPSED_MS", "3600001"),
-        ("KERNEL_OPERATION_TIMEOUT_MS", "0"),
-        ("KERNEL_OPERATION_TIMEOUT_MS", "30s"),
+        ("KERNEL_TIMEOUTS_OPERATION_MS", "0"),
+        ("KERNEL_TIMEOUTS_OPERATION_MS", "30s"),
         ("KERNEL_CIRCUIT_BREAKER_ENABLED", "sometimes"),
         ("KERNEL_CIRCUIT_BREAKER_FAILURE_THRESHOLD", "0"),
         ("KERNEL_CIRCUIT_BREAKER_COOL_DOWN_MS", "0"),
@@ -355,11 +383,16 @@ fn malformed_layer_settings_are_named() {
     ] {
         let e = config_error(&[(name, value)]);
         assert_eq!(e.code(), ErrorCode::Config, "{name}={value}");
-        assert_eq!(
-            e.context_value("setting"),
-            Some(name),
-            "{name}={value}: {e}"
-        );
+        assert_eq!(e.context_value("env"), Some(name), "{name}={value}: {e}");
+        let key = name
+            .strip_prefix("KERNEL_")
+            .unwrap()
+            .to_ascii_lowercase()
+            .replacen("retry_", "retry.", 1)
+            .replacen("timeouts_", "timeouts.", 1)
+            .replacen("circuit_breaker_", "circuit_breaker.", 1)
+            .replacen("pipeline_", "pipeline.", 1);
+        assert_eq!(e.context_value("setting"), Some(key.as_str()), "{e}");
         assert!(e.message().contains("expected"), "{e}");
     }
     // Backoff bounds that contradict each other name the initial backoff.
@@ -367,11 +400,8 @@ fn malformed_layer_settings_are_named() {
         ("KERNEL_RETRY_INITIAL_BACKOFF_MS", "500"),
         ("KERNEL_RETRY_MAX_BACKOFF_MS", "100"),
     ]);
-    assert_eq!(
-        e.context_value("setting"),
-        Some("KERNEL_RETRY_INITIAL_BACKOFF_MS")
-    );
-    assert!(e.message().contains("KERNEL_RETRY_MAX_BACKOFF_MS"), "{e}");
+    assert_eq!(e.context_value("setting"), Some("retry.initial_backoff_ms"));
+    assert!(e.message().contains("retry.max_backoff_ms"), "{e}");
     // Unknown keys in the new TOML sections are errors too.
     let e = KernelConfig::from_toml_str("[retry]\nmax_tries = 3").unwrap_err();
     assert_eq!(e.code(), ErrorCode::Config);
@@ -391,10 +421,10 @@ async fn booted_kernel_stacks_the_configured_layers() {
     )
     .await
     .unwrap();
-    let breaker = kernel.circuit_breaker(BackendKind::Memory).unwrap();
+    let breaker = kernel.circuit_breaker("memory").unwrap();
     assert_eq!(breaker.name(), "memory");
     assert_eq!(kernel.pipeline().config().capacity, 10);
-    assert!(kernel.circuit_breaker(BackendKind::Redis).is_none());
+    assert!(kernel.circuit_breaker("redis").is_none());
     let stored = kernel
         .stores()
         .storage

@@ -16,7 +16,7 @@
 //! status. The processes talk only through the database, the child's stdout and its exit
 //! status.
 //!
-//! Both kernels set `KERNEL_POSTGRES_POLL_INTERVAL_MS` to a minute, far beyond `EVENT_WAIT`: an
+//! Both kernels set `KERNEL_POSTGRES_SUBSCRIPTION_POLL_INTERVAL_MS` to a minute, far beyond `EVENT_WAIT`: an
 //! idle subscription then re-reads only when a notification wakes it, so every delivery here
 //! went through LISTEN/NOTIFY across sessions. The test reports the largest append-to-receipt
 //! delay it saw.
@@ -169,7 +169,7 @@ fn kernel_config(url: &str) -> Result<KernelConfig, String> {
         ("DATABASE_URL", url),
         ("KERNEL_POSTGRES_POOL_SIZE", "4"),
         // Only a notification can wake a subscription within EVENT_WAIT.
-        ("KERNEL_POSTGRES_POLL_INTERVAL_MS", "60000"),
+        ("KERNEL_POSTGRES_SUBSCRIPTION_POLL_INTERVAL_MS", "60000"),
     ]))
     .map_err(|e| format!("configuration: {e}"))
 }

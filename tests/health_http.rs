@@ -101,10 +101,13 @@ async fn unreachable_backend_answers_503() {
     let proxied = with_host(&proxy.addr().to_string());
     let config = KernelConfig::from_vars(kernel_integration_tests::vars(&[
         ("KERNEL_STORAGE_MODE", "memory"),
-        ("KERNEL_LOCKS_BACKEND", "redis"),
-        ("KERNEL_RATE_LIMITS_BACKEND", "redis"),
+        ("KERNEL_BACKENDS_LOCKS", "redis"),
+        ("KERNEL_BACKENDS_RATE_LIMITS", "redis"),
         ("REDIS_URL", &proxied),
-        ("KERNEL_KEY_PREFIX", server.prefix().trim_end_matches(':')),
+        (
+            "KERNEL_REDIS_KEY_PREFIX",
+            server.prefix().trim_end_matches(':'),
+        ),
         ("KERNEL_REDIS_CONNECT_TIMEOUT_MS", "1000"),
         ("KERNEL_REDIS_OPERATION_TIMEOUT_MS", "500"),
     ]))

@@ -12,11 +12,17 @@ use kernel_bootstrap::layers::circuit_breaker::{
 use kernel_bootstrap::layers::fault::{FaultInjector, Flaky, flaky};
 use kernel_bootstrap::layers::observe::Observer;
 use kernel_bootstrap::layers::retry::RetryPolicy;
+use kernel_bootstrap::layers::scope::ScopePolicy;
 use kernel_bootstrap::layers::tenant::Tenant;
 use kernel_bootstrap::layers::timeout::TimeoutPolicy;
-use kernel_bootstrap::layers::{Intercept, Layer, StandardLayers, Stores};
-use kernel_bootstrap::{BackendKind, Kernel, KernelConfig};
-use kernel_core::{ErrorCode, EventFilter, ExpectedVersion, NewEvent, PutOptions, Quota, json};
+use kernel_bootstrap::layers::{
+    Access, Intercept, Layer, LayerSettings, Op, StandardLayers, Stores,
+};
+use kernel_bootstrap::{Kernel, KernelConfig};
+use kernel_core::{
+    Error, ErrorCode, EventFilter, ExpectedVersion, NamespaceInfo, NewEvent, PutOptions, Quota,
+    json,
+};
 use kernel_integration_tests::{LogCapture, vars};
 
 fn fast_retry() -> RetryPolicy {
@@ -57,6 +63,7 @@ async fn interceptors_stack_in_any_order() {
             Box::new(Intercept::new(CircuitBreaker::new(
                 "any-order",
                 CircuitBreakerConfig {
+                    enabled: true,
                     failure_threshold: 100,
                     cool_down: Duration::from_secs(1),
                 },
@@ -133,11 +140,9 @@ async fn interceptors_stack_in_any_order() {
 }
 
 fn standard(vars_: &[(&str, &str)]) -> StandardLayers {
-    let resolved = KernelConfig::from_vars(vars(vars_))
-        .unwrap()
-        .resolve()
-        .unwrap();
-    StandardLayers::for_backend(BackendKind::Memory, &resolved)
+    let config = KernelConfig::from_vars(vars(vars_)).unwrap();
+    config.validate().unwrap();
+    StandardLayers::new("memory", &LayerSettings::from_config(&config))
 }
 
 #[tokio::test]
@@ -148,7 +153,7 @@ async fn the_standard_stack_retries_then_fails_fast_while_the_circuit_is_open() 
         ("KERNEL_RETRY_MAX_BACKOFF_MS", "5"),
         ("KERNEL_CIRCUIT_BREAKER_FAILURE_THRESHOLD", "2"),
         ("KERNEL_CIRCUIT_BREAKER_COOL_DOWN_MS", "100"),
-        ("KERNEL_OPERATION_TIMEOUT_MS", "200"),
+        ("KERNEL_TIMEOUTS_OPERATION_MS", "200"),
     ]);
     let (raw, stores) = flaky_stores();
     let stores = stores.layer(&layers);
@@ -202,7 +207,7 @@ async fn the_standard_stack_retries_then_fails_fast_while_the_circuit_is_open() 
 #[tokio::test]
 async fn the_standard_stack_times_out_naming_the_operation() {
     let layers = standard(&[
-        ("KERNEL_OPERATION_TIMEOUT_MS", "50"),
+        ("KERNEL_TIMEOUTS_OPERATION_MS", "50"),
         ("KERNEL_RETRY_MAX_ATTEMPTS", "1"),
         ("KERNEL_CIRCUIT_BREAKER_ENABLED", "false"),
     ]);
@@ -213,7 +218,7 @@ async fn the_standard_stack_times_out_naming_the_operation() {
     let e = stores.storage.exists("s", "k").await.unwrap_err();
     assert!(started.elapsed() < Duration::from_secs(1));
     assert_eq!(e.code(), ErrorCode::Timeout);
-    assert_eq!(e.context_value("operation"), Some("exists"));
+    assert_eq!(e.operation(), Some("exists"));
     assert_eq!(e.context_value("namespace"), Some("s"));
 }
 
@@ -334,6 +339,61 @@ async fn tenants_and_principals_on_a_kernel() {
     kernel.shutdown().await;
 }
 
+/// A policy of the application's own: no writes, and namespaces starting with `secret` hidden.
+#[derive(Debug, Clone)]
+struct ReadOnly;
+
+impl ScopePolicy for ReadOnly {
+    fn check(&self, op: &Op<'_>) -> kernel_core::Result<()> {
+        match op.access {
+            Access::Read => Ok(()),
+            Access::Write => Err(Error::new(ErrorCode::PermissionDenied, "read-only")),
+        }
+    }
+
+    fn keep_namespace(&self, info: &mut NamespaceInfo) -> bool {
+        !info.name.starts_with("secret")
+    }
+}
+
+#[tokio::test]
+async fn a_scope_policy_of_your_own_is_a_layer() {
+    let (raw, stores) = flaky_stores();
+    for ns in ["public", "secret"] {
+        let put = stores.storage.put(ns, "k", json!(1), PutOptions::new());
+        put.await.unwrap();
+    }
+    let before = faults(&raw).calls();
+    let ro = stores.layer(&ReadOnly);
+    let e = ro
+        .storage
+        .put("public", "k", json!(2), PutOptions::new())
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), ErrorCode::PermissionDenied);
+    assert_eq!(e.operation(), Some("put"));
+    assert_eq!(e.context_value("namespace"), Some("public"));
+    let q = Quota::per_second(5);
+    let e = ro.rate_limiter.check("r", &q, 1).await.unwrap_err();
+    assert_eq!(
+        e.code(),
+        ErrorCode::PermissionDenied,
+        "a check with a cost writes"
+    );
+    assert_eq!(faults(&raw).calls(), before, "refused before any I/O");
+    let peek = ro.rate_limiter.check("r", &q, 0).await.unwrap();
+    assert_eq!(peek.remaining, 5, "a cost-0 check only reads");
+    let names: Vec<_> = ro
+        .storage
+        .list_namespaces()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|n| n.name)
+        .collect();
+    assert_eq!(names, ["public"]);
+}
+
 #[tokio::test]
 async fn access_is_denied_before_any_io() {
     let (raw, stores) = flaky_stores();
@@ -390,8 +450,8 @@ async fn passwords_never_appear_in_logs() {
     let logs = LogCapture::start();
     let config = KernelConfig::from_vars(vars(&[
         ("KERNEL_STORAGE_MODE", "memory"),
-        ("KERNEL_EVENTS_BACKEND", "postgres"),
-        ("KERNEL_LOCKS_BACKEND", "redis"),
+        ("KERNEL_BACKENDS_EVENTS", "postgres"),
+        ("KERNEL_BACKENDS_LOCKS", "redis"),
         (
             "DATABASE_URL",
             &format!("postgres://app:{secret}@127.0.0.1:1/app"),
@@ -399,7 +459,7 @@ async fn passwords_never_appear_in_logs() {
         ("REDIS_URL", &format!("redis://:{secret}@127.0.0.1:1")),
         ("KERNEL_POSTGRES_CONNECT_TIMEOUT_MS", "500"),
         ("KERNEL_REDIS_CONNECT_TIMEOUT_MS", "500"),
-        ("KERNEL_MIGRATE_ON_BOOT", "false"),
+        ("KERNEL_POSTGRES_MIGRATE_ON_BOOT", "false"),
     ]))
     .unwrap();
     // Nothing listens on port 1: boot fails, loudly, naming the backend.

@@ -17,11 +17,11 @@ async fn documents_and_events_on_postgres_locks_and_limits_on_redis() {
     let redis = RedisTestServer::start().await;
     let env = vars(&[
         ("KERNEL_STORAGE_MODE", "SUPABASE"),
-        ("KERNEL_LOCKS_BACKEND", "redis"),
-        ("KERNEL_RATE_LIMITS_BACKEND", "redis"),
+        ("KERNEL_BACKENDS_LOCKS", "redis"),
+        ("KERNEL_BACKENDS_RATE_LIMITS", "redis"),
         ("DATABASE_URL", db.url()),
         ("REDIS_URL", redis.url()),
-        ("KERNEL_KEY_PREFIX", redis.prefix()),
+        ("KERNEL_REDIS_KEY_PREFIX", redis.prefix()),
         ("KERNEL_POSTGRES_POOL_SIZE", "4"),
     ]);
     let kernel = Kernel::boot(KernelConfig::from_vars(env.clone()).unwrap())

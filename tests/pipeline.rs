@@ -111,7 +111,7 @@ async fn a_full_queue_pushes_back() {
 #[tokio::test]
 async fn every_failure_is_returned_by_flush_and_logged() {
     let logs = LogCapture::start();
-    let kernel = kernel(&[("KERNEL_MAX_VALUE_BYTES", "64")]).await;
+    let kernel = kernel(&[("KERNEL_LIMITS_MAX_VALUE_BYTES", "64")]).await;
     let p = kernel.pipeline();
     let good = p
         .submit(Change::put("f", "good", json!("small")))

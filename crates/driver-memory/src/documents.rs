@@ -5,13 +5,12 @@ use std::ops::Bound;
 use std::time::{Instant, SystemTime};
 
 use async_trait::async_trait;
-use kernel_core::document::{already_exists, version_conflict};
 use kernel_core::glob::prefix_upper_bound;
 use kernel_core::validate::{self, MAX_BATCH_SIZE, escape};
 use kernel_core::{
     BatchDelete, BatchPut, Capabilities, DeleteCondition, Entry, Error, Filter, Isolation,
     ListOptions, ListPage, Metadata, MetadataMode, NamespaceInfo, PutCondition, PutOptions, Query,
-    Result, Status, StorageDriver, Transaction, Value, merge_metadata,
+    Result, Status, StorageDriver, Transaction, Value,
 };
 
 use crate::MemoryDriver;
@@ -160,18 +159,7 @@ pub(crate) fn check_put_condition(
     key: &str,
     condition: PutCondition,
 ) -> Result<()> {
-    match (condition, current) {
-        (PutCondition::Always, _) | (PutCondition::IfAbsent, None) => Ok(()),
-        (PutCondition::IfAbsent, Some(_)) => Err(already_exists(ns, key)),
-        (PutCondition::IfVersion(v), cur) => {
-            let current = cur.map(|e| e.version);
-            if current == Some(v) {
-                Ok(())
-            } else {
-                Err(version_conflict(ns, key, v, current))
-            }
-        }
-    }
+    condition.check(ns, key, current.map(|e| e.version))
 }
 
 pub(crate) fn check_delete_condition(
@@ -180,34 +168,24 @@ pub(crate) fn check_delete_condition(
     key: &str,
     condition: DeleteCondition,
 ) -> Result<()> {
-    match condition {
-        DeleteCondition::Always => Ok(()),
-        DeleteCondition::IfVersion(v) => {
-            let current = current.map(|e| e.version);
-            if current == Some(v) {
-                Ok(())
-            } else {
-                Err(version_conflict(ns, key, v, current))
-            }
-        }
-    }
+    condition.check(ns, key, current.map(|e| e.version))
 }
 
 #[async_trait]
 impl StorageDriver for MemoryDriver {
     fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            transactions: true,
-            isolation: Some(Isolation::Serializable),
-            native_query: false,
-            ttl: true,
-            atomic_batch: true,
-            single_round_trip_batch: true,
-            max_value_bytes: self.inner.limits.max_value_bytes,
-            max_depth: self.inner.limits.max_depth,
-            max_batch_size: MAX_BATCH_SIZE,
-            durable: false,
-        }
+        let mut caps = Capabilities::default();
+        caps.transactions = true;
+        caps.isolation = Some(Isolation::Serializable);
+        caps.native_query = false;
+        caps.ttl = true;
+        caps.atomic_batch = true;
+        caps.single_round_trip_batch = true;
+        caps.max_value_bytes = self.inner.limits.max_value_bytes;
+        caps.max_depth = self.inner.limits.max_depth;
+        caps.max_batch_size = MAX_BATCH_SIZE;
+        caps.durable = false;
+        caps
     }
 
     async fn status(&self) -> Result<Status> {
@@ -219,14 +197,10 @@ impl StorageDriver for MemoryDriver {
             .values()
             .map(|s| s.entries.values().filter(|e| e.live(now)).count() as u64)
             .sum();
-        Ok(Status {
-            backend: "memory".into(),
-            healthy: true,
-            latency: started.elapsed(),
-            namespaces: Some(docs.namespaces.len() as u64),
-            entries: Some(entries),
-            details: Default::default(),
-        })
+        let mut status = Status::new("memory", true, started.elapsed());
+        status.namespaces = Some(docs.namespaces.len() as u64);
+        status.entries = Some(entries);
+        Ok(status)
     }
 
     async fn get(&self, ns: &str, key: &str) -> Result<Option<Entry>> {
@@ -462,10 +436,7 @@ impl StorageDriver for MemoryDriver {
                 .with_context("key", escape(key)));
         };
         let mut next = current;
-        match mode {
-            MetadataMode::Replace => next.metadata = metadata,
-            MetadataMode::Merge => merge_metadata(&mut next.metadata, metadata),
-        }
+        mode.apply(&mut next.metadata, metadata);
         validate::metadata(&next.metadata, &self.inner.limits).map_err(|e| {
             e.with_context("namespace", ns)
                 .with_context("key", escape(key))

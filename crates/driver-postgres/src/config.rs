@@ -4,11 +4,14 @@ use std::fmt;
 use std::time::Duration;
 
 use kernel_core::redact::redact_url;
+use kernel_core::settings::{duration_ms, serialize_redacted};
 use kernel_core::subscription::SubscriptionConfig;
 use kernel_core::{Error, Limits, Result};
+use serde::{Deserialize, Serialize};
 
 /// How the driver connects and behaves. Build it with [`PostgresConfig::new`] and override
-/// fields:
+/// fields, or deserialize it (kernel-bootstrap reads it as the `[postgres]` table of its
+/// configuration; every field is optional there and defaults to [`PostgresConfig::default`]):
 ///
 /// ```
 /// use std::time::Duration;
@@ -21,22 +24,32 @@ use kernel_core::{Error, Limits, Result};
 /// };
 /// assert!(!format!("{config:?}").contains("secret"));
 /// ```
-#[derive(Clone)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct PostgresConfig {
     /// Connection string: `postgres://user:password@host:port/dbname?...` or the key=value form.
+    /// Serialized with its password masked.
+    #[serde(serialize_with = "serialize_redacted")]
     pub url: String,
     /// Most pooled connections (the notification listener uses one more of its own).
     pub pool_size: usize,
-    /// Longest wait to open a connection.
+    /// Longest wait to open a connection (`connect_timeout_ms`).
+    #[serde(rename = "connect_timeout_ms", with = "duration_ms")]
     pub connect_timeout: Duration,
     /// Server-side limit on every statement (`statement_timeout`); an exceeded one is `Timeout`.
-    /// It also bounds how long an append waits for its global positions.
+    /// It also bounds how long an append waits for its global positions
+    /// (`statement_timeout_ms`).
+    #[serde(rename = "statement_timeout_ms", with = "duration_ms")]
     pub statement_timeout: Duration,
-    /// Longest wait for a free pooled connection before a `Timeout` naming the pool.
+    /// Longest wait for a free pooled connection before a `Timeout` naming the pool
+    /// (`pool_wait_timeout_ms`).
+    #[serde(rename = "pool_wait_timeout_ms", with = "duration_ms")]
     pub pool_wait_timeout: Duration,
     /// Run pending migrations in [`crate::PostgresDriver::connect`].
     pub migrate_on_boot: bool,
-    /// Size and depth limits for values and metadata.
+    /// Size and depth limits for values and metadata. Not part of the `[postgres]` table:
+    /// the bootstrap sets it from `[limits]`, shared by every driver.
+    #[serde(skip)]
     pub limits: Limits,
     /// Page size of subscription reads and the poll interval that backs up notifications.
     pub subscription: SubscriptionConfig,
@@ -70,9 +83,23 @@ impl PostgresConfig {
         redact_url(&self.url)
     }
 
+    /// Checks every setting without connecting. Every failure is `Config` naming the setting
+    /// (`postgres.pool_size`...); the URL itself is never echoed (it may hold a password).
+    pub fn validate(&self) -> Result<()> {
+        self.pg_config().map(drop)
+    }
+
     /// Checks the settings and parses the URL. Every failure is `Config` naming the setting;
     /// the URL itself is never echoed (it may hold a password).
     pub(crate) fn pg_config(&self) -> Result<tokio_postgres::Config> {
+        if self.url.trim().is_empty() {
+            return Err(Error::config(
+                "postgres.url",
+                "no PostgreSQL connection string is set (DATABASE_URL or postgres.url), e.g. \
+                 postgres://user:password@host:5432/db",
+            )
+            .with_context("backend", "postgres"));
+        }
         let mut pg: tokio_postgres::Config =
             self.url.parse().map_err(|e: tokio_postgres::Error| {
                 Error::config(
@@ -101,22 +128,30 @@ impl PostgresConfig {
             );
         }
         for (name, value) in [
-            ("postgres.connect_timeout", self.connect_timeout),
-            ("postgres.statement_timeout", self.statement_timeout),
-            ("postgres.pool_wait_timeout", self.pool_wait_timeout),
+            ("postgres.connect_timeout_ms", self.connect_timeout),
+            ("postgres.statement_timeout_ms", self.statement_timeout),
+            ("postgres.pool_wait_timeout_ms", self.pool_wait_timeout),
         ] {
             if value.is_zero() {
                 return Err(Error::config(name, "timeout must be above zero")
                     .with_context("backend", "postgres"));
             }
         }
-        if self.subscription.page_size == 0 || self.subscription.poll_interval.is_zero() {
+        if self.subscription.page_size == 0 {
             return Err(Error::config(
-                "postgres.subscription",
-                "subscription page size and poll interval must be above zero",
+                "postgres.subscription.page_size",
+                "the subscription page size must be above zero",
             )
             .with_context("backend", "postgres"));
         }
+        if self.subscription.poll_interval.is_zero() {
+            return Err(Error::config(
+                "postgres.subscription.poll_interval_ms",
+                "the subscription poll interval must be above zero",
+            )
+            .with_context("backend", "postgres"));
+        }
+        self.limits.validate()?;
         if pg.get_user().is_none() {
             // libpq's default: the operating-system user.
             if let Ok(user) = std::env::var("USER") {
@@ -133,6 +168,13 @@ impl PostgresConfig {
         options.push_str(&format!("-c statement_timeout={statement_ms}"));
         pg.options(options);
         Ok(pg)
+    }
+}
+
+impl Default for PostgresConfig {
+    /// [`PostgresConfig::new`] with no URL: set one before connecting.
+    fn default() -> Self {
+        PostgresConfig::new("")
     }
 }
 

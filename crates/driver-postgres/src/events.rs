@@ -20,6 +20,7 @@ use kernel_core::{
 };
 
 use crate::PostgresDriver;
+use crate::codes::ExpectedKind;
 use crate::error::{self, pg};
 use crate::rows::{self, EVENT_COLUMNS, limit_i64, to_i64};
 use crate::writer::{AppendRequest, Staged};
@@ -84,7 +85,7 @@ impl LogReader {
                 ],
             )
             .await
-            .map_err(|e| pg(e).with_context("operation", "read_all"))?;
+            .map_err(|e| pg(e).with_operation("read_all"))?;
         rows.iter().map(rows::event).collect()
     }
 }
@@ -96,16 +97,6 @@ impl PostgresDriver {
             pool_size: self.inner.config.pool_size,
             shutdown: self.inner.shutdown.subscribe(),
         }
-    }
-}
-
-fn expected_args(expected: ExpectedVersion) -> (i16, Option<i64>) {
-    match expected {
-        ExpectedVersion::Any => (0, None),
-        ExpectedVersion::NoStream => (1, None),
-        ExpectedVersion::StreamExists => (2, None),
-        ExpectedVersion::Exact(0) => (1, None),
-        ExpectedVersion::Exact(v) => (3, Some(to_i64(v))),
     }
 }
 
@@ -125,7 +116,7 @@ impl EventStore for PostgresDriver {
             })?;
         }
         let n = events.len();
-        let (kind, version) = expected_args(expected);
+        let (kind, version) = ExpectedKind::of(expected);
         let events = Arc::new(events);
         let staged = self
             .inner
@@ -174,10 +165,10 @@ impl EventStore for PostgresDriver {
                 match check_idempotent(stream, expected, &events, |id| by_id.get(id).copied())? {
                     Some(first) => (first + n as u64 - 1, seqs, false),
                     None => {
-                        return Err(
-                            Error::internal("the append found stored ids but none matched")
-                                .with_context("stream", stream),
-                        );
+                        return Err(Error::internal(
+                            "the append found stored ids but none matched",
+                        )
+                        .with_context("stream", stream));
                     }
                 }
             }

@@ -3,8 +3,9 @@
 //! The PostgreSQL driver of the kernel storage subsystem: one [`PostgresDriver`] implements
 //! [`StorageDriver`](kernel_core::StorageDriver), [`EventStore`](kernel_core::EventStore),
 //! [`Lock`](kernel_core::Lock) and [`RateLimiter`](kernel_core::RateLimiter) over one
-//! deadpool-postgres pool, with the schema and its SQL functions in the workspace's
-//! `migrations/` (embedded, run by [`migrations::Migrator`] or the `kernel-migrate` binary).
+//! deadpool-postgres pool, with the schema and its SQL functions in this crate's `migrations/`
+//! folder (embedded, run by [`migrations::Migrator`] or the `kernel-migrate` binary, which also
+//! run an application's own migrations in a version space of their own).
 //!
 //! * Documents: one table keyed `(namespace, key)` under `COLLATE "C"`, JSONB values; writes
 //!   and batches are single calls of SQL functions (atomic, one round trip); queries are
@@ -27,6 +28,8 @@
 //! # Ok(()) }
 //! ```
 
+pub mod advisory;
+pub mod codes;
 mod config;
 mod error;
 mod events;
@@ -175,7 +178,9 @@ impl PostgresDriver {
         })
     }
 
-    /// Runs pending migrations now; returns the versions applied.
+    /// Runs the kernel's pending migrations now; returns the versions applied. An
+    /// application's own migrations run with [`migrations::Migrator::from_dir`] or
+    /// [`migrations::Migrator::embedded`] on a client of [`PostgresDriver::pool`].
     pub async fn migrate(&self) -> Result<Vec<i64>> {
         let client = self.client().await?;
         migrations::Migrator::new().up(&client).await

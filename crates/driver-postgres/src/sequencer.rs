@@ -197,13 +197,10 @@ fn fail(waiting: &mut Vec<Request>, error: &Error) -> bool {
     let mut kept = Vec::with_capacity(waiting.len());
     for request in waiting.drain(..) {
         if permanent || now >= request.deadline {
-            let _ = request.reply.send(Err(error::copy_with_message(
-                error,
-                format!(
-                    "the events are stored, but giving them positions failed: {}",
-                    error.message()
-                ),
-            )));
+            let _ = request.reply.send(Err(error.clone().with_message(format!(
+                "the events are stored, but giving them positions failed: {}",
+                error.message()
+            ))));
         } else {
             kept.push(request);
         }

@@ -16,9 +16,11 @@
 //! User input only ever travels as bound parameters; the SQL text holds only the builder's own
 //! fragments.
 
-use kernel_core::Value;
 use kernel_core::query::{Direction, Filter, Op, SortKey, parse_index};
+use kernel_core::{Error, Result, Value};
 use tokio_postgres::types::{ToSql, Type};
+
+use crate::error::BACKEND;
 
 /// SQL text and its bound parameters.
 pub(crate) struct SqlBuilder {
@@ -55,39 +57,44 @@ impl SqlBuilder {
             .collect()
     }
 
-    /// Appends the SQL of a filter (a boolean expression).
-    pub(crate) fn filter(&mut self, filter: &Filter) {
+    /// Appends the SQL of a filter (a boolean expression); `Unsupported` for a filter or
+    /// operator added to kernel-core after this driver was written.
+    pub(crate) fn filter(&mut self, filter: &Filter) -> Result<()> {
         match filter {
             Filter::And(children) => self.join(children, " AND ", "true"),
             Filter::Or(children) => self.join(children, " OR ", "false"),
             Filter::Not(child) => {
                 self.push("(NOT ");
-                self.filter(child);
+                self.filter(child)?;
                 self.push(")");
+                Ok(())
             }
             Filter::Field { path, op } => {
                 let field = self.field(path);
-                let leaf = self.leaf(&field, op);
+                let leaf = self.leaf(&field, op)?;
                 self.push("coalesce(");
                 self.push(&leaf);
                 self.push(", false)");
+                Ok(())
             }
+            other => Err(unsupported("filter", other)),
         }
     }
 
-    fn join(&mut self, children: &[Filter], sep: &str, empty: &str) {
+    fn join(&mut self, children: &[Filter], sep: &str, empty: &str) -> Result<()> {
         if children.is_empty() {
             self.push(empty);
-            return;
+            return Ok(());
         }
         self.push("(");
         for (i, c) in children.iter().enumerate() {
             if i > 0 {
                 self.push(sep);
             }
-            self.filter(c);
+            self.filter(c)?;
         }
         self.push(")");
+        Ok(())
     }
 
     /// The SQL expression of the field at a dotted path (SQL NULL when missing).
@@ -113,8 +120,8 @@ impl SqlBuilder {
         format!("(CASE WHEN {} THEN {lookup} END)", conditions.join(" AND "))
     }
 
-    fn leaf(&mut self, f: &str, op: &Op) -> String {
-        match op {
+    fn leaf(&mut self, f: &str, op: &Op) -> Result<String> {
+        Ok(match op {
             Op::Exists(true) => format!("({f} IS NOT NULL)"),
             Op::Exists(false) => format!("({f} IS NULL)"),
             Op::Eq(v) => {
@@ -171,7 +178,8 @@ impl SqlBuilder {
                 let p = self.bind(values.clone(), Type::JSONB_ARRAY);
                 format!("({f} = ANY ({p}))")
             }
-        }
+            other => return Err(unsupported("filter operator", other)),
+        })
     }
 
     fn order(&mut self, f: &str, v: &Value, cmp: &str) -> String {
@@ -222,6 +230,10 @@ impl SqlBuilder {
     }
 }
 
+fn unsupported(what: &'static str, value: &impl std::fmt::Debug) -> Error {
+    Error::unsupported_variant(what, value).with_context("backend", BACKEND)
+}
+
 /// The `jsonb_typeof` name of a value's type.
 fn json_type(v: &Value) -> &'static str {
     match v {
@@ -247,7 +259,7 @@ mod tests {
             .and(Filter::gt("b", evil))
             .and(Filter::is_in("c", [json!(evil)]));
         let mut b = SqlBuilder::new("SELECT 1 WHERE ");
-        b.filter(&f);
+        assert!(b.filter(&f).is_ok());
         b.order_by(&[SortKey {
             path: evil.to_owned(),
             direction: Direction::Descending,
@@ -268,9 +280,9 @@ mod tests {
     #[test]
     fn empty_and_or() {
         let mut b = SqlBuilder::new("");
-        b.filter(&Filter::And(vec![]));
+        assert!(b.filter(&Filter::And(vec![])).is_ok());
         b.push(" ");
-        b.filter(&Filter::Or(vec![]));
+        assert!(b.filter(&Filter::Or(vec![])).is_ok());
         assert_eq!(b.sql, "true false");
     }
 }

@@ -9,12 +9,13 @@ use kernel_core::glob::prefix_upper_bound;
 use kernel_core::validate::{self, MAX_BATCH_SIZE};
 use kernel_core::{
     BatchDelete, BatchPut, Capabilities, DeleteCondition, Entry, Error, Filter, Isolation,
-    ListOptions, ListPage, Metadata, MetadataMode, NamespaceInfo, PutCondition, PutOptions, Query,
-    Result, Status, StorageDriver, Transaction, Value,
+    ListOptions, ListPage, Metadata, MetadataMode, NamespaceInfo, PutOptions, Query, Result,
+    Status, StorageDriver, Transaction, Value,
 };
 use tokio_postgres::types::Type;
 
 use crate::PostgresDriver;
+use crate::codes::{KernelSqlState, PutCode};
 use crate::error::{BACKEND, kernel_state, pg};
 use crate::rows::{self, ENTRY_COLUMNS, LIVE, entry, limit_i64, micros, to_i64};
 use crate::sql::SqlBuilder;
@@ -35,18 +36,15 @@ struct PutArrays {
 }
 
 impl PutArrays {
-    fn push(&mut self, key: String, value: Value, options: PutOptions) {
-        let (cond, version) = match options.condition {
-            PutCondition::Always => (0, None),
-            PutCondition::IfAbsent => (1, None),
-            PutCondition::IfVersion(v) => (2, Some(to_i64(v))),
-        };
+    fn push(&mut self, key: String, value: Value, options: PutOptions) -> Result<()> {
+        let (cond, version) = PutCode::of(options.condition)?;
         self.keys.push(key);
         self.values.push(value);
         self.metadata.push(options.metadata.map(Value::Object));
         self.ttl_us.push(options.ttl.map(micros));
-        self.cond.push(cond);
+        self.cond.push(cond.code());
         self.cond_version.push(version);
+        Ok(())
     }
 }
 
@@ -69,14 +67,16 @@ pub(crate) fn validate_put(
 /// Turns a `KR001` / `KR002` raised by the write functions into the kernel's error.
 pub(crate) fn write_error(err: tokio_postgres::Error, namespace: &str) -> Error {
     match kernel_state(&err) {
-        Some(s) if s.code == "KR001" => {
+        Some(s) if s.state == KernelSqlState::AlreadyExists => {
             already_exists(namespace, &s.detail).with_context("backend", BACKEND)
         }
-        Some(s) if s.code == "KR002" => Error::conflict("the key is not at the expected version")
-            .with_context("namespace", namespace)
-            .with_context("key", validate::escape(&s.detail))
-            .with_context("backend", BACKEND)
-            .with_current_version(s.current_version()),
+        Some(s) if s.state == KernelSqlState::VersionConflict => {
+            Error::conflict("the key is not at the expected version")
+                .with_context("namespace", namespace)
+                .with_context("key", validate::escape(&s.detail))
+                .with_context("backend", BACKEND)
+                .with_current_version(s.current_version())
+        }
         _ => pg(err).with_context("namespace", namespace),
     }
 }
@@ -165,18 +165,18 @@ impl PostgresDriver {
 impl StorageDriver for PostgresDriver {
     fn capabilities(&self) -> Capabilities {
         let limits = self.inner.config.limits;
-        Capabilities {
-            transactions: true,
-            isolation: Some(Isolation::Serializable),
-            native_query: true,
-            ttl: true,
-            atomic_batch: true,
-            single_round_trip_batch: true,
-            max_value_bytes: limits.max_value_bytes,
-            max_depth: limits.max_depth,
-            max_batch_size: MAX_BATCH_SIZE,
-            durable: true,
-        }
+        let mut c = Capabilities::default();
+        c.transactions = true;
+        c.isolation = Some(Isolation::Serializable);
+        c.native_query = true;
+        c.ttl = true;
+        c.atomic_batch = true;
+        c.single_round_trip_batch = true;
+        c.max_value_bytes = limits.max_value_bytes;
+        c.max_depth = limits.max_depth;
+        c.max_batch_size = MAX_BATCH_SIZE;
+        c.durable = true;
+        c
     }
 
     async fn status(&self) -> Result<Status> {
@@ -202,14 +202,11 @@ impl StorageDriver for PostgresDriver {
         details.insert("pool_max".to_owned(), pool.max_size.to_string());
         details.insert("pool_open".to_owned(), pool.size.to_string());
         details.insert("pool_idle".to_owned(), pool.available.to_string());
-        Ok(Status {
-            backend: BACKEND.to_owned(),
-            healthy: true,
-            latency,
-            namespaces: Some(rows::version(row.try_get(1).map_err(pg)?)?),
-            entries: Some(rows::version(row.try_get(2).map_err(pg)?)?),
-            details,
-        })
+        let mut status = Status::new(BACKEND, true, latency);
+        status.namespaces = Some(rows::version(row.try_get(1).map_err(pg)?)?);
+        status.entries = Some(rows::version(row.try_get(2).map_err(pg)?)?);
+        status.details = details;
+        Ok(status)
     }
 
     async fn get(&self, namespace: &str, key: &str) -> Result<Option<Entry>> {
@@ -242,7 +239,7 @@ impl StorageDriver for PostgresDriver {
     ) -> Result<Entry> {
         validate_put(self, namespace, key, &value, &options)?;
         let mut arrays = PutArrays::default();
-        arrays.push(key.to_owned(), value, options);
+        arrays.push(key.to_owned(), value, options)?;
         let mut entries = self.put_batch(namespace, arrays).await?;
         entries.pop().ok_or_else(|| {
             Error::internal("kernel_put returned no row").with_context("namespace", namespace)
@@ -251,10 +248,7 @@ impl StorageDriver for PostgresDriver {
 
     async fn delete(&self, namespace: &str, key: &str, condition: DeleteCondition) -> Result<bool> {
         validate::document(namespace, key)?;
-        let version = match condition {
-            DeleteCondition::Always => None,
-            DeleteCondition::IfVersion(v) => Some(to_i64(v)),
-        };
+        let version = delete_version(condition)?;
         let n = self
             .delete_batch(namespace, vec![key.to_owned()], vec![version])
             .await?;
@@ -321,7 +315,7 @@ impl StorageDriver for PostgresDriver {
         }
         let mut arrays = PutArrays::default();
         for item in items {
-            arrays.push(item.key, item.value, item.options);
+            arrays.push(item.key, item.value, item.options)?;
         }
         self.put_batch(namespace, arrays).await
     }
@@ -331,16 +325,12 @@ impl StorageDriver for PostgresDriver {
         if items.is_empty() {
             return Ok(0);
         }
-        let (keys, versions) = items
-            .into_iter()
-            .map(|i| {
-                let v = match i.condition {
-                    DeleteCondition::Always => None,
-                    DeleteCondition::IfVersion(v) => Some(to_i64(v)),
-                };
-                (i.key, v)
-            })
-            .unzip();
+        let mut keys = Vec::with_capacity(items.len());
+        let mut versions = Vec::with_capacity(items.len());
+        for item in items {
+            versions.push(delete_version(item.condition)?);
+            keys.push(item.key);
+        }
         self.delete_batch(namespace, keys, versions).await
     }
 
@@ -407,7 +397,8 @@ impl StorageDriver for PostgresDriver {
         b.push(&format!("d.namespace = {ns} AND {LIVE}"));
         if let Some(f) = &query.filter {
             b.push(" AND ");
-            b.filter(f);
+            b.filter(f)
+                .map_err(|e| e.with_context("namespace", namespace))?;
         }
         b.order_by(&query.sort);
         let offset = b.bind(limit_i64(query.offset), Type::INT8);
@@ -432,7 +423,8 @@ impl StorageDriver for PostgresDriver {
         b.push(&format!("d.namespace = {ns} AND {LIVE}"));
         if let Some(f) = filter {
             b.push(" AND ");
-            b.filter(f);
+            b.filter(f)
+                .map_err(|e| e.with_context("namespace", namespace))?;
         }
         let client = self.client().await?;
         let rows = client
@@ -501,7 +493,7 @@ impl StorageDriver for PostgresDriver {
             .query_one(&stmt, &[&namespace, &recursive])
             .await
             .map_err(|e| match kernel_state(&e) {
-                Some(s) if s.code == "KR005" => Error::conflict(
+                Some(s) if s.state == KernelSqlState::NamespaceNotEmpty => Error::conflict(
                     "the namespace is not empty: drop it recursively or clear it first",
                 )
                 .with_context("namespace", namespace),
@@ -548,6 +540,12 @@ impl StorageDriver for PostgresDriver {
                     set.into_iter().collect(),
                 )
             }
+            other => {
+                return Err(Error::unsupported_variant("metadata mode", &other)
+                    .with_context("backend", BACKEND)
+                    .with_context("namespace", namespace)
+                    .with_context("key", validate::escape(key)));
+            }
         };
         let client = self.client().await?;
         let stmt = client
@@ -580,6 +578,18 @@ impl StorageDriver for PostgresDriver {
 
     async fn begin(&self) -> Result<Box<dyn Transaction>> {
         Ok(Box::new(PgTransaction::new(self.clone())))
+    }
+}
+
+/// `kernel_delete`'s `p_cond_version[i]`: NULL deletes unconditionally.
+fn delete_version(condition: DeleteCondition) -> Result<Option<i64>> {
+    match condition {
+        DeleteCondition::Always => Ok(None),
+        DeleteCondition::IfVersion(v) => Ok(Some(to_i64(v))),
+        other => {
+            Err(Error::unsupported_variant("delete condition", &other)
+                .with_context("backend", BACKEND))
+        }
     }
 }
 

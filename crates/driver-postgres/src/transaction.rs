@@ -21,6 +21,7 @@ use kernel_core::{
 };
 
 use crate::PostgresDriver;
+use crate::codes::{KernelSqlState, TxOp};
 use crate::error::{BACKEND, kernel_state, pg};
 use crate::rows::{micros, to_i64};
 use crate::storage::validate_put;
@@ -102,6 +103,10 @@ impl Transaction for PgTransaction {
                     return Err(version_conflict(namespace, key, v, current));
                 }
             }
+            other => {
+                return Err(Error::unsupported_variant("put condition", &other)
+                    .with_context("backend", BACKEND));
+            }
         }
         let now = SystemTime::now();
         let metadata: Metadata = match (options.metadata, &t.view) {
@@ -135,9 +140,16 @@ impl Transaction for PgTransaction {
         validate::document(namespace, key)?;
         let t = self.touch(namespace, key).await?;
         let current = t.view.as_ref().map(|e| e.version);
-        if let DeleteCondition::IfVersion(v) = condition {
-            if current != Some(v) {
-                return Err(version_conflict(namespace, key, v, current));
+        match condition {
+            DeleteCondition::Always => {}
+            DeleteCondition::IfVersion(v) => {
+                if current != Some(v) {
+                    return Err(version_conflict(namespace, key, v, current));
+                }
+            }
+            other => {
+                return Err(Error::unsupported_variant("delete condition", &other)
+                    .with_context("backend", BACKEND));
             }
         }
         t.view = None;
@@ -160,16 +172,16 @@ impl Transaction for PgTransaction {
         let mut ttls = Vec::with_capacity(n);
         for ((namespace, key), t) in self.touched {
             let (op, ttl) = match (&t.staged, &t.view) {
-                (Staged::Read, _) => (0, None),
-                (Staged::Put { ttl_us }, Some(_)) => (1, *ttl_us),
-                (Staged::Delete, _) | (Staged::Put { .. }, None) => (2, None),
+                (Staged::Read, _) => (TxOp::Read, None),
+                (Staged::Put { ttl_us }, Some(_)) => (TxOp::Put, *ttl_us),
+                (Staged::Delete, _) | (Staged::Put { .. }, None) => (TxOp::Delete, None),
             };
             ns.push(namespace);
             keys.push(key);
             seen.push(t.seen.map(to_i64));
-            ops.push(op);
+            ops.push(op.code());
             match (op, t.view) {
-                (1, Some(e)) => {
+                (TxOp::Put, Some(e)) => {
                     values.push(Some(e.value));
                     metadata.push(Some(Value::Object(e.metadata)));
                     versions.push(Some(to_i64(e.version)));
@@ -196,7 +208,7 @@ impl Transaction for PgTransaction {
             )
             .await
             .map_err(|e| match kernel_state(&e) {
-                Some(s) if s.code == "KR003" => {
+                Some(s) if s.state == KernelSqlState::TransactionConflict => {
                     let (namespace, key) = s.detail.split_once('/').unwrap_or(("", &s.detail));
                     Error::conflict(
                         "transaction lost a race: a key it used was changed by another writer \
@@ -207,7 +219,7 @@ impl Transaction for PgTransaction {
                     .with_context("backend", BACKEND)
                     .with_retryable(true)
                 }
-                _ => pg(e).with_context("operation", "commit"),
+                _ => pg(e).with_operation("commit"),
             })?;
         Ok(())
     }

@@ -24,6 +24,7 @@ use kernel_core::{Error, NewEvent, Result, Uuid, Value};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio_postgres::types::{Json, ToSql};
 
+use crate::codes::{AppendStatus, ExpectedKind};
 use crate::error::{self, BACKEND, pg};
 
 const BATCH: &str = "SELECT o_status, o_stream_version, o_stored, o_seqs \
@@ -46,8 +47,9 @@ const BATCHES_IN_FLIGHT: usize = 1;
 /// One append, as the writer needs it.
 pub(crate) struct AppendRequest {
     pub(crate) stream: String,
-    /// 0 any, 1 no stream, 2 stream exists, 3 exactly `expected`.
-    pub(crate) kind: i16,
+    /// What the stream's version must be; `expected` holds the version for
+    /// [`ExpectedKind::Exact`].
+    pub(crate) kind: ExpectedKind,
     pub(crate) expected: Option<i64>,
     pub(crate) events: Arc<Vec<NewEvent>>,
 }
@@ -193,9 +195,7 @@ async fn write(target: &Target, batch: Vec<Pending>, permit: OwnedSemaphorePermi
         }
         Err(e) => {
             for pending in batch {
-                let _ = pending
-                    .reply
-                    .send(Err(error::copy_with_message(&e, e.message())));
+                let _ = pending.reply.send(Err(e.clone()));
             }
         }
     }
@@ -239,7 +239,7 @@ async fn execute(
     for pending in batch {
         let r = &pending.request;
         streams.push(r.stream.as_str());
-        kinds.push(r.kind);
+        kinds.push(r.kind.code());
         expected.push(r.expected);
         // At most 1000 events per append (validated before it got here).
         counts.push(i32::try_from(r.events.len()).unwrap_or(i32::MAX));
@@ -316,8 +316,8 @@ async fn execute(
             let version: Option<i64> = row.try_get(1).map_err(pg)?;
             let stored: Option<Vec<Option<i64>>> = row.try_get(2).map_err(pg)?;
             let seqs: Option<Vec<Option<i64>>> = row.try_get(3).map_err(pg)?;
-            match status {
-                0 => {
+            match AppendStatus::from_code(status) {
+                Some(AppendStatus::Written) => {
                     let seqs = seqs.unwrap_or_default();
                     let positions = seqs
                         .iter()
@@ -329,16 +329,16 @@ async fn execute(
                         positions,
                     })
                 }
-                1 => Ok(Staged::Stored {
+                Some(AppendStatus::Stored) => Ok(Staged::Stored {
                     stored: stored.unwrap_or_default(),
                     seqs: seqs.unwrap_or_default(),
                 }),
-                2 => Ok(Staged::Mismatch {
+                Some(AppendStatus::Mismatch) => Ok(Staged::Mismatch {
                     current: version.unwrap_or_default(),
                 }),
-                3 => Ok(Staged::Busy),
-                other => Err(Error::internal(format!(
-                    "kernel_append_batch returned the unknown status {other}"
+                Some(AppendStatus::Busy) => Ok(Staged::Busy),
+                None => Err(Error::internal(format!(
+                    "kernel_append_batch returned the unknown status {status}"
                 ))
                 .with_context("backend", BACKEND)),
             }

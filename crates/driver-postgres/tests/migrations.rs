@@ -2,15 +2,19 @@
 
 mod common;
 
-use driver_postgres::migrations::{MIGRATIONS, MigrationState, Migrator};
+use std::path::{Path, PathBuf};
+
+use driver_postgres::migrations::{MIGRATIONS, Migration, MigrationState, Migrator};
 use kernel_core::ErrorCode;
 use kernel_testkit::postgres::fresh_database;
 use kernel_testkit::{expect_err, expect_ok};
 
+/// The kernel's data tables (not the migration record).
 async fn tables(client: &tokio_postgres::Client) -> i64 {
     client
         .query_one(
-            "SELECT count(*) FROM pg_tables WHERE schemaname = 'public' AND tablename LIKE 'kernel%'",
+            "SELECT count(*) FROM pg_tables WHERE schemaname = 'public' AND tablename LIKE 'kernel%' \
+             AND tablename <> 'kernel_schema_migrations'",
             &[],
         )
         .await
@@ -42,12 +46,12 @@ async fn up_status_rollback_round_trip() {
     assert!(expect_ok(m.is_current(&client).await, "is_current"));
     let rows = client
         .query(
-            "SELECT version, name, length(checksum), applied_at IS NOT NULL FROM schema_migrations \
-             ORDER BY version",
+            "SELECT version, name, length(checksum), applied_at IS NOT NULL \
+             FROM kernel_schema_migrations WHERE space = 'kernel' ORDER BY version",
             &[],
         )
         .await
-        .unwrap_or_else(|e| panic!("schema_migrations: {e}"));
+        .unwrap_or_else(|e| panic!("kernel_schema_migrations: {e}"));
     let recorded: Vec<(i64, String, i32, bool)> = rows
         .iter()
         .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
@@ -83,7 +87,8 @@ async fn changed_migration_is_refused() {
     expect_ok(m.up(&client).await, "up");
     client
         .execute(
-            "UPDATE schema_migrations SET checksum = 'edited' WHERE version = 1",
+            "UPDATE kernel_schema_migrations SET checksum = 'edited' \
+             WHERE space = 'kernel' AND version = 1",
             &[],
         )
         .await
@@ -133,7 +138,7 @@ async fn concurrent_migrators_are_serialised() {
     );
     let client = common::raw_client(db.url()).await;
     let n: i64 = client
-        .query_one("SELECT count(*) FROM schema_migrations", &[])
+        .query_one("SELECT count(*) FROM kernel_schema_migrations", &[])
         .await
         .unwrap_or_else(|e| panic!("count: {e}"))
         .get(0);
@@ -343,4 +348,636 @@ async fn event_txid_migration_carries_waiting_events_both_ways() {
         .map(|r| r.get(0))
         .collect();
     assert_eq!(versions, vec![1, 2]);
+}
+
+// Adoption of the record of earlier builds ----------------------------------------------------
+
+/// What earlier builds did: their record table, with the first `n` kernel migrations applied
+/// and recorded at a known time.
+async fn legacy_install(client: &tokio_postgres::Client, n: usize) {
+    client
+        .batch_execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations (
+                version     bigint PRIMARY KEY,
+                name        text NOT NULL,
+                checksum    text NOT NULL,
+                applied_at  timestamptz NOT NULL DEFAULT clock_timestamp())",
+        )
+        .await
+        .unwrap_or_else(|e| panic!("legacy table: {e}"));
+    for m in &MIGRATIONS[..n] {
+        client
+            .batch_execute(&m.up)
+            .await
+            .unwrap_or_else(|e| panic!("legacy {}: {e}", m.label()));
+        client
+            .execute(
+                "INSERT INTO schema_migrations (version, name, checksum, applied_at) \
+                 VALUES ($1, $2, encode(sha256(convert_to($3, 'UTF8')), 'hex'), \
+                         '2024-01-02 03:04:05+00')",
+                &[&m.version, &m.name.as_ref(), &m.up.as_ref()],
+            )
+            .await
+            .unwrap_or_else(|e| panic!("legacy row {}: {e}", m.label()));
+    }
+}
+
+async fn table_exists(client: &tokio_postgres::Client, table: &str) -> bool {
+    client
+        .query_one("SELECT to_regclass($1) IS NOT NULL", &[&table])
+        .await
+        .unwrap_or_else(|e| panic!("to_regclass: {e}"))
+        .get(0)
+}
+
+/// `(space, version, name, applied before 2025)` of every record.
+async fn records(client: &tokio_postgres::Client) -> Vec<(String, i64, String, bool)> {
+    client
+        .query(
+            "SELECT space, version, name, applied_at < '2025-01-01' \
+             FROM kernel_schema_migrations ORDER BY space, version",
+            &[],
+        )
+        .await
+        .unwrap_or_else(|e| panic!("records: {e}"))
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+        .collect()
+}
+
+fn record(space: &str, version: i64, name: &str, old: bool) -> (String, i64, String, bool) {
+    (space.to_owned(), version, name.to_owned(), old)
+}
+
+static APP: &[Migration] = &[Migration::new(
+    1,
+    "accounts",
+    "CREATE TABLE app_accounts (id bigint PRIMARY KEY)",
+    "DROP TABLE app_accounts",
+)];
+
+/// A database migrated by an earlier build: the first runner takes its record over (rows moved
+/// to space `kernel` with their times, old table dropped) and applies nothing twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_kernels_old_record_table_is_adopted() {
+    // Fully migrated: `up` adopts and has nothing to apply (0001 again would fail).
+    let db = fresh_database().await;
+    let client = common::raw_client(db.url()).await;
+    legacy_install(&client, MIGRATIONS.len()).await;
+    let m = Migrator::new();
+    assert!(
+        expect_ok(m.is_current(&client).await, "status reads the old table"),
+        "before adoption the old record counts"
+    );
+    assert!(
+        table_exists(&client, "schema_migrations").await,
+        "status only reads"
+    );
+    assert!(expect_ok(m.up(&client).await, "up adopts").is_empty());
+    assert!(!table_exists(&client, "schema_migrations").await);
+    assert_eq!(
+        records(&client).await,
+        vec![
+            record("kernel", 1, "init", true),
+            record("kernel", 2, "event_txid", true)
+        ],
+        "rows moved with their original times"
+    );
+    assert!(expect_ok(m.is_current(&client).await, "is_current"));
+    drop(client);
+    drop(db);
+
+    // Migrated up to 0001 only, and an application's runner comes first: it adopts, and the
+    // kernel's runner then applies just 0002.
+    let db = fresh_database().await;
+    let client = common::raw_client(db.url()).await;
+    legacy_install(&client, 1).await;
+    let status = expect_ok(m.status(&client).await, "status");
+    assert!(
+        matches!(
+            status.as_slice(),
+            [
+                driver_postgres::migrations::MigrationStatus {
+                    state: MigrationState::Applied { .. },
+                    ..
+                },
+                driver_postgres::migrations::MigrationStatus {
+                    state: MigrationState::Pending,
+                    ..
+                }
+            ]
+        ),
+        "{status:?}"
+    );
+    let app = expect_ok(Migrator::embedded("app", APP), "embedded");
+    assert_eq!(expect_ok(app.up(&client).await, "app up"), vec![1]);
+    assert!(!table_exists(&client, "schema_migrations").await);
+    assert_eq!(expect_ok(m.up(&client).await, "kernel up"), vec![2]);
+    assert_eq!(
+        records(&client).await,
+        vec![
+            record("app", 1, "accounts", false),
+            record("kernel", 1, "init", true),
+            record("kernel", 2, "event_txid", false)
+        ]
+    );
+}
+
+/// A `schema_migrations` that may belong to another tool is never adopted or touched: other
+/// columns (Rails, golang-migrate), the kernel's columns with a row that is not one of the
+/// kernel's migrations (another name, or a checksum this build does not have), or no rows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_foreign_schema_migrations_is_left_alone() {
+    let kernel_shaped = "CREATE TABLE schema_migrations (version bigint PRIMARY KEY, \
+         name text NOT NULL, checksum text NOT NULL, \
+         applied_at timestamptz NOT NULL DEFAULT clock_timestamp())";
+    let cases = [
+        (
+            "rails",
+            "CREATE TABLE schema_migrations (version character varying PRIMARY KEY); \
+             INSERT INTO schema_migrations VALUES ('20240101000000'), ('20240102000000')"
+                .to_owned(),
+        ),
+        (
+            "golang-migrate",
+            "CREATE TABLE schema_migrations (version bigint PRIMARY KEY, dirty boolean NOT NULL); \
+             INSERT INTO schema_migrations VALUES (3, false)"
+                .to_owned(),
+        ),
+        (
+            "kernel columns, another tool's row",
+            format!(
+                "{kernel_shaped}; INSERT INTO schema_migrations (version, name, checksum) \
+                 VALUES (1, 'create_users', 'c0ffee')"
+            ),
+        ),
+        (
+            "kernel columns, a checksum this build does not have",
+            format!(
+                "{kernel_shaped}; INSERT INTO schema_migrations (version, name, checksum) \
+                 VALUES (1, 'init', 'c0ffee')"
+            ),
+        ),
+        ("kernel columns, no rows", kernel_shaped.to_owned()),
+        (
+            "kernel columns and one more",
+            "CREATE TABLE schema_migrations (version bigint PRIMARY KEY, name text, \
+             checksum text, applied_at timestamptz, dirty boolean)"
+                .to_owned(),
+        ),
+    ];
+    for (case, setup) in cases {
+        let db = fresh_database().await;
+        let client = common::raw_client(db.url()).await;
+        client
+            .batch_execute(&setup)
+            .await
+            .unwrap_or_else(|e| panic!("{case}: set-up: {e}"));
+        let snapshot = || async {
+            client
+                .query_one(
+                    "SELECT (SELECT string_agg(t::text, ';' ORDER BY t::text) FROM schema_migrations t), \
+                     (SELECT string_agg(attname || ' ' || format_type(atttypid, atttypmod), ',' ORDER BY attnum) \
+                      FROM pg_attribute WHERE attrelid = 'schema_migrations'::regclass AND attnum > 0)",
+                    &[],
+                )
+                .await
+                .map(|r| (r.get::<_, Option<String>>(0), r.get::<_, Option<String>>(1)))
+                .unwrap_or_else(|e| panic!("{case}: snapshot: {e}"))
+        };
+        let before = snapshot().await;
+        let m = Migrator::new();
+        let status = expect_ok(m.status(&client).await, case);
+        assert!(
+            status.iter().all(|s| s.state == MigrationState::Pending),
+            "{case}: {status:?}"
+        );
+        assert_eq!(expect_ok(m.up(&client).await, case), vec![1, 2], "{case}");
+        assert_eq!(snapshot().await, before, "{case}: untouched");
+        assert_eq!(
+            records(&client).await,
+            vec![
+                record("kernel", 1, "init", false),
+                record("kernel", 2, "event_txid", false)
+            ],
+            "{case}"
+        );
+        let app = expect_ok(Migrator::embedded("app", APP), "embedded");
+        assert_eq!(expect_ok(app.up(&client).await, case), vec![1], "{case}");
+        assert_eq!(
+            snapshot().await,
+            before,
+            "{case}: untouched by an app runner"
+        );
+    }
+}
+
+// Application migrations in their own version space ------------------------------------------
+
+/// A folder under the system's temporary directory, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> TempDir {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let path = std::env::temp_dir().join(format!(
+            "kernel-migrations-{}-{tag}-{}",
+            std::process::id(),
+            N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&path).unwrap_or_else(|e| panic!("mkdir {}: {e}", path.display()));
+        TempDir(path)
+    }
+
+    fn path(&self) -> &Path {
+        &self.0
+    }
+
+    fn write(&self, name: &str, text: impl AsRef<[u8]>) {
+        let path = self.0.join(name);
+        std::fs::write(&path, text).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+    }
+
+    fn remove(&self, name: &str) {
+        let path = self.0.join(name);
+        std::fs::remove_file(&path).unwrap_or_else(|e| panic!("rm {}: {e}", path.display()));
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::remove_dir_all(&self.0) {
+            eprintln!("cannot remove {}: {e}", self.0.display());
+        }
+    }
+}
+
+fn billing_folder() -> TempDir {
+    let dir = TempDir::new("billing");
+    dir.write(
+        "0001_accounts.up.sql",
+        "CREATE TABLE app_accounts (id bigint PRIMARY KEY);",
+    );
+    dir.write("0001_accounts.down.sql", "DROP TABLE app_accounts;");
+    dir.write(
+        "0002_balance.up.sql",
+        "ALTER TABLE app_accounts ADD COLUMN balance bigint NOT NULL DEFAULT 0;",
+    );
+    dir.write(
+        "0002_balance.down.sql",
+        "ALTER TABLE app_accounts DROP COLUMN balance;",
+    );
+    dir.write("README.md", "not a migration: ignored");
+    dir
+}
+
+async fn column_exists(client: &tokio_postgres::Client, table: &str, column: &str) -> bool {
+    client
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM information_schema.columns \
+             WHERE table_name = $1 AND column_name = $2)",
+            &[&table, &column],
+        )
+        .await
+        .unwrap_or_else(|e| panic!("columns: {e}"))
+        .get(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn app_migrations_run_in_their_own_space() {
+    let db = fresh_database().await;
+    let client = common::raw_client(db.url()).await;
+    let dir = billing_folder();
+    let billing = expect_ok(Migrator::from_dir("billing", dir.path()), "from_dir");
+    assert_eq!(billing.space(), "billing");
+    assert_eq!(billing.migrations().len(), 2);
+
+    // The application first, on an empty database; then the kernel, with the same numbers.
+    assert_eq!(
+        expect_ok(billing.up(&client).await, "billing up"),
+        vec![1, 2]
+    );
+    assert_eq!(
+        expect_ok(Migrator::new().up(&client).await, "kernel up"),
+        vec![1, 2]
+    );
+    static REPORTS: &[Migration] = &[Migration::new(
+        1,
+        "reports",
+        "CREATE TABLE app_reports (id bigint)",
+        "DROP TABLE app_reports",
+    )];
+    let reports = expect_ok(Migrator::embedded("reports", REPORTS), "embedded");
+    assert_eq!(expect_ok(reports.up(&client).await, "reports up"), vec![1]);
+    assert_eq!(
+        records(&client).await,
+        vec![
+            record("billing", 1, "accounts", false),
+            record("billing", 2, "balance", false),
+            record("kernel", 1, "init", false),
+            record("kernel", 2, "event_txid", false),
+            record("reports", 1, "reports", false),
+        ]
+    );
+    assert!(expect_ok(billing.is_current(&client).await, "is_current"));
+    assert!(expect_ok(billing.up(&client).await, "again").is_empty());
+
+    // Checksums are per space: a changed billing file stops billing only.
+    client
+        .execute(
+            "UPDATE kernel_schema_migrations SET checksum = 'edited' \
+             WHERE space = 'billing' AND version = 1",
+            &[],
+        )
+        .await
+        .unwrap_or_else(|e| panic!("tamper: {e}"));
+    let err = expect_err(billing.up(&client).await, ErrorCode::Config, "changed file");
+    assert!(
+        err.to_string().contains("0001_accounts") && err.to_string().contains("billing"),
+        "{err}"
+    );
+    let status = expect_ok(billing.status(&client).await, "status");
+    assert!(
+        matches!(status[0].state, MigrationState::Changed { .. }),
+        "{status:?}"
+    );
+    assert!(expect_ok(
+        Migrator::new().is_current(&client).await,
+        "kernel"
+    ));
+    assert!(expect_ok(reports.up(&client).await, "reports").is_empty());
+    client
+        .execute(
+            "UPDATE kernel_schema_migrations \
+             SET checksum = encode(sha256(convert_to($1, 'UTF8')), 'hex') \
+             WHERE space = 'billing' AND version = 1",
+            &[&billing.migrations()[0].up.as_ref()],
+        )
+        .await
+        .unwrap_or_else(|e| panic!("restore: {e}"));
+
+    // Rollback stays in its space.
+    assert_eq!(
+        expect_ok(billing.rollback(&client, 1).await, "rollback 1"),
+        vec![2]
+    );
+    assert!(!column_exists(&client, "app_accounts", "balance").await);
+    assert_eq!(
+        expect_ok(billing.rollback(&client, 5).await, "rollback all"),
+        vec![1]
+    );
+    assert!(!table_exists(&client, "app_accounts").await);
+    assert!(expect_ok(billing.rollback(&client, 1).await, "nothing").is_empty());
+    assert!(expect_ok(
+        Migrator::new().is_current(&client).await,
+        "kernel"
+    ));
+    assert!(table_exists(&client, "app_reports").await);
+
+    // A migration that fails leaves nothing behind: its transaction rolls back, no record.
+    dir.write(
+        "0003_broken.up.sql",
+        "CREATE TABLE app_half (id bigint); SELEC 1;",
+    );
+    dir.write("0003_broken.down.sql", "DROP TABLE app_half;");
+    let billing = expect_ok(Migrator::from_dir("billing", dir.path()), "from_dir");
+    let err = billing
+        .up(&client)
+        .await
+        .err()
+        .unwrap_or_else(|| panic!("a broken migration must fail"));
+    assert_eq!(err.context_value("migration"), Some("0003_broken"), "{err}");
+    assert_eq!(err.context_value("space"), Some("billing"), "{err}");
+    assert_eq!(err.operation(), Some("migrate"), "{err}");
+    assert!(!table_exists(&client, "app_half").await);
+    let applied: Vec<i64> = records(&client)
+        .await
+        .into_iter()
+        .filter(|r| r.0 == "billing")
+        .map(|r| r.1)
+        .collect();
+    assert_eq!(applied, vec![1, 2], "the steps before the broken one stay");
+
+    // A record this build does not know: shown, and not rolled back from here.
+    client
+        .execute(
+            "INSERT INTO kernel_schema_migrations (space, version, name, checksum) \
+             VALUES ('reports', 2, 'future', 'x')",
+            &[],
+        )
+        .await
+        .unwrap_or_else(|e| panic!("insert: {e}"));
+    let status = expect_ok(reports.status(&client).await, "status");
+    assert!(
+        matches!(status[1].state, MigrationState::Unknown { .. }) && status[1].name == "future",
+        "{status:?}"
+    );
+    assert!(expect_ok(
+        reports.is_current(&client).await,
+        "unknown counts as applied"
+    ));
+    expect_err(
+        reports.rollback(&client, 1).await,
+        ErrorCode::Config,
+        "rollback of an unknown migration",
+    );
+}
+
+/// Runners of different spaces share the lock: started together on an empty database, every
+/// one succeeds and each migration of each space runs once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn runners_of_several_spaces_are_serialised() {
+    let db = fresh_database().await;
+    let mut runners = Vec::new();
+    for i in 0..6 {
+        let url = db.url().to_owned();
+        runners.push(tokio::spawn(async move {
+            let client = common::raw_client(&url).await;
+            let m = if i % 2 == 0 {
+                Migrator::new()
+            } else {
+                expect_ok(Migrator::embedded("app", APP), "embedded")
+            };
+            let applied = m.up(&client).await;
+            (m.space().to_owned(), applied)
+        }));
+    }
+    let mut applied = Vec::new();
+    for r in runners {
+        let (space, result) = kernel_testkit::join(r, "runner").await;
+        for v in expect_ok(result, "concurrent up") {
+            applied.push((space.clone(), v));
+        }
+    }
+    applied.sort();
+    assert_eq!(
+        applied,
+        vec![
+            ("app".to_owned(), 1),
+            ("kernel".to_owned(), 1),
+            ("kernel".to_owned(), 2)
+        ]
+    );
+}
+
+/// Every problem with a folder is a `Config` error naming the file (or the folder).
+#[test]
+fn bad_folders_are_refused_naming_the_file() {
+    let check = |dir: &TempDir, space: &str, needle: &str| {
+        let err = expect_err(
+            Migrator::from_dir(space, dir.path()),
+            ErrorCode::Config,
+            needle,
+        );
+        assert!(err.to_string().contains(needle), "{needle}: {err}");
+        assert_eq!(err.context_value("setting"), Some("migrations"));
+    };
+    let pair = |dir: &TempDir, stem: &str| {
+        dir.write(&format!("{stem}.up.sql"), "SELECT 1;");
+        dir.write(&format!("{stem}.down.sql"), "SELECT 1;");
+    };
+
+    let missing = TempDir::new("missing");
+    let gone = missing.path().join("nope");
+    let err = expect_err(
+        Migrator::from_dir("app", &gone),
+        ErrorCode::Config,
+        "missing folder",
+    );
+    assert!(
+        err.to_string().contains("does not exist") && err.to_string().contains("nope"),
+        "{err}"
+    );
+    missing.write("file.sql", "SELECT 1;");
+    let err = expect_err(
+        Migrator::from_dir("app", missing.path().join("file.sql")),
+        ErrorCode::Config,
+        "a file for a folder",
+    );
+    assert!(err.to_string().contains("not a migration folder"), "{err}");
+
+    // Ignored: other extensions, hidden files, subfolders. An empty folder is no migrations.
+    let ignored = TempDir::new("ignored");
+    ignored.write("README.md", "x");
+    ignored.write(".0001_hidden.up.sql", "x");
+    std::fs::create_dir(ignored.path().join("0002_folder.up.sql"))
+        .unwrap_or_else(|e| panic!("mkdir: {e}"));
+    let m = expect_ok(Migrator::from_dir("app", ignored.path()), "ignored files");
+    assert!(m.migrations().is_empty());
+
+    let dir = TempDir::new("names");
+    pair(&dir, "0001_ok");
+    for bad in [
+        "0002_init.sql",
+        "init.up.sql",
+        "0000_zero.up.sql",
+        "0002_with space.up.sql",
+        "0002_x.UP.sql",
+    ] {
+        dir.write(bad, "SELECT 1;");
+        check(&dir, "app", bad);
+        dir.remove(bad);
+    }
+
+    let dir = TempDir::new("unpaired");
+    pair(&dir, "0001_ok");
+    dir.write("0002_lonely.up.sql", "SELECT 1;");
+    check(&dir, "app", "0002_lonely.up.sql");
+    dir.remove("0002_lonely.up.sql");
+    dir.write("0002_lonely.down.sql", "SELECT 1;");
+    check(&dir, "app", "0002_lonely.down.sql");
+    dir.remove("0002_lonely.down.sql");
+
+    let dir = TempDir::new("duplicate");
+    pair(&dir, "0003_a");
+    pair(&dir, "0003_b");
+    check(&dir, "app", "0003_a.down.sql");
+    check(&dir, "app", "0003_b.down.sql");
+    check(&dir, "app", "same number 3");
+    let dir = TempDir::new("duplicate-number");
+    pair(&dir, "3_a");
+    pair(&dir, "0003_a");
+    check(&dir, "app", "3_a.down.sql");
+    let dir = TempDir::new("mismatched");
+    dir.write("0004_a.up.sql", "SELECT 1;");
+    dir.write("0004_b.down.sql", "SELECT 1;");
+    check(&dir, "app", "0004_b.down.sql");
+
+    let dir = TempDir::new("empty");
+    dir.write("0001_empty.up.sql", " \n-- nothing\n");
+    dir.write("0001_empty.down.sql", "");
+    let err = Migrator::from_dir("app", dir.path()).err();
+    // A comment-only file is not empty text: only whitespace is refused.
+    assert!(err.is_none(), "{err:?}");
+    dir.write("0001_empty.up.sql", " \n\t");
+    check(&dir, "app", "0001_empty.up.sql");
+
+    let dir = TempDir::new("utf8");
+    dir.write("0001_bytes.up.sql", [0xff_u8, 0xfe, 0x00]);
+    dir.write("0001_bytes.down.sql", "SELECT 1;");
+    check(&dir, "app", "0001_bytes.up.sql");
+
+    let dir = TempDir::new("space");
+    pair(&dir, "0001_ok");
+    check(&dir, "kernel", "kernel");
+    check(&dir, "Bad Space", "Bad Space");
+    check(&dir, "", "space");
+}
+
+/// `kernel-migrate --dir PATH --space NAME` runs an application folder.
+#[test]
+fn kernel_migrate_cli_runs_an_app_folder() {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => panic!("runtime: {e}"),
+    };
+    let db = rt.block_on(fresh_database());
+    let dir = billing_folder();
+    let folder = dir.path().display().to_string();
+    let bin = env!("CARGO_BIN_EXE_kernel-migrate");
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(bin)
+            .args(args)
+            .env("DATABASE_URL", db.url())
+            .output()
+            .unwrap_or_else(|e| panic!("run kernel-migrate: {e}"));
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, out, err) = run(&["--dir", &folder, "--space", "billing", "status"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        out.contains("0001_accounts") && out.contains("pending"),
+        "{out}"
+    );
+    let (code, out, err) = run(&["--dir", &folder, "--space", "billing", "up"]);
+    assert_eq!(
+        (code, out.trim()),
+        (Some(0), "applied 0001\napplied 0002"),
+        "{err}"
+    );
+    let (code, out, _) = run(&["up"]);
+    assert_eq!((code, out.trim()), (Some(0), "applied 0001\napplied 0002"));
+    let (code, out, _) = run(&[&format!("--dir={folder}"), "--space=billing", "rollback"]);
+    assert_eq!((code, out.trim()), (Some(0), "reverted 0002"));
+    let (_, out, _) = run(&["status"]);
+    assert!(
+        !out.contains("pending"),
+        "the kernel's space is untouched: {out}"
+    );
+
+    let (code, _, err) = run(&["--dir", &folder, "up"]);
+    assert_eq!(code, Some(2), "--dir without --space: {err}");
+    dir.write("0003_orphan.up.sql", "SELECT 1;");
+    let (code, _, err) = run(&["--dir", &folder, "--space", "billing", "up"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("0003_orphan.up.sql"), "{err}");
+    drop(db);
+    drop(rt);
 }

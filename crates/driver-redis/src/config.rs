@@ -4,15 +4,18 @@ use std::fmt;
 use std::time::Duration;
 
 use kernel_core::redact::redact_url;
+use kernel_core::settings::{duration_ms, serialize_redacted};
 use kernel_core::{Error, Limits, Result};
+use serde::{Deserialize, Serialize};
 
 /// Longest key prefix accepted: every Redis key carries it, so it should stay short.
 pub const MAX_KEY_PREFIX_LEN: usize = 256;
 
 /// Settings of a [`crate::RedisDriver`].
 ///
-/// A plain struct: fill it from configuration (kernel-bootstrap does) or start from
-/// [`RedisConfig::new`]. `Debug` never shows the password of `url`.
+/// A plain struct: start from [`RedisConfig::new`], or deserialize it (kernel-bootstrap reads
+/// it as the `[redis]` table of its configuration; every field is optional there and defaults
+/// to [`RedisConfig::default`]). `Debug` and `Serialize` never show the password of `url`.
 ///
 /// ```
 /// use driver_redis::RedisConfig;
@@ -22,22 +25,28 @@ pub const MAX_KEY_PREFIX_LEN: usize = 256;
 /// assert!(!shown.contains("s3cret"));
 /// assert!(shown.contains("cache.internal"));
 /// ```
-#[derive(Clone)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct RedisConfig {
     /// `redis://[user[:password]@]host[:port][/db]` (also `rediss://`, `redis-cluster://`,
     /// `redis-sentinel://`, as fred reads them).
+    #[serde(serialize_with = "serialize_redacted")]
     pub url: String,
     /// Connections in the pool (at least 1). Each runs scripts one at a time, so this bounds how
     /// many scripts one driver has in flight.
     pub pool_size: usize,
-    /// How long connecting (TCP, AUTH, SELECT) may take.
+    /// How long connecting (TCP, AUTH, SELECT) may take (`connect_timeout_ms`).
+    #[serde(rename = "connect_timeout_ms", with = "duration_ms")]
     pub connect_timeout: Duration,
-    /// How long one command may take before it fails with `Timeout`.
+    /// How long one command may take before it fails with `Timeout` (`operation_timeout_ms`).
+    #[serde(rename = "operation_timeout_ms", with = "duration_ms")]
     pub operation_timeout: Duration,
     /// Put before every Redis key, so several applications (and tests) share one server.
     /// At most [`MAX_KEY_PREFIX_LEN`] bytes, without `{` or `}` (they would break hash tags).
     pub key_prefix: String,
-    /// Value and metadata size / depth limits.
+    /// Value and metadata size / depth limits. Not part of the `[redis]` table: the bootstrap
+    /// sets it from `[limits]`, shared by every driver.
+    #[serde(skip)]
     pub limits: Limits,
 }
 
@@ -63,29 +72,32 @@ impl RedisConfig {
     /// Checks every setting; each error names the setting.
     pub fn validate(&self) -> Result<()> {
         if self.url.trim().is_empty() {
-            return Err(Error::config("url", "the Redis URL is empty"));
+            return Err(Error::config(
+                "redis.url",
+                "no Redis URL is set (REDIS_URL or redis.url), e.g. redis://127.0.0.1:6379",
+            ));
         }
         if self.pool_size == 0 {
             return Err(Error::config(
-                "pool_size",
+                "redis.pool_size",
                 "the pool needs at least 1 connection",
             ));
         }
         if self.connect_timeout.is_zero() {
             return Err(Error::config(
-                "connect_timeout",
+                "redis.connect_timeout_ms",
                 "must be greater than zero",
             ));
         }
         if self.operation_timeout.is_zero() {
             return Err(Error::config(
-                "operation_timeout",
+                "redis.operation_timeout_ms",
                 "must be greater than zero",
             ));
         }
         if self.key_prefix.len() > MAX_KEY_PREFIX_LEN {
             return Err(Error::config(
-                "key_prefix",
+                "redis.key_prefix",
                 format!(
                     "is {} bytes; the limit is {MAX_KEY_PREFIX_LEN}",
                     self.key_prefix.len()
@@ -94,23 +106,19 @@ impl RedisConfig {
         }
         if self.key_prefix.contains(['{', '}']) {
             return Err(Error::config(
-                "key_prefix",
+                "redis.key_prefix",
                 "must not contain '{' or '}': they would move keys out of their hash-tag slot",
             ));
         }
-        if self.limits.max_value_bytes == 0 || self.limits.max_depth == 0 {
-            return Err(Error::config(
-                "limits",
-                "value size and depth limits must be positive",
-            ));
-        }
+        self.limits.validate()?;
         Ok(())
     }
 }
 
 impl Default for RedisConfig {
+    /// [`RedisConfig::new`] with no URL: set one before connecting.
     fn default() -> Self {
-        RedisConfig::new("redis://127.0.0.1:6379")
+        RedisConfig::new("")
     }
 }
 
@@ -119,8 +127,8 @@ impl fmt::Debug for RedisConfig {
         f.debug_struct("RedisConfig")
             .field("url", &self.redacted_url())
             .field("pool_size", &self.pool_size)
-            .field("connect_timeout", &self.connect_timeout)
-            .field("operation_timeout", &self.operation_timeout)
+            .field("connect_timeout_ms", &self.connect_timeout)
+            .field("operation_timeout_ms", &self.operation_timeout)
             .field("key_prefix", &self.key_prefix)
             .field("limits", &self.limits)
             .finish()
@@ -142,23 +150,28 @@ mod tests {
     #[test]
     fn validation_names_the_setting() {
         let mut c = RedisConfig::default();
+        assert_eq!(
+            c.validate().unwrap_err().context_value("setting"),
+            Some("redis.url")
+        );
+        c = RedisConfig::new("redis://127.0.0.1:6379");
         assert!(c.validate().is_ok());
         c.key_prefix = "a{b".into();
         assert_eq!(
             c.validate().unwrap_err().context_value("setting"),
-            Some("key_prefix")
+            Some("redis.key_prefix")
         );
-        c = RedisConfig::default();
+        c = RedisConfig::new("redis://127.0.0.1:6379");
         c.pool_size = 0;
         assert_eq!(
             c.validate().unwrap_err().context_value("setting"),
-            Some("pool_size")
+            Some("redis.pool_size")
         );
-        c = RedisConfig::default();
+        c = RedisConfig::new("redis://127.0.0.1:6379");
         c.operation_timeout = Duration::ZERO;
         assert_eq!(
             c.validate().unwrap_err().context_value("setting"),
-            Some("operation_timeout")
+            Some("redis.operation_timeout_ms")
         );
     }
 }

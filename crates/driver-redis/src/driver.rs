@@ -70,7 +70,7 @@ impl RedisDriver {
         let shown = config.redacted_url();
         let fred_config = FredConfig::from_url(&config.url).map_err(|e| {
             Error::config(
-                "url",
+                "redis.url",
                 format!("malformed Redis URL {shown}: {}", e.details()),
             )
         })?;
@@ -78,7 +78,7 @@ impl RedisDriver {
             .build_pool(config.pool_size)
             .map_err(|e| {
                 Error::config(
-                    "url",
+                    "redis.url",
                     format!("cannot build a Redis client for {shown}: {}", e.details()),
                 )
             })?;
@@ -191,7 +191,7 @@ impl RedisDriver {
         if self.inner.closed.load(Ordering::SeqCst) {
             return Err(Error::unavailable("the Redis driver has been shut down")
                 .with_context("backend", "redis")
-                .with_context("operation", operation)
+                .with_operation(operation)
                 .with_retryable(false));
         }
         Ok(())
@@ -226,14 +226,9 @@ impl RedisDriver {
         );
         if let Err(e) = ping {
             details.insert("error".to_owned(), map_err(e, "status").to_string());
-            return Ok(Status {
-                backend: "redis".into(),
-                healthy: false,
-                latency,
-                namespaces: None,
-                entries: None,
-                details,
-            });
+            let mut status = Status::new("redis", false, latency);
+            status.details = details;
+            return Ok(status);
         }
         let info: String = pool
             .info(Some(InfoKind::All))
@@ -260,14 +255,9 @@ impl RedisDriver {
         let dbsize: u64 = pool.dbsize().await.map_err(|e| map_err(e, "status"))?;
         // Every key of the database, all prefixes: counting this prefix's entries is a scan.
         details.insert("dbsize".to_owned(), dbsize.to_string());
-        Ok(Status {
-            backend: "redis".into(),
-            healthy: true,
-            latency,
-            namespaces: None,
-            entries: None,
-            details,
-        })
+        let mut status = Status::new("redis", true, latency);
+        status.details = details;
+        Ok(status)
     }
 
     /// Starts (once) the pub/sub connection that wakes subscriptions when an append commits.

@@ -2,7 +2,10 @@
 //!
 //! fred reports a kind (IO, timeout, auth...) and, for server replies, the reply text, whose
 //! first word is Redis' error code (`READONLY`, `LOADING`, `BUSY`...). Both are read here so the
-//! retry layer above can tell a transient failure from a permanent one.
+//! retry layer above can tell a transient failure from a permanent one: the kind first, then the
+//! reply's code word. Two of fred's own errors carry no distinct kind, only a fixed message;
+//! those messages are the constants [`FRED_ROUTE_FAILED`] and [`FRED_CROSS_NODE`], each pinned
+//! by a test against fred's wording (a fred upgrade that rewords them fails that test).
 
 use fred::error::{Error as FredError, ErrorKind};
 use kernel_core::{Error, ErrorCode};
@@ -23,6 +26,14 @@ const TRANSIENT_REPLIES: &[&str] = &[
     "OOM",
 ];
 
+/// fred 10's message when no connection could take a command (all connections down, a
+/// reconnection pending): `ErrorKind::Unknown` (or `Routing`), and the command was not sent.
+pub(crate) const FRED_ROUTE_FAILED: &str = "Failed to route command.";
+
+/// fred 10's message, with `ErrorKind::Cluster`, refusing a script or transaction whose keys
+/// live on different cluster nodes before sending it.
+pub(crate) const FRED_CROSS_NODE: &str = "same cluster node";
+
 /// Maps a fred error to a kernel error naming the operation; callers add the namespace, key or
 /// stream.
 pub(crate) fn map_err(err: FredError, operation: &'static str) -> Error {
@@ -37,15 +48,19 @@ pub(crate) fn map_err(err: FredError, operation: &'static str) -> Error {
             Error::unavailable("the Redis client's command queue is full").with_retryable(true)
         }
         // fred refuses a script whose keys live on different nodes before sending it.
-        ErrorKind::Cluster if details.contains("same cluster node") => cross_slot(),
+        ErrorKind::Cluster if details.contains(FRED_CROSS_NODE) => cross_slot(),
         ErrorKind::Cluster => {
             Error::unavailable("the Redis cluster is changing (MOVED / ASK / CLUSTERDOWN)")
         }
         ErrorKind::Config | ErrorKind::Url => {
-            Error::config("url", "the Redis client configuration was rejected")
+            Error::config("redis.url", "the Redis client configuration was rejected")
+        }
+        // The command never left the client: safe to retry.
+        ErrorKind::Unknown if details == FRED_ROUTE_FAILED => {
+            Error::unavailable("no connection to Redis could take the command (reconnecting)")
         }
         ErrorKind::Auth => Error::config(
-            "url",
+            "redis.url",
             "Redis refused the credentials (NOAUTH / WRONGPASS): check the user and password",
         ),
         _ if TRANSIENT_REPLIES.contains(&code_word) => {
@@ -68,7 +83,7 @@ pub(crate) fn map_err(err: FredError, operation: &'static str) -> Error {
         _ => Error::internal("Redis returned an unexpected error"),
     };
     base.with_context("backend", "redis")
-        .with_context("operation", operation)
+        .with_operation(operation)
         .with_source(RedisError(err))
 }
 
@@ -96,7 +111,7 @@ impl std::error::Error for RedisError {}
 pub(crate) fn bad_reply(operation: &'static str, what: impl Into<String>) -> Error {
     Error::new(ErrorCode::Internal, what)
         .with_context("backend", "redis")
-        .with_context("operation", operation)
+        .with_operation(operation)
 }
 
 #[cfg(test)]
@@ -120,6 +135,25 @@ mod tests {
             assert!(e.is_retryable(), "{kind:?}");
             assert_eq!(e.context_value("backend"), Some("redis"));
         }
+    }
+
+    /// fred's own wording of the two errors matched by text: the messages it builds in
+    /// `router/commands.rs` and `commands/impls/lua.rs` (fred 10.1).
+    #[test]
+    fn fred_messages_matched_by_text_are_pinned() {
+        let route = map(ErrorKind::Unknown, "Failed to route command.");
+        assert_eq!(route.code(), ErrorCode::Unavailable);
+        assert!(route.is_retryable());
+        let cross = map(
+            ErrorKind::Cluster,
+            "All keys must belong to the same cluster node.",
+        );
+        assert_eq!(cross.code(), ErrorCode::Unsupported);
+        // Any other unknown error stays Internal: no silent retry of something unexplained.
+        assert_eq!(
+            map(ErrorKind::Unknown, "Something else.").code(),
+            ErrorCode::Internal
+        );
     }
 
     #[test]

@@ -13,7 +13,7 @@ use kernel_core::validate::{self, MAX_BATCH_SIZE, escape};
 use kernel_core::{
     BatchDelete, BatchPut, Capabilities, DeleteCondition, Entry, Error, ErrorCode, Filter, Glob,
     Isolation, ListOptions, ListPage, Metadata, MetadataMode, NamespaceInfo, PutCondition,
-    PutOptions, Query, Result, Status, StorageDriver, Transaction, Value, merge_metadata,
+    PutOptions, Query, Result, Status, StorageDriver, Transaction, Value,
 };
 
 use crate::RedisDriver;
@@ -75,6 +75,11 @@ impl RedisDriver {
                 PutCondition::Always => ("a", String::new()),
                 PutCondition::IfAbsent => ("n", String::new()),
                 PutCondition::IfVersion(v) => ("v", v.to_string()),
+                other => {
+                    return Err(Error::unsupported_variant("put condition", &other)
+                        .with_context("namespace", ns)
+                        .with_context("key", escape(&item.key)));
+                }
             };
             args.push(item.key.as_str().into());
             args.push(cond.into());
@@ -167,6 +172,11 @@ impl RedisDriver {
             let (cond, version) = match item.condition {
                 DeleteCondition::Always => ("a", String::new()),
                 DeleteCondition::IfVersion(v) => ("v", v.to_string()),
+                other => {
+                    return Err(Error::unsupported_variant("delete condition", &other)
+                        .with_context("namespace", ns)
+                        .with_context("key", escape(&item.key)));
+                }
             };
             args.push(item.key.as_str().into());
             args.push(cond.into());
@@ -184,7 +194,7 @@ impl RedisDriver {
                 let current = reply.opt_u64()?;
                 let expected = match items[i].condition {
                     DeleteCondition::IfVersion(v) => v,
-                    DeleteCondition::Always => 0,
+                    _ => 0,
                 };
                 Err(version_conflict(ns, &items[i].key, expected, current))
             }
@@ -358,18 +368,18 @@ fn list_bounds(options: &ListOptions, glob: Option<&Glob>) -> (String, String) {
 impl StorageDriver for RedisDriver {
     fn capabilities(&self) -> Capabilities {
         let limits = &self.inner.config.limits;
-        Capabilities {
-            transactions: true,
-            isolation: Some(Isolation::OptimisticWatch),
-            native_query: false,
-            ttl: true,
-            atomic_batch: true,
-            single_round_trip_batch: true,
-            max_value_bytes: limits.max_value_bytes,
-            max_depth: limits.max_depth,
-            max_batch_size: MAX_BATCH_SIZE,
-            durable: true,
-        }
+        let mut caps = Capabilities::default();
+        caps.transactions = true;
+        caps.isolation = Some(Isolation::OptimisticWatch);
+        caps.native_query = false;
+        caps.ttl = true;
+        caps.atomic_batch = true;
+        caps.single_round_trip_batch = true;
+        caps.max_value_bytes = limits.max_value_bytes;
+        caps.max_depth = limits.max_depth;
+        caps.max_batch_size = MAX_BATCH_SIZE;
+        caps.durable = true;
+        caps
     }
 
     async fn status(&self) -> Result<Status> {
@@ -646,13 +656,13 @@ impl StorageDriver for RedisDriver {
             // lossily); the script then writes only if nobody wrote in between.
             let (next, expected_stamp) = match mode {
                 MetadataMode::Replace => (metadata.clone(), String::new()),
-                MetadataMode::Merge => {
+                _ => {
                     let mut current = self.fetch(ns, &[key.to_owned()]).await.map_err(ctx)?;
                     let Some(current) = current.pop().flatten() else {
                         return Err(not_found());
                     };
                     let mut merged = current.entry.metadata;
-                    merge_metadata(&mut merged, metadata.clone());
+                    mode.apply(&mut merged, metadata.clone());
                     validate::metadata(&merged, limits).map_err(ctx)?;
                     (merged, current.stamp.to_string())
                 }

@@ -31,11 +31,11 @@ async fn malformed_url_is_a_config_error_naming_the_url() {
     let mut c = RedisConfig::new("not a url at all");
     c.connect_timeout = Duration::from_secs(1);
     let e = expect_err(RedisDriver::connect(c).await, ErrorCode::Config, "connect");
-    assert_eq!(e.context_value("setting"), Some("url"), "{e}");
+    assert_eq!(e.context_value("setting"), Some("redis.url"), "{e}");
     let mut c = RedisConfig::new("redis://127.0.0.1:6379");
     c.key_prefix = "bad{prefix}".into();
     let e = expect_err(RedisDriver::connect(c).await, ErrorCode::Config, "connect");
-    assert_eq!(e.context_value("setting"), Some("key_prefix"), "{e}");
+    assert_eq!(e.context_value("setting"), Some("redis.key_prefix"), "{e}");
 }
 
 #[tokio::test]

@@ -1,35 +1,67 @@
-//! Configuration: one type loadable from a TOML file and from environment variables with the
-//! same keys (environment wins), resolved into checked settings before anything connects.
+//! Configuration: one serde tree, read from a TOML file and from environment variables.
 //!
-//! Every setting is `Option` in the raw form (as in deadpool-postgres' `Config`), so "not set"
-//! and "set" are different things and defaults live in one place: [`KernelConfig::resolve`].
+//! Every setting exists once: as a field of a type that derives `Deserialize`, with its default
+//! in that type's `Default` impl — the drivers' own [`PostgresConfig`] and [`RedisConfig`], the
+//! layers' [`RetryPolicy`], [`CircuitBreakerConfig`], the [`PipelineConfig`], kernel-core's
+//! [`Limits`]. [`KernelConfig`] only nests them. The environment variable of a setting is
+//! derived from its TOML key (`retry.max_attempts` is `KERNEL_RETRY_MAX_ATTEMPTS`), so
+//! [`KernelConfig::settings`] can list every key, variable and default, and a test checks the
+//! table in `docs/configuration.md` against that list.
+//!
+//! The loader is small and hand-written (see `docs/architecture.md` for why not figment): the
+//! TOML file becomes a JSON tree, each variable that is set is parsed by the type of its
+//! default and put at its key, and the tree is deserialized with `serde_path_to_error`, so an
+//! error names the setting.
+//!
+//! ```
+//! use kernel_bootstrap::{BackendKind, KernelConfig, Role};
+//!
+//! let cfg = KernelConfig::from_toml_str(r#"
+//!     storage_mode = "IN_MEMORY"
+//!     [limits]
+//!     max_value_bytes = 65536
+//! "#).unwrap();
+//! cfg.validate().unwrap();
+//! assert_eq!(cfg.backend(Role::Locks), BackendKind::Memory);
+//! assert_eq!(cfg.limits.max_value_bytes, 65536);
+//! ```
 
 use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
 use kernel_core::redact::redact_url;
+use kernel_core::settings::duration_ms;
 use kernel_core::{Error, Limits, Result};
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde_json::{Map, Value};
 
-use crate::layers::circuit_breaker::CircuitBreakerConfig;
-use crate::layers::retry::RetryPolicy;
-use crate::pipeline::PipelineConfig;
-use crate::secret::SecretUrl;
+#[cfg(feature = "postgres")]
+pub use driver_postgres::PostgresConfig;
+#[cfg(feature = "redis")]
+pub use driver_redis::RedisConfig;
 
-/// Which backend serves a role.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub use crate::layers::circuit_breaker::CircuitBreakerConfig;
+pub use crate::layers::retry::RetryPolicy;
+pub use crate::pipeline::PipelineConfig;
+
+/// Which built-in backend serves a role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
 pub enum BackendKind {
-    /// In-process (`driver-memory`); accepts `memory`, `in_memory`, `in-memory`, `IN_MEMORY`.
+    /// In-process (`driver-memory`, always built in); accepts `memory`, `in_memory`,
+    /// `in-memory`, `IN_MEMORY`.
+    #[default]
     Memory,
-    /// PostgreSQL (`driver-postgres`); accepts `postgres`, `postgresql`, `SUPABASE`.
+    /// PostgreSQL (`driver-postgres`, feature `postgres`); accepts `postgres`, `postgresql`,
+    /// `SUPABASE`.
     Postgres,
-    /// Redis (`driver-redis`); accepts `redis`.
+    /// Redis (`driver-redis`, feature `redis`); accepts `redis`.
     Redis,
 }
 
 impl BackendKind {
-    /// The canonical name.
+    /// The canonical name, also the backend's name in health reports and metrics.
     pub fn as_str(self) -> &'static str {
         match self {
             BackendKind::Memory => "memory",
@@ -37,11 +69,20 @@ impl BackendKind {
             BackendKind::Redis => "redis",
         }
     }
+
+    /// Whether this build of kernel-bootstrap can connect to it (its Cargo feature is on).
+    pub fn is_built_in(self) -> bool {
+        match self {
+            BackendKind::Memory => true,
+            BackendKind::Postgres => cfg!(feature = "postgres"),
+            BackendKind::Redis => cfg!(feature = "redis"),
+        }
+    }
 }
 
 impl std::fmt::Display for BackendKind {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
+        f.pad(self.as_str())
     }
 }
 
@@ -62,16 +103,30 @@ impl FromStr for BackendKind {
     }
 }
 
-/// The four roles a kernel fills.
+impl Serialize for BackendKind {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for BackendKind {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// The four roles a kernel fills, named after their traits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum Role {
-    /// `StorageDriver`.
+    /// `StorageDriver`: namespaced documents ([`crate::Kernel::storage`]).
     Storage,
-    /// `EventStore`.
+    /// `EventStore` ([`crate::Kernel::events`]).
     Events,
-    /// `Lock`.
+    /// `Lock` ([`crate::Kernel::locks`]).
     Locks,
-    /// `RateLimiter`.
+    /// `RateLimiter` ([`crate::Kernel::rate_limiter`]).
     RateLimits,
 }
 
@@ -79,7 +134,7 @@ impl Role {
     /// Every role, in report order.
     pub const ALL: [Role; 4] = [Role::Storage, Role::Events, Role::Locks, Role::RateLimits];
 
-    /// The role's name in reports and settings.
+    /// The role's name in reports and settings (`backends.<name>`).
     pub fn as_str(self) -> &'static str {
         match self {
             Role::Storage => "storage",
@@ -88,258 +143,190 @@ impl Role {
             Role::RateLimits => "rate_limits",
         }
     }
+
+    pub(crate) fn index(self) -> usize {
+        match self {
+            Role::Storage => 0,
+            Role::Events => 1,
+            Role::Locks => 2,
+            Role::RateLimits => 3,
+        }
+    }
 }
 
-/// Per-role backend overrides (`[backends]` in TOML).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
+/// Per-role backend overrides (`[backends]`); an unset role uses `storage_mode`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct RoleBackends {
-    /// `KERNEL_DOCUMENTS_BACKEND` / `backends.documents`.
-    pub documents: Option<String>,
-    /// `KERNEL_EVENTS_BACKEND` / `backends.events`.
-    pub events: Option<String>,
-    /// `KERNEL_LOCKS_BACKEND` / `backends.locks`.
-    pub locks: Option<String>,
-    /// `KERNEL_RATE_LIMITS_BACKEND` / `backends.rate_limits`.
-    pub rate_limits: Option<String>,
+    /// The documents store.
+    pub storage: Option<BackendKind>,
+    /// The event store.
+    pub events: Option<BackendKind>,
+    /// Locks.
+    pub locks: Option<BackendKind>,
+    /// Rate limits.
+    pub rate_limits: Option<BackendKind>,
 }
 
-/// `[postgres]` settings.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PostgresSettings {
-    /// `DATABASE_URL` / `postgres.url`.
-    pub url: Option<SecretUrl>,
-    /// `KERNEL_POSTGRES_POOL_SIZE` / `postgres.pool_size` (default 16).
-    pub pool_size: Option<usize>,
-    /// `KERNEL_POSTGRES_CONNECT_TIMEOUT_MS` (default 5000).
-    pub connect_timeout_ms: Option<u64>,
-    /// `KERNEL_POSTGRES_OPERATION_TIMEOUT_MS` (default 30000).
-    pub operation_timeout_ms: Option<u64>,
-    /// `KERNEL_MIGRATE_ON_BOOT` / `postgres.migrate_on_boot` (default true).
-    pub migrate_on_boot: Option<bool>,
-    /// `KERNEL_POSTGRES_POLL_INTERVAL_MS` / `postgres.poll_interval_ms` (default 1000): how often
-    /// an idle subscription reads again when no notification woke it.
-    pub poll_interval_ms: Option<u64>,
-}
-
-/// `[redis]` settings.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RedisSettings {
-    /// `REDIS_URL` / `redis.url`.
-    pub url: Option<SecretUrl>,
-    /// `KERNEL_REDIS_POOL_SIZE` (default 8).
-    pub pool_size: Option<usize>,
-    /// `KERNEL_REDIS_CONNECT_TIMEOUT_MS` (default 5000).
-    pub connect_timeout_ms: Option<u64>,
-    /// `KERNEL_REDIS_OPERATION_TIMEOUT_MS` (default 10000).
-    pub operation_timeout_ms: Option<u64>,
-    /// `KERNEL_KEY_PREFIX` / `redis.key_prefix` (default `kernel:`).
-    pub key_prefix: Option<String>,
-}
-
-/// `[limits]` settings.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct LimitSettings {
-    /// `KERNEL_MAX_VALUE_BYTES` / `limits.max_value_bytes` (default 1048576).
-    pub max_value_bytes: Option<usize>,
-    /// `KERNEL_MAX_DEPTH` / `limits.max_depth` (default 64).
-    pub max_depth: Option<usize>,
-}
-
-/// `[retry]` settings: the retry layer in front of every backend.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RetrySettings {
-    /// `KERNEL_RETRY_MAX_ATTEMPTS` / `retry.max_attempts`, first attempt included; 1 turns
-    /// retries off (default 3).
-    pub max_attempts: Option<u32>,
-    /// `KERNEL_RETRY_INITIAL_BACKOFF_MS` / `retry.initial_backoff_ms` (default 50).
-    pub initial_backoff_ms: Option<u64>,
-    /// `KERNEL_RETRY_MAX_BACKOFF_MS` / `retry.max_backoff_ms` (default 2000).
-    pub max_backoff_ms: Option<u64>,
-    /// `KERNEL_RETRY_MAX_ELAPSED_MS` / `retry.max_elapsed_ms` (default 10000).
-    pub max_elapsed_ms: Option<u64>,
-}
-
-/// `[timeouts]` settings: the timeout layer in front of every backend.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// `[timeouts]`: the timeout layer in front of every backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct TimeoutSettings {
-    /// `KERNEL_OPERATION_TIMEOUT_MS` / `timeouts.operation_ms`: deadline of one call (one
-    /// attempt) of any operation (default 30000).
-    pub operation_ms: Option<u64>,
+    /// Deadline of one call (one attempt) of any operation (`operation_ms`).
+    #[serde(rename = "operation_ms", with = "duration_ms")]
+    pub operation: Duration,
 }
 
-/// `[circuit_breaker]` settings: one breaker per backend.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CircuitBreakerSettings {
-    /// `KERNEL_CIRCUIT_BREAKER_ENABLED` / `circuit_breaker.enabled` (default true).
-    pub enabled: Option<bool>,
-    /// `KERNEL_CIRCUIT_BREAKER_FAILURE_THRESHOLD` / `circuit_breaker.failure_threshold`
-    /// (default 5).
-    pub failure_threshold: Option<u32>,
-    /// `KERNEL_CIRCUIT_BREAKER_COOL_DOWN_MS` / `circuit_breaker.cool_down_ms` (default 10000).
-    pub cool_down_ms: Option<u64>,
+impl Default for TimeoutSettings {
+    /// 30 s.
+    fn default() -> Self {
+        TimeoutSettings {
+            operation: Duration::from_secs(30),
+        }
+    }
 }
 
-/// `[pipeline]` settings: the asynchronous change pipeline.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PipelineSettings {
-    /// `KERNEL_PIPELINE_CAPACITY` / `pipeline.capacity`: changes queued or in flight before
-    /// submitters wait (default 1024).
-    pub capacity: Option<usize>,
-    /// `KERNEL_PIPELINE_WORKERS` / `pipeline.workers`: lanes applying changes in parallel
-    /// (default 4).
-    pub workers: Option<usize>,
+impl TimeoutSettings {
+    /// Checks the deadline is above zero and at most an hour.
+    pub fn validate(&self) -> Result<()> {
+        check_ms("timeouts.operation_ms", self.operation)
+    }
 }
 
-/// The raw configuration, as read. See `docs/configuration.md` for the table of keys.
+/// The whole configuration. See `docs/configuration.md` for the table of keys, variables and
+/// defaults ([`KernelConfig::settings`] lists them too).
 ///
-/// ```
-/// use kernel_bootstrap::{BackendKind, KernelConfig, Role};
-///
-/// let cfg = KernelConfig::from_toml_str(r#"
-///     storage_mode = "IN_MEMORY"
-///     [limits]
-///     max_value_bytes = 65536
-/// "#).unwrap();
-/// let resolved = cfg.resolve().unwrap();
-/// assert_eq!(resolved.backend(Role::Locks), BackendKind::Memory);
-/// assert_eq!(resolved.limits.max_value_bytes, 65536);
-/// ```
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// Every field has its default, so an empty TOML file or an empty environment is the
+/// in-process kernel. The `postgres` and `redis` tables exist when their Cargo feature is on.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
 pub struct KernelConfig {
-    /// `KERNEL_STORAGE_MODE` / `storage_mode`: default backend of every role (default memory).
-    pub storage_mode: Option<String>,
+    /// Default backend of every role (`KERNEL_STORAGE_MODE`).
+    pub storage_mode: BackendKind,
     /// Per-role overrides.
-    #[serde(default)]
     pub backends: RoleBackends,
-    /// PostgreSQL.
-    #[serde(default)]
-    pub postgres: PostgresSettings,
-    /// Redis.
-    #[serde(default)]
-    pub redis: RedisSettings,
-    /// Value limits.
-    #[serde(default)]
-    pub limits: LimitSettings,
+    /// Value limits, given to every driver.
+    pub limits: Limits,
+    /// PostgreSQL (the driver's own settings type).
+    #[cfg(feature = "postgres")]
+    pub postgres: PostgresConfig,
+    /// Redis (the driver's own settings type).
+    #[cfg(feature = "redis")]
+    pub redis: RedisConfig,
     /// Retry layer.
-    #[serde(default)]
-    pub retry: RetrySettings,
+    pub retry: RetryPolicy,
     /// Timeout layer.
-    #[serde(default)]
     pub timeouts: TimeoutSettings,
     /// Circuit breaker layer.
-    #[serde(default)]
-    pub circuit_breaker: CircuitBreakerSettings,
+    pub circuit_breaker: CircuitBreakerConfig,
     /// Change pipeline.
-    #[serde(default)]
-    pub pipeline: PipelineSettings,
+    pub pipeline: PipelineConfig,
 }
-
-/// Environment variables read by [`KernelConfig::from_env`], with the TOML key each sets.
-pub const ENV_KEYS: &[(&str, &str)] = &[
-    ("KERNEL_STORAGE_MODE", "storage_mode"),
-    ("KERNEL_DOCUMENTS_BACKEND", "backends.documents"),
-    ("KERNEL_EVENTS_BACKEND", "backends.events"),
-    ("KERNEL_LOCKS_BACKEND", "backends.locks"),
-    ("KERNEL_RATE_LIMITS_BACKEND", "backends.rate_limits"),
-    ("DATABASE_URL", "postgres.url"),
-    ("KERNEL_POSTGRES_POOL_SIZE", "postgres.pool_size"),
-    (
-        "KERNEL_POSTGRES_CONNECT_TIMEOUT_MS",
-        "postgres.connect_timeout_ms",
-    ),
-    (
-        "KERNEL_POSTGRES_OPERATION_TIMEOUT_MS",
-        "postgres.operation_timeout_ms",
-    ),
-    ("KERNEL_MIGRATE_ON_BOOT", "postgres.migrate_on_boot"),
-    (
-        "KERNEL_POSTGRES_POLL_INTERVAL_MS",
-        "postgres.poll_interval_ms",
-    ),
-    ("REDIS_URL", "redis.url"),
-    ("KERNEL_REDIS_POOL_SIZE", "redis.pool_size"),
-    (
-        "KERNEL_REDIS_CONNECT_TIMEOUT_MS",
-        "redis.connect_timeout_ms",
-    ),
-    (
-        "KERNEL_REDIS_OPERATION_TIMEOUT_MS",
-        "redis.operation_timeout_ms",
-    ),
-    ("KERNEL_KEY_PREFIX", "redis.key_prefix"),
-    ("KERNEL_MAX_VALUE_BYTES", "limits.max_value_bytes"),
-    ("KERNEL_MAX_DEPTH", "limits.max_depth"),
-    ("KERNEL_RETRY_MAX_ATTEMPTS", "retry.max_attempts"),
-    (
-        "KERNEL_RETRY_INITIAL_BACKOFF_MS",
-        "retry.initial_backoff_ms",
-    ),
-    ("KERNEL_RETRY_MAX_BACKOFF_MS", "retry.max_backoff_ms"),
-    ("KERNEL_RETRY_MAX_ELAPSED_MS", "retry.max_elapsed_ms"),
-    ("KERNEL_OPERATION_TIMEOUT_MS", "timeouts.operation_ms"),
-    ("KERNEL_CIRCUIT_BREAKER_ENABLED", "circuit_breaker.enabled"),
-    (
-        "KERNEL_CIRCUIT_BREAKER_FAILURE_THRESHOLD",
-        "circuit_breaker.failure_threshold",
-    ),
-    (
-        "KERNEL_CIRCUIT_BREAKER_COOL_DOWN_MS",
-        "circuit_breaker.cool_down_ms",
-    ),
-    ("KERNEL_PIPELINE_CAPACITY", "pipeline.capacity"),
-    ("KERNEL_PIPELINE_WORKERS", "pipeline.workers"),
-];
 
 /// Names a TOML file to read before the environment.
 pub const CONFIG_FILE_ENV: &str = "KERNEL_CONFIG_FILE";
 
+/// Every derived variable name starts with this.
+pub const ENV_PREFIX: &str = "KERNEL_";
+
+/// Variables that set a key under a name of their own (the names twelve-factor apps and
+/// hosting platforms use for connection strings).
+pub const ENV_ALIASES: &[(&str, &str)] =
+    &[("DATABASE_URL", "postgres.url"), ("REDIS_URL", "redis.url")];
+
+/// Variables of earlier versions, with the key that replaced each: setting one is a `Config`
+/// error that names the new variable, never a silently ignored setting.
+const RENAMED: &[(&str, &str)] = &[
+    ("KERNEL_DOCUMENTS_BACKEND", "backends.storage"),
+    ("KERNEL_EVENTS_BACKEND", "backends.events"),
+    ("KERNEL_LOCKS_BACKEND", "backends.locks"),
+    ("KERNEL_RATE_LIMITS_BACKEND", "backends.rate_limits"),
+    ("KERNEL_MAX_VALUE_BYTES", "limits.max_value_bytes"),
+    ("KERNEL_MAX_DEPTH", "limits.max_depth"),
+    ("KERNEL_OPERATION_TIMEOUT_MS", "timeouts.operation_ms"),
+    ("KERNEL_KEY_PREFIX", "redis.key_prefix"),
+    ("KERNEL_MIGRATE_ON_BOOT", "postgres.migrate_on_boot"),
+    (
+        "KERNEL_POSTGRES_POLL_INTERVAL_MS",
+        "postgres.subscription.poll_interval_ms",
+    ),
+    (
+        "KERNEL_POSTGRES_OPERATION_TIMEOUT_MS",
+        "postgres.statement_timeout_ms",
+    ),
+];
+
+/// One setting: its TOML key, its environment variable(s) and its default.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct Setting {
+    /// Dotted TOML key (`postgres.pool_size`).
+    pub key: String,
+    /// The variable derived from the key (`KERNEL_POSTGRES_POOL_SIZE`).
+    pub env: String,
+    /// Another variable that sets it too (`DATABASE_URL`), if any.
+    pub alias: Option<&'static str>,
+    /// The default, as JSON (`null`: unset).
+    pub default: Value,
+}
+
+/// The variable derived from a TOML key.
+pub fn env_name(key: &str) -> String {
+    format!("{ENV_PREFIX}{}", key.replace('.', "_").to_ascii_uppercase())
+}
+
 impl KernelConfig {
+    /// Every setting of this build (features decide whether `postgres.*` and `redis.*` exist),
+    /// in the order of the tree.
+    pub fn settings() -> Vec<Setting> {
+        let mut out = Vec::new();
+        // Serializing the defaults cannot fail: every type here serializes to plain JSON.
+        let tree = serde_json::to_value(KernelConfig::default()).unwrap_or(Value::Null);
+        leaves(&tree, String::new(), &mut out);
+        out
+    }
+
     /// Parses TOML text.
     pub fn from_toml_str(text: &str) -> Result<KernelConfig> {
-        toml::from_str(text).map_err(|e| {
-            // toml's message quotes the offending value (`invalid type: string "postgres://
-            // u:pw@h/db", expected ...` when a URL is given where a table belongs): every
-            // quoted part goes through the redaction.
-            Error::config(
-                "toml",
-                format!("invalid configuration: {}", redact_quoted(e.message())),
-            )
-            .with_context("span", format!("{:?}", e.span()))
-        })
+        KernelConfig::from_tree(toml_tree(text)?)
     }
 
     /// Reads a TOML file.
     pub fn from_toml_file(path: impl AsRef<Path>) -> Result<KernelConfig> {
         let path = path.as_ref();
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            Error::config(CONFIG_FILE_ENV, "cannot read the configuration file")
-                .with_context("path", path.display())
-                .with_source(e)
-        })?;
-        KernelConfig::from_toml_str(&text).map_err(|e| e.with_context("path", path.display()))
+        read_toml_file(path)
+            .and_then(KernelConfig::from_tree)
+            .map_err(|e| e.with_context("path", path.display()))
     }
 
     /// Reads the process environment: the file named by `KERNEL_CONFIG_FILE` if set, then every
-    /// variable in [`ENV_KEYS`] on top.
+    /// variable of [`KernelConfig::settings`] (and [`ENV_ALIASES`]) on top.
     pub fn from_env() -> Result<KernelConfig> {
         // Only the kernel's own names: `std::env::vars()` would panic on any variable of the
         // process that is not UTF-8, however unrelated.
+        let settings = KernelConfig::settings();
+        let names = std::iter::once(CONFIG_FILE_ENV.to_owned())
+            .chain(settings.iter().map(|s| s.env.clone()))
+            .chain(ENV_ALIASES.iter().map(|(n, _)| (*n).to_owned()))
+            .chain(RENAMED.iter().map(|(n, _)| (*n).to_owned()));
         let mut vars = Vec::new();
-        for name in std::iter::once(CONFIG_FILE_ENV).chain(ENV_KEYS.iter().map(|(n, _)| *n)) {
-            match std::env::var(name) {
-                Ok(value) => vars.push((name.to_owned(), value)),
+        for name in names {
+            match std::env::var(&name) {
+                Ok(value) => vars.push((name, value)),
                 Err(std::env::VarError::NotPresent) => {}
                 Err(std::env::VarError::NotUnicode(_)) => {
-                    return Err(Error::config(name, "the value is not valid UTF-8"));
+                    return Err(Error::config(
+                        &setting_of(&name).unwrap_or(name.clone()),
+                        "the value is not valid UTF-8",
+                    )
+                    .with_context("env", &name));
                 }
             }
         }
@@ -347,431 +334,287 @@ impl KernelConfig {
     }
 
     /// Like [`KernelConfig::from_env`] over any set of variables (tests use this instead of
-    /// mutating the process environment).
+    /// mutating the process environment). Variables that are not the kernel's are ignored; an
+    /// empty value counts as unset.
     pub fn from_vars(vars: impl IntoIterator<Item = (String, String)>) -> Result<KernelConfig> {
-        let vars: Vec<(String, String)> = vars.into_iter().collect();
+        let vars: Vec<(String, String)> = vars
+            .into_iter()
+            .filter(|(_, v)| !v.trim().is_empty())
+            .collect();
         let get = |name: &str| {
             vars.iter()
                 .rev()
                 .find(|(k, _)| k == name)
-                .map(|(_, v)| v.clone())
+                .map(|(_, v)| v.trim())
         };
-        let mut cfg = match get(CONFIG_FILE_ENV) {
-            Some(path) if !path.trim().is_empty() => KernelConfig::from_toml_file(path.trim())?,
-            _ => KernelConfig::default(),
+        let mut tree = match get(CONFIG_FILE_ENV) {
+            Some(path) => {
+                read_toml_file(Path::new(path)).map_err(|e| e.with_context("path", path))?
+            }
+            None => Value::Object(Map::new()),
         };
-        cfg.apply_vars(|name| get(name))?;
-        Ok(cfg)
-    }
-
-    /// Overlays environment-style variables on this configuration.
-    pub fn apply_vars(&mut self, get: impl Fn(&str) -> Option<String>) -> Result<()> {
-        for (env, _) in ENV_KEYS {
-            let Some(raw) = get(env) else { continue };
-            let value = raw.trim().to_owned();
-            if value.is_empty() {
-                continue;
-            }
-            self.set(env, value)?;
-        }
-        Ok(())
-    }
-
-    fn set(&mut self, env: &str, v: String) -> Result<()> {
-        match env {
-            "KERNEL_STORAGE_MODE" => self.storage_mode = Some(v),
-            "KERNEL_DOCUMENTS_BACKEND" => self.backends.documents = Some(v),
-            "KERNEL_EVENTS_BACKEND" => self.backends.events = Some(v),
-            "KERNEL_LOCKS_BACKEND" => self.backends.locks = Some(v),
-            "KERNEL_RATE_LIMITS_BACKEND" => self.backends.rate_limits = Some(v),
-            "DATABASE_URL" => self.postgres.url = Some(SecretUrl::new(v)),
-            "KERNEL_POSTGRES_POOL_SIZE" => self.postgres.pool_size = Some(parse(env, &v)?),
-            "KERNEL_POSTGRES_CONNECT_TIMEOUT_MS" => {
-                self.postgres.connect_timeout_ms = Some(parse(env, &v)?)
-            }
-            "KERNEL_POSTGRES_OPERATION_TIMEOUT_MS" => {
-                self.postgres.operation_timeout_ms = Some(parse(env, &v)?)
-            }
-            "KERNEL_MIGRATE_ON_BOOT" => self.postgres.migrate_on_boot = Some(parse_bool(env, &v)?),
-            "KERNEL_POSTGRES_POLL_INTERVAL_MS" => {
-                self.postgres.poll_interval_ms = Some(parse(env, &v)?)
-            }
-            "REDIS_URL" => self.redis.url = Some(SecretUrl::new(v)),
-            "KERNEL_REDIS_POOL_SIZE" => self.redis.pool_size = Some(parse(env, &v)?),
-            "KERNEL_REDIS_CONNECT_TIMEOUT_MS" => {
-                self.redis.connect_timeout_ms = Some(parse(env, &v)?)
-            }
-            "KERNEL_REDIS_OPERATION_TIMEOUT_MS" => {
-                self.redis.operation_timeout_ms = Some(parse(env, &v)?)
-            }
-            "KERNEL_KEY_PREFIX" => self.redis.key_prefix = Some(v),
-            "KERNEL_MAX_VALUE_BYTES" => self.limits.max_value_bytes = Some(parse(env, &v)?),
-            "KERNEL_MAX_DEPTH" => self.limits.max_depth = Some(parse(env, &v)?),
-            "KERNEL_RETRY_MAX_ATTEMPTS" => self.retry.max_attempts = Some(parse(env, &v)?),
-            "KERNEL_RETRY_INITIAL_BACKOFF_MS" => {
-                self.retry.initial_backoff_ms = Some(parse(env, &v)?)
-            }
-            "KERNEL_RETRY_MAX_BACKOFF_MS" => self.retry.max_backoff_ms = Some(parse(env, &v)?),
-            "KERNEL_RETRY_MAX_ELAPSED_MS" => self.retry.max_elapsed_ms = Some(parse(env, &v)?),
-            "KERNEL_OPERATION_TIMEOUT_MS" => self.timeouts.operation_ms = Some(parse(env, &v)?),
-            "KERNEL_CIRCUIT_BREAKER_ENABLED" => {
-                self.circuit_breaker.enabled = Some(parse_bool(env, &v)?)
-            }
-            "KERNEL_CIRCUIT_BREAKER_FAILURE_THRESHOLD" => {
-                self.circuit_breaker.failure_threshold = Some(parse(env, &v)?)
-            }
-            "KERNEL_CIRCUIT_BREAKER_COOL_DOWN_MS" => {
-                self.circuit_breaker.cool_down_ms = Some(parse(env, &v)?)
-            }
-            "KERNEL_PIPELINE_CAPACITY" => self.pipeline.capacity = Some(parse(env, &v)?),
-            "KERNEL_PIPELINE_WORKERS" => self.pipeline.workers = Some(parse(env, &v)?),
-            other => {
-                return Err(Error::internal("unknown configuration variable")
-                    .with_context("setting", other));
-            }
-        }
-        Ok(())
-    }
-
-    /// Checks every setting and fills the defaults.
-    pub fn resolve(&self) -> Result<ResolvedConfig> {
-        let default = match &self.storage_mode {
-            Some(s) => kind("KERNEL_STORAGE_MODE", s)?,
-            None => BackendKind::Memory,
-        };
-        let role = |env: &str, v: &Option<String>| match v {
-            Some(s) => kind(env, s),
-            None => Ok(default),
-        };
-        let roles = [
-            role("KERNEL_DOCUMENTS_BACKEND", &self.backends.documents)?,
-            role("KERNEL_EVENTS_BACKEND", &self.backends.events)?,
-            role("KERNEL_LOCKS_BACKEND", &self.backends.locks)?,
-            role("KERNEL_RATE_LIMITS_BACKEND", &self.backends.rate_limits)?,
-        ];
-        let limits = Limits {
-            max_value_bytes: range(
-                "KERNEL_MAX_VALUE_BYTES",
-                self.limits.max_value_bytes,
-                Limits::DEFAULT.max_value_bytes,
-                1..=256 * 1024 * 1024,
-            )?,
-            max_depth: range(
-                "KERNEL_MAX_DEPTH",
-                self.limits.max_depth,
-                Limits::DEFAULT.max_depth,
-                1..=1024,
-            )?,
-        };
-        let postgres = if roles.contains(&BackendKind::Postgres) {
-            let url = self.postgres.url.clone().ok_or_else(|| {
-                Error::config(
-                    "DATABASE_URL",
-                    "a role uses postgres, so DATABASE_URL (postgres.url) must be set, e.g. \
-                     postgres://user:password@host:5432/db",
-                )
-            })?;
-            check_url("DATABASE_URL", &url, &["postgres", "postgresql"])?;
-            Some(PostgresResolved {
-                url,
-                pool_size: range(
-                    "KERNEL_POSTGRES_POOL_SIZE",
-                    self.postgres.pool_size,
-                    16,
-                    1..=1000,
-                )?,
-                connect_timeout: ms(
-                    "KERNEL_POSTGRES_CONNECT_TIMEOUT_MS",
-                    self.postgres.connect_timeout_ms,
-                    5_000,
-                )?,
-                operation_timeout: ms(
-                    "KERNEL_POSTGRES_OPERATION_TIMEOUT_MS",
-                    self.postgres.operation_timeout_ms,
-                    30_000,
-                )?,
-                migrate_on_boot: self.postgres.migrate_on_boot.unwrap_or(true),
-                poll_interval: ms(
-                    "KERNEL_POSTGRES_POLL_INTERVAL_MS",
-                    self.postgres.poll_interval_ms,
-                    1_000,
-                )?,
-            })
-        } else {
-            None
-        };
-        let redis = if roles.contains(&BackendKind::Redis) {
-            let url = self.redis.url.clone().ok_or_else(|| {
-                Error::config(
-                    "REDIS_URL",
-                    "a role uses redis, so REDIS_URL (redis.url) must be set, e.g. \
-                     redis://127.0.0.1:6379",
-                )
-            })?;
-            check_url("REDIS_URL", &url, &["redis", "rediss"])?;
-            let key_prefix = self
-                .redis
-                .key_prefix
-                .clone()
-                .unwrap_or_else(|| "kernel:".into());
-            if key_prefix.is_empty()
-                || key_prefix.len() > 64
-                || key_prefix.contains(['{', '}', ' ', '\0'])
-            {
+        for (old, key) in RENAMED {
+            if get(old).is_some() {
                 return Err(Error::config(
-                    "KERNEL_KEY_PREFIX",
-                    "key prefix must be 1..=64 bytes without '{', '}', spaces or NUL",
-                ));
+                    key,
+                    format!("{old} was renamed: set {} instead", env_name(key)),
+                )
+                .with_context("env", old));
             }
-            Some(RedisResolved {
-                url,
-                pool_size: range("KERNEL_REDIS_POOL_SIZE", self.redis.pool_size, 8, 1..=256)?,
-                connect_timeout: ms(
-                    "KERNEL_REDIS_CONNECT_TIMEOUT_MS",
-                    self.redis.connect_timeout_ms,
-                    5_000,
-                )?,
-                operation_timeout: ms(
-                    "KERNEL_REDIS_OPERATION_TIMEOUT_MS",
-                    self.redis.operation_timeout_ms,
-                    10_000,
-                )?,
-                key_prefix,
-            })
-        } else {
-            None
-        };
-        Ok(ResolvedConfig {
-            roles,
-            postgres,
-            redis,
-            limits,
-            retry: self.resolve_retry()?,
-            operation_timeout: ms(
-                "KERNEL_OPERATION_TIMEOUT_MS",
-                self.timeouts.operation_ms,
-                30_000,
-            )?,
-            circuit_breaker: self.resolve_circuit_breaker()?,
-            pipeline: PipelineConfig {
-                capacity: range(
-                    "KERNEL_PIPELINE_CAPACITY",
-                    self.pipeline.capacity,
-                    PipelineConfig::default().capacity,
-                    1..=1_000_000,
-                )?,
-                workers: range(
-                    "KERNEL_PIPELINE_WORKERS",
-                    self.pipeline.workers,
-                    PipelineConfig::default().workers,
-                    1..=256,
-                )?,
-            },
+        }
+        for setting in KernelConfig::settings() {
+            let raw = get(&setting.env)
+                .map(|v| (setting.env.as_str(), v))
+                .or_else(|| setting.alias.and_then(|a| get(a).map(|v| (a, v))));
+            let Some((name, raw)) = raw else { continue };
+            let value = parse_like(&setting.default, raw)
+                .map_err(|msg| Error::config(&setting.key, msg).with_context("env", name))?;
+            insert(&mut tree, &setting.key, value);
+        }
+        KernelConfig::from_tree(tree)
+    }
+
+    fn from_tree(tree: Value) -> Result<KernelConfig> {
+        serde_path_to_error::deserialize(tree).map_err(|e| {
+            let key = e.path().to_string();
+            // serde's messages quote the offending value (`invalid type: string "postgres://
+            // u:pw@h/db", expected ...`): every quoted part goes through the redaction.
+            let message = redact_quoted(&e.inner().to_string());
+            let message = match unknown_feature_table(&key, &message) {
+                Some(feature) => format!(
+                    "this build of kernel-bootstrap has no `{feature}` feature, so it has no \
+                     [{feature}] settings: enable the feature or remove the table"
+                ),
+                None => format!("invalid configuration: {message}"),
+            };
+            if key == "." {
+                Error::config("config", message)
+            } else {
+                Error::config(&key, message).with_context("env", env_name(&key))
+            }
         })
     }
 
-    fn resolve_retry(&self) -> Result<RetryPolicy> {
-        let default = RetryPolicy::default();
-        let r = &self.retry;
-        let max_attempts = range(
-            "KERNEL_RETRY_MAX_ATTEMPTS",
-            r.max_attempts.map(|n| n as usize),
-            default.max_attempts as usize,
-            1..=100,
-        )?;
-        let ms_or = |setting: &str, v: Option<u64>, d: Duration| {
-            ms(setting, v, u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        };
-        let policy = RetryPolicy {
-            max_attempts: u32::try_from(max_attempts).unwrap_or(default.max_attempts),
-            initial_backoff: ms_or(
-                "KERNEL_RETRY_INITIAL_BACKOFF_MS",
-                r.initial_backoff_ms,
-                default.initial_backoff,
-            )?,
-            max_backoff: ms_or(
-                "KERNEL_RETRY_MAX_BACKOFF_MS",
-                r.max_backoff_ms,
-                default.max_backoff,
-            )?,
-            max_elapsed: ms_or(
-                "KERNEL_RETRY_MAX_ELAPSED_MS",
-                r.max_elapsed_ms,
-                default.max_elapsed,
-            )?,
-        };
-        if policy.initial_backoff > policy.max_backoff {
-            return Err(Error::config(
-                "KERNEL_RETRY_INITIAL_BACKOFF_MS",
-                format!(
-                    "the initial backoff ({} ms) must not exceed KERNEL_RETRY_MAX_BACKOFF_MS ({} ms)",
-                    policy.initial_backoff.as_millis(),
-                    policy.max_backoff.as_millis()
-                ),
-            ));
-        }
-        Ok(policy)
-    }
-
-    fn resolve_circuit_breaker(&self) -> Result<Option<CircuitBreakerConfig>> {
-        let c = &self.circuit_breaker;
-        let default = CircuitBreakerConfig::default();
-        let threshold = range(
-            "KERNEL_CIRCUIT_BREAKER_FAILURE_THRESHOLD",
-            c.failure_threshold.map(|n| n as usize),
-            default.failure_threshold as usize,
-            1..=10_000,
-        )?;
-        let cool_down = ms(
-            "KERNEL_CIRCUIT_BREAKER_COOL_DOWN_MS",
-            c.cool_down_ms,
-            u64::try_from(default.cool_down.as_millis()).unwrap_or(u64::MAX),
-        )?;
-        Ok(c.enabled.unwrap_or(true).then_some(CircuitBreakerConfig {
-            failure_threshold: u32::try_from(threshold).unwrap_or(default.failure_threshold),
-            cool_down,
-        }))
-    }
-}
-
-/// Checked settings with defaults filled in.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ResolvedConfig {
-    roles: [BackendKind; 4],
-    /// Present when a role uses Postgres.
-    pub postgres: Option<PostgresResolved>,
-    /// Present when a role uses Redis.
-    pub redis: Option<RedisResolved>,
-    /// Value limits for every driver.
-    pub limits: Limits,
-    /// The retry layer's policy (`max_attempts == 1`: no retry layer).
-    pub retry: RetryPolicy,
-    /// The timeout layer's deadline for one call.
-    pub operation_timeout: Duration,
-    /// The circuit breaker's settings; `None` when disabled.
-    pub circuit_breaker: Option<CircuitBreakerConfig>,
-    /// The change pipeline's settings.
-    pub pipeline: PipelineConfig,
-}
-
-impl ResolvedConfig {
-    /// The backend serving a role.
+    /// The backend serving a role: its `backends` override, else `storage_mode`.
     pub fn backend(&self, role: Role) -> BackendKind {
-        self.roles[Role::ALL.iter().position(|r| *r == role).unwrap_or(0)]
+        let chosen = match role {
+            Role::Storage => self.backends.storage,
+            Role::Events => self.backends.events,
+            Role::Locks => self.backends.locks,
+            Role::RateLimits => self.backends.rate_limits,
+        };
+        chosen.unwrap_or(self.storage_mode)
+    }
+
+    /// Checks every setting in use (a backend's table only when a role uses it). A `Config`
+    /// error names the TOML key (`setting`) and its variable (`env`).
+    pub fn validate(&self) -> Result<()> {
+        self.validate_inner()
+            .map_err(|e| match e.context_value("setting") {
+                Some(key) if e.context_value("env").is_none() => {
+                    let env = env_name(key);
+                    e.with_context("env", env)
+                }
+                _ => e,
+            })
+    }
+
+    fn validate_inner(&self) -> Result<()> {
+        self.limits.validate()?;
+        for role in Role::ALL {
+            let kind = self.backend(role);
+            if !kind.is_built_in() {
+                return Err(Error::config(
+                    &role_key(role, self),
+                    format!(
+                        "the {role} role is set to {kind}, but this build of kernel-bootstrap \
+                         has no `{kind}` feature (enable it in Cargo.toml)"
+                    ),
+                ));
+            }
+        }
+        #[cfg(feature = "postgres")]
+        if self.uses(BackendKind::Postgres) {
+            self.postgres_config().validate()?;
+        }
+        #[cfg(feature = "redis")]
+        if self.uses(BackendKind::Redis) {
+            self.redis_config().validate()?;
+        }
+        self.retry.validate()?;
+        self.timeouts.validate()?;
+        self.circuit_breaker.validate()?;
+        self.pipeline.validate()
+    }
+
+    /// Whether any role uses `kind`.
+    pub fn uses(&self, kind: BackendKind) -> bool {
+        Role::ALL.iter().any(|r| self.backend(*r) == kind)
+    }
+
+    /// The PostgreSQL driver's settings with the shared `[limits]` applied.
+    #[cfg(feature = "postgres")]
+    pub fn postgres_config(&self) -> PostgresConfig {
+        PostgresConfig {
+            limits: self.limits,
+            ..self.postgres.clone()
+        }
+    }
+
+    /// The Redis driver's settings with the shared `[limits]` applied.
+    #[cfg(feature = "redis")]
+    pub fn redis_config(&self) -> RedisConfig {
+        RedisConfig {
+            limits: self.limits,
+            ..self.redis.clone()
+        }
     }
 }
 
-/// Checked Postgres settings.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PostgresResolved {
-    /// Connection URL (redacted in Debug).
-    pub url: SecretUrl,
-    /// Pool size.
-    pub pool_size: usize,
-    /// Connect timeout.
-    pub connect_timeout: Duration,
-    /// Per-operation timeout.
-    pub operation_timeout: Duration,
-    /// Run pending migrations at boot.
-    pub migrate_on_boot: bool,
-    /// How often an idle subscription reads again without a notification.
-    pub poll_interval: Duration,
-}
-
-/// Checked Redis settings.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RedisResolved {
-    /// Connection URL (redacted in Debug).
-    pub url: SecretUrl,
-    /// Pool size.
-    pub pool_size: usize,
-    /// Connect timeout.
-    pub connect_timeout: Duration,
-    /// Per-operation timeout.
-    pub operation_timeout: Duration,
-    /// Prefix of every key.
-    pub key_prefix: String,
-}
-
-fn kind(setting: &str, value: &str) -> Result<BackendKind> {
-    value
-        .parse()
-        .map_err(|msg: String| Error::config(setting, msg))
-}
-
-fn parse<T: FromStr>(setting: &str, value: &str) -> Result<T> {
-    value.parse().map_err(|_| {
-        Error::config(
-            setting,
-            format!(
-                "expected a whole number, got {:?}",
-                kernel_core::validate::escape(value)
-            ),
-        )
-    })
-}
-
-fn parse_bool(setting: &str, value: &str) -> Result<bool> {
-    match value.to_ascii_lowercase().as_str() {
-        "1" | "true" | "yes" | "on" => Ok(true),
-        "0" | "false" | "no" | "off" => Ok(false),
-        _ => Err(Error::config(
-            setting,
-            format!(
-                "expected true or false, got {:?}",
-                kernel_core::validate::escape(value)
-            ),
-        )),
+fn role_key(role: Role, config: &KernelConfig) -> String {
+    let overridden = match role {
+        Role::Storage => config.backends.storage.is_some(),
+        Role::Events => config.backends.events.is_some(),
+        Role::Locks => config.backends.locks.is_some(),
+        Role::RateLimits => config.backends.rate_limits.is_some(),
+    };
+    if overridden {
+        format!("backends.{role}")
+    } else {
+        "storage_mode".to_owned()
     }
 }
 
-fn range(
-    setting: &str,
-    value: Option<usize>,
-    default: usize,
-    allowed: std::ops::RangeInclusive<usize>,
-) -> Result<usize> {
-    let v = value.unwrap_or(default);
-    if !allowed.contains(&v) {
+/// Checks a duration setting is above zero and at most an hour; the error names `key`.
+pub(crate) fn check_ms(key: &str, d: Duration) -> Result<()> {
+    if d.is_zero() || d > Duration::from_secs(3600) {
         return Err(Error::config(
-            setting,
+            key,
             format!(
-                "expected a value between {} and {}, got {v}",
+                "expected milliseconds between 1 and 3600000, got {}",
+                d.as_millis()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a count setting is within `allowed`; the error names `key`.
+pub(crate) fn check_range<T: PartialOrd + std::fmt::Display + Copy>(
+    key: &str,
+    value: T,
+    allowed: std::ops::RangeInclusive<T>,
+) -> Result<()> {
+    if !allowed.contains(&value) {
+        return Err(Error::config(
+            key,
+            format!(
+                "expected a value between {} and {}, got {value}",
                 allowed.start(),
                 allowed.end()
             ),
         ));
     }
-    Ok(v)
+    Ok(())
 }
 
-fn ms(setting: &str, value: Option<u64>, default: u64) -> Result<Duration> {
-    let v = value.unwrap_or(default);
-    if v == 0 || v > 3_600_000 {
-        return Err(Error::config(
-            setting,
-            format!("expected milliseconds between 1 and 3600000, got {v}"),
-        ));
-    }
-    Ok(Duration::from_millis(v))
+/// The TOML key a variable sets, if it is one of the kernel's.
+fn setting_of(env: &str) -> Option<String> {
+    ENV_ALIASES
+        .iter()
+        .chain(RENAMED)
+        .find(|(n, _)| *n == env)
+        .map(|(_, k)| (*k).to_owned())
+        .or_else(|| {
+            KernelConfig::settings()
+                .into_iter()
+                .find(|s| s.env == env)
+                .map(|s| s.key)
+        })
 }
 
-fn check_url(setting: &str, url: &SecretUrl, schemes: &[&str]) -> Result<()> {
-    let raw = url.expose();
-    let scheme = raw.split_once("://").map(|(s, _)| s.to_ascii_lowercase());
-    match scheme {
-        Some(s) if schemes.contains(&s.as_str()) => Ok(()),
-        // Postgres also accepts `key=value` connection strings.
-        None if schemes.contains(&"postgres") && raw.contains('=') => Ok(()),
-        _ => Err(Error::config(
-            setting,
-            format!(
-                "expected a URL starting with {}://, got {}",
-                schemes[0],
-                url.redacted()
-            ),
-        )),
+fn leaves(node: &Value, key: String, out: &mut Vec<Setting>) {
+    match node {
+        Value::Object(map) => {
+            for (name, child) in map {
+                let child_key = if key.is_empty() {
+                    name.clone()
+                } else {
+                    format!("{key}.{name}")
+                };
+                leaves(child, child_key, out);
+            }
+        }
+        _ => out.push(Setting {
+            env: env_name(&key),
+            alias: ENV_ALIASES.iter().find(|(_, k)| *k == key).map(|(n, _)| *n),
+            key,
+            default: node.clone(),
+        }),
     }
+}
+
+/// Reads an environment value as the type of the setting's default: numbers and booleans are
+/// parsed (so a typo is an error naming the variable), everything else stays a string.
+fn parse_like(default: &Value, raw: &str) -> std::result::Result<Value, String> {
+    let shown = || kernel_core::validate::escape(raw);
+    match default {
+        Value::Bool(_) => match raw.to_ascii_lowercase().as_str() {
+            "1" | "true" | "yes" | "on" => Ok(Value::Bool(true)),
+            "0" | "false" | "no" | "off" => Ok(Value::Bool(false)),
+            _ => Err(format!("expected true or false, got {:?}", shown())),
+        },
+        Value::Number(_) => raw
+            .parse::<u64>()
+            .map(Value::from)
+            .map_err(|_| format!("expected a whole number, got {:?}", shown())),
+        _ => Ok(Value::String(raw.to_owned())),
+    }
+}
+
+fn insert(tree: &mut Value, key: &str, value: Value) {
+    let mut node = tree;
+    let mut parts = key.split('.').peekable();
+    while let Some(part) = parts.next() {
+        if !node.is_object() {
+            *node = Value::Object(Map::new());
+        }
+        let Value::Object(map) = node else { return };
+        if parts.peek().is_none() {
+            map.insert(part.to_owned(), value);
+            return;
+        }
+        node = map
+            .entry(part.to_owned())
+            .or_insert_with(|| Value::Object(Map::new()));
+    }
+}
+
+fn toml_tree(text: &str) -> Result<Value> {
+    toml::from_str::<Value>(text).map_err(|e| {
+        Error::config(
+            "config",
+            format!("invalid TOML: {}", redact_quoted(e.message())),
+        )
+        .with_context("span", format!("{:?}", e.span()))
+    })
+}
+
+fn read_toml_file(path: &Path) -> Result<Value> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        Error::config(CONFIG_FILE_ENV, "cannot read the configuration file")
+            .with_context("path", path.display())
+            .with_source(e)
+    })?;
+    toml_tree(&text)
+}
+
+/// The feature a rejected top-level table belongs to, when the rejection is only that the
+/// feature is off.
+fn unknown_feature_table(key: &str, message: &str) -> Option<&'static str> {
+    ["postgres", "redis"].into_iter().find(|feature| {
+        (key == *feature || key == ".") && message.contains(&format!("unknown field `{feature}`"))
+    })
 }
 
 /// `message` with every `"..."` part passed through [`redact_url`].
@@ -788,4 +631,177 @@ fn redact_quoted(message: &str) -> String {
         })
         .collect::<Vec<_>>()
         .join("\"")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vars(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn every_setting_has_a_derived_variable() {
+        let settings = KernelConfig::settings();
+        let keys: Vec<&str> = settings.iter().map(|s| s.key.as_str()).collect();
+        for key in [
+            "storage_mode",
+            "backends.storage",
+            "limits.max_value_bytes",
+            "retry.max_attempts",
+            "timeouts.operation_ms",
+            "circuit_breaker.enabled",
+            "pipeline.workers",
+        ] {
+            assert!(keys.contains(&key), "{key} missing from {keys:?}");
+        }
+        let retry = settings
+            .iter()
+            .find(|s| s.key == "retry.max_attempts")
+            .unwrap();
+        assert_eq!(retry.env, "KERNEL_RETRY_MAX_ATTEMPTS");
+        assert_eq!(retry.default, Value::from(3));
+    }
+
+    #[test]
+    fn environment_overrides_the_file_and_parses_by_type() {
+        let cfg = KernelConfig::from_vars(vars(&[
+            ("KERNEL_RETRY_MAX_ATTEMPTS", "7"),
+            ("KERNEL_CIRCUIT_BREAKER_ENABLED", "off"),
+            ("KERNEL_BACKENDS_LOCKS", "IN_MEMORY"),
+            ("UNRELATED", "x"),
+        ]))
+        .unwrap();
+        assert_eq!(cfg.retry.max_attempts, 7);
+        assert!(!cfg.circuit_breaker.enabled);
+        assert_eq!(cfg.backends.locks, Some(BackendKind::Memory));
+        let e = KernelConfig::from_vars(vars(&[("KERNEL_PIPELINE_WORKERS", "many")])).unwrap_err();
+        assert_eq!(e.context_value("setting"), Some("pipeline.workers"));
+        assert_eq!(e.context_value("env"), Some("KERNEL_PIPELINE_WORKERS"));
+    }
+
+    #[test]
+    fn renamed_variables_are_refused_with_their_new_name() {
+        let e = KernelConfig::from_vars(vars(&[("KERNEL_MAX_DEPTH", "3")])).unwrap_err();
+        assert_eq!(e.code(), kernel_core::ErrorCode::Config);
+        assert!(e.to_string().contains("KERNEL_LIMITS_MAX_DEPTH"), "{e}");
+    }
+
+    #[test]
+    fn toml_errors_name_the_key() {
+        let e = KernelConfig::from_toml_str("[retry]\nmax_attempts = \"three\"").unwrap_err();
+        assert_eq!(
+            e.context_value("setting"),
+            Some("retry.max_attempts"),
+            "{e}"
+        );
+        let e = KernelConfig::from_toml_str("[retry]\nmax_tries = 3").unwrap_err();
+        assert!(e.to_string().contains("max_tries"), "{e}");
+    }
+}
+
+/// `docs/configuration.md`'s table of settings, checked against [`KernelConfig::settings`]: the
+/// table's key, variable and default columns must be exactly what the code derives.
+#[cfg(all(test, feature = "postgres", feature = "redis"))]
+mod docs_table {
+    use super::*;
+
+    fn shown(v: &Value) -> String {
+        match v {
+            Value::Null => "unset".to_owned(),
+            Value::String(s) if s.is_empty() => "unset".to_owned(),
+            Value::String(s) => format!("`{s}`"),
+            other => format!("`{other}`"),
+        }
+    }
+
+    fn expected_rows() -> Vec<String> {
+        KernelConfig::settings()
+            .iter()
+            .map(|s| {
+                let env = match s.alias {
+                    Some(alias) => format!("`{}`, `{alias}`", s.env),
+                    None => format!("`{}`", s.env),
+                };
+                format!("| `{}` | {env} | {} |", s.key, shown(&s.default))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_documented_table_is_the_code() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/configuration.md");
+        let text = std::fs::read_to_string(path).unwrap();
+        let begin = text
+            .find("<!-- settings:begin -->")
+            .expect("table start marker");
+        let end = text
+            .find("<!-- settings:end -->")
+            .expect("table end marker");
+        // The first three columns of every row; the fourth (meaning) is prose.
+        let documented: Vec<String> = text[begin..end]
+            .lines()
+            .filter(|l| l.starts_with("| `"))
+            .map(|l| {
+                let cells: Vec<&str> = l.split(" | ").collect();
+                format!("{} | {} | {} |", cells[0], cells[1], cells[2])
+            })
+            .collect();
+        let expected = expected_rows();
+        assert!(
+            documented == expected,
+            "docs/configuration.md's table is out of date; its first three columns must be:\n{}",
+            expected.join("\n")
+        );
+    }
+}
+
+/// Built without a backend's feature, the configuration says so instead of failing obscurely.
+#[cfg(all(test, not(all(feature = "postgres", feature = "redis"))))]
+mod missing_features {
+    use super::*;
+
+    fn off() -> (BackendKind, &'static str) {
+        if cfg!(feature = "postgres") {
+            (BackendKind::Redis, "redis")
+        } else {
+            (BackendKind::Postgres, "postgres")
+        }
+    }
+
+    #[test]
+    fn choosing_a_backend_without_its_feature_is_a_config_error() {
+        let (kind, name) = off();
+        assert!(!kind.is_built_in());
+        let cfg = KernelConfig::from_vars([("KERNEL_BACKENDS_LOCKS".to_owned(), name.to_owned())])
+            .unwrap();
+        let e = cfg.validate().unwrap_err();
+        assert_eq!(e.code(), kernel_core::ErrorCode::Config);
+        assert_eq!(e.context_value("setting"), Some("backends.locks"), "{e}");
+        assert!(
+            e.to_string().contains(&format!("no `{name}` feature")),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_table_of_a_missing_feature_names_the_feature() {
+        let (_, name) = off();
+        let e = KernelConfig::from_toml_str(&format!("[{name}]\nurl = \"x://h\"")).unwrap_err();
+        assert!(
+            e.to_string().contains(&format!("no `{name}` feature")),
+            "{e}"
+        );
+    }
+
+    #[tokio::test]
+    async fn memory_boots_without_any_backend_feature() {
+        let kernel = crate::Kernel::boot(KernelConfig::default()).await.unwrap();
+        assert!(kernel.health().await.healthy);
+        kernel.shutdown().await;
+    }
 }

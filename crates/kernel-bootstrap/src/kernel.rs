@@ -1,139 +1,389 @@
-//! The `Kernel`: the configured drivers behind the four traits, with health and shutdown.
+//! The `Kernel` (four layered stores with health and shutdown), the [`KernelBuilder`] that
+//! assembles one from any stores, and [`Backend`], the unit the builder manages.
 
+use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use driver_memory::MemoryDriver;
-use driver_postgres::{PostgresConfig, PostgresDriver};
-use driver_redis::{RedisConfig, RedisDriver};
+use futures::future::BoxFuture;
 use kernel_core::{Error, EventStore, Lock, RateLimiter, Result, StorageDriver};
 use serde::Serialize;
 
-use crate::config::{BackendKind, KernelConfig, ResolvedConfig, Role};
-use crate::layers::{Layer, StandardLayers, Stores, circuit_breaker::CircuitBreaker};
-use crate::pipeline::{ChangeFailure, ChangePipeline};
+use crate::config::{KernelConfig, Role};
+use crate::layers::circuit_breaker::CircuitBreaker;
+use crate::layers::{Layer, LayerSettings, StandardLayers, Stores};
+use crate::pipeline::{ChangeFailure, ChangePipeline, PipelineConfig};
 
 /// How long one health probe may take before the component counts as unhealthy.
 pub const HEALTH_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// One booted backend, shared by every role it serves.
-#[derive(Debug, Clone)]
-enum Backend {
-    Memory(MemoryDriver),
-    Postgres(PostgresDriver),
-    Redis(RedisDriver),
+type Probe = Arc<dyn Fn() -> BoxFuture<'static, Result<()>> + Send + Sync>;
+type Shutdown = Box<dyn FnOnce() -> BoxFuture<'static, Result<()>> + Send>;
+
+/// One backend as a kernel manages it: a name (in health reports, metrics and its circuit
+/// breaker), the stores it serves, a health probe and a shutdown hook.
+///
+/// Any implementation of the traits can be a backend — a built-in driver, a third-party one,
+/// a wrapped store, a test double:
+///
+/// ```
+/// use std::sync::Arc;
+/// use driver_memory::MemoryDriver;
+/// use kernel_bootstrap::Backend;
+///
+/// let docs = MemoryDriver::new();
+/// let backend = Backend::new("my-docs")
+///     .storage(Arc::new(docs.clone()))
+///     .on_shutdown(move || {
+///         docs.shutdown();
+///         Box::pin(async { Ok(()) })
+///     });
+/// assert_eq!(backend.name(), "my-docs");
+/// ```
+pub struct Backend {
+    name: String,
+    stores: [Option<RoleStore>; 4],
+    probe: Option<Probe>,
+    shutdown: Option<Shutdown>,
 }
 
-/// Runs the same expression on whichever driver a backend holds (every driver implements
-/// every trait, so the arms differ only in type).
-macro_rules! on_driver {
-    ($backend:expr, $d:ident => $body:expr) => {
-        match $backend {
-            Backend::Memory($d) => $body,
-            Backend::Postgres($d) => $body,
-            Backend::Redis($d) => $body,
-        }
-    };
+#[derive(Clone)]
+enum RoleStore {
+    Storage(Arc<dyn StorageDriver>),
+    Events(Arc<dyn EventStore>),
+    Locks(Arc<dyn Lock>),
+    RateLimits(Arc<dyn RateLimiter>),
+}
+
+impl fmt::Debug for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Backend")
+            .field("name", &self.name)
+            .field("roles", &self.roles().collect::<Vec<_>>())
+            .field("probe", &self.probe.is_some())
+            .field("shutdown", &self.shutdown.is_some())
+            .finish()
+    }
 }
 
 impl Backend {
-    fn kind(&self) -> BackendKind {
-        match self {
-            Backend::Memory(_) => BackendKind::Memory,
-            Backend::Postgres(_) => BackendKind::Postgres,
-            Backend::Redis(_) => BackendKind::Redis,
+    /// A backend serving no role yet.
+    pub fn new(name: impl Into<String>) -> Backend {
+        Backend {
+            name: name.into(),
+            stores: [None, None, None, None],
+            probe: None,
+            shutdown: None,
         }
     }
 
-    fn storage(&self) -> Arc<dyn StorageDriver> {
-        on_driver!(self, d => Arc::new(d.clone()))
+    /// Serves every role with one driver (`D` implements all four traits), probed through
+    /// [`StorageDriver::status`] — also when [`Backend::only`] keeps none of its documents
+    /// role (a Redis serving locks alone is still probed). Add a shutdown hook with
+    /// [`Backend::on_shutdown`].
+    pub fn all<D>(name: impl Into<String>, driver: D) -> Backend
+    where
+        D: StorageDriver + EventStore + Lock + RateLimiter + 'static,
+    {
+        let name = name.into();
+        let driver = Arc::new(driver);
+        let probe = status_probe(name.clone(), driver.clone());
+        let mut backend = Backend::new(name)
+            .storage(driver.clone())
+            .events(driver.clone())
+            .locks(driver.clone())
+            .rate_limiter(driver);
+        backend.probe = Some(probe);
+        backend
     }
 
-    fn events(&self) -> Arc<dyn EventStore> {
-        on_driver!(self, d => Arc::new(d.clone()))
+    /// The backend's name.
+    pub fn name(&self) -> &str {
+        &self.name
     }
 
-    fn locks(&self) -> Arc<dyn Lock> {
-        on_driver!(self, d => Arc::new(d.clone()))
+    /// The roles it serves.
+    pub fn roles(&self) -> impl Iterator<Item = Role> + '_ {
+        Role::ALL
+            .into_iter()
+            .filter(|r| self.stores[r.index()].is_some())
     }
 
-    fn rate_limiter(&self) -> Arc<dyn RateLimiter> {
-        on_driver!(self, d => Arc::new(d.clone()))
+    /// Serves the documents role.
+    #[must_use]
+    pub fn storage(mut self, store: Arc<dyn StorageDriver>) -> Backend {
+        self.stores[Role::Storage.index()] = Some(RoleStore::Storage(store));
+        self
     }
 
-    async fn probe(&self) -> Result<()> {
-        let status = on_driver!(self, d => StorageDriver::status(d).await?);
-        if status.healthy {
-            Ok(())
-        } else {
-            Err(Error::unavailable("backend reports itself unhealthy")
-                .with_context("backend", self.kind()))
+    /// Serves the events role.
+    #[must_use]
+    pub fn events(mut self, store: Arc<dyn EventStore>) -> Backend {
+        self.stores[Role::Events.index()] = Some(RoleStore::Events(store));
+        self
+    }
+
+    /// Serves the locks role.
+    #[must_use]
+    pub fn locks(mut self, store: Arc<dyn Lock>) -> Backend {
+        self.stores[Role::Locks.index()] = Some(RoleStore::Locks(store));
+        self
+    }
+
+    /// Serves the rate-limits role.
+    #[must_use]
+    pub fn rate_limiter(mut self, store: Arc<dyn RateLimiter>) -> Backend {
+        self.stores[Role::RateLimits.index()] = Some(RoleStore::RateLimits(store));
+        self
+    }
+
+    /// Keeps only the roles `keep` accepts (the configuration gives a driver some roles).
+    #[must_use]
+    pub fn only(mut self, keep: impl Fn(Role) -> bool) -> Backend {
+        for role in Role::ALL {
+            if !keep(role) {
+                self.stores[role.index()] = None;
+            }
         }
+        self
     }
 
-    async fn shutdown(&self) {
-        match self {
-            Backend::Memory(d) => d.shutdown(),
-            Backend::Postgres(d) => d.shutdown().await,
-            Backend::Redis(d) => {
-                if let Err(e) = d.shutdown().await {
-                    tracing::warn!(backend = "redis", error = %e, "redis shutdown reported an error");
-                }
+    /// Replaces the health probe. Without one, the backend is probed through the first store
+    /// that can answer: `status()` of its documents store, else `head_position()` of its event
+    /// store; a backend serving only locks or rate limits then always counts as healthy.
+    #[must_use]
+    pub fn probe(
+        mut self,
+        probe: impl Fn() -> BoxFuture<'static, Result<()>> + Send + Sync + 'static,
+    ) -> Backend {
+        self.probe = Some(Arc::new(probe));
+        self
+    }
+
+    /// Runs `hook` when the kernel shuts down (closing pools, ending subscriptions). Its error
+    /// is logged and counted in the shutdown report, never dropped.
+    #[must_use]
+    pub fn on_shutdown(
+        mut self,
+        hook: impl FnOnce() -> BoxFuture<'static, Result<()>> + Send + 'static,
+    ) -> Backend {
+        self.shutdown = Some(Box::new(hook));
+        self
+    }
+
+    fn default_probe(&self) -> Probe {
+        let storage = self.stores.iter().flatten().find_map(|s| match s {
+            RoleStore::Storage(s) => Some(s.clone()),
+            _ => None,
+        });
+        let events = self.stores.iter().flatten().find_map(|s| match s {
+            RoleStore::Events(e) => Some(e.clone()),
+            _ => None,
+        });
+        match storage {
+            Some(storage) => status_probe(self.name.clone(), storage),
+            None => {
+                let name = self.name.clone();
+                Arc::new(move || {
+                    let events = events.clone();
+                    let name = name.clone();
+                    Box::pin(async move {
+                        if let Some(e) = events {
+                            e.head_position()
+                                .await
+                                .map_err(|err| err.with_context("backend", name))?;
+                        }
+                        Ok(())
+                    })
+                })
             }
         }
     }
 }
 
-async fn connect(kind: BackendKind, config: &ResolvedConfig) -> Result<Backend> {
-    match kind {
-        BackendKind::Memory => Ok(Backend::Memory(MemoryDriver::with_limits(config.limits))),
-        BackendKind::Redis => {
-            let settings = config.redis.as_ref().ok_or_else(|| {
-                Error::config(
-                    "REDIS_URL",
-                    "a role uses redis but no Redis settings resolved",
-                )
-            })?;
-            let driver = RedisDriver::connect(RedisConfig {
-                url: settings.url.expose().to_owned(),
-                pool_size: settings.pool_size,
-                connect_timeout: settings.connect_timeout,
-                operation_timeout: settings.operation_timeout,
-                key_prefix: settings.key_prefix.clone(),
-                limits: config.limits,
-            })
-            .await?;
-            Ok(Backend::Redis(driver))
+/// A probe through `status()`: healthy when the store answers and says it is.
+fn status_probe(name: String, store: Arc<dyn StorageDriver>) -> Probe {
+    Arc::new(move || {
+        let store = store.clone();
+        let name = name.clone();
+        Box::pin(async move {
+            let status = store.status().await?;
+            if status.healthy {
+                Ok(())
+            } else {
+                Err(Error::unavailable("backend reports itself unhealthy")
+                    .with_context("backend", name))
+            }
+        })
+    })
+}
+
+/// Assembles a [`Kernel`] from backends: any `Arc<dyn StorageDriver>` / `EventStore` / `Lock`
+/// / `RateLimiter` per role, plus the settings of the standard layers and the pipeline.
+/// [`Kernel::boot`] is one caller of it, with the built-in drivers the configuration names.
+///
+/// Each call to [`KernelBuilder::backend`] gives that backend the roles it serves, taking them
+/// from backends added earlier; a backend left serving no role is not part of the kernel.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> kernel_core::Result<()> {
+/// use std::sync::Arc;
+/// use driver_memory::MemoryDriver;
+/// use kernel_bootstrap::{Backend, KernelBuilder};
+/// use kernel_core::{PutOptions, json};
+///
+/// let kernel = KernelBuilder::new()
+///     .backend(Backend::all("memory", MemoryDriver::new()))
+///     // Documents from a store of our own (here another memory driver):
+///     .backend(Backend::new("docs").storage(Arc::new(MemoryDriver::new())))
+///     .build()
+///     .await?;
+/// kernel.storage().put("users", "alice", json!({"age": 30}), PutOptions::new()).await?;
+/// let report = kernel.health().await;
+/// assert_eq!(report.components[0].backend, "docs");
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Default)]
+pub struct KernelBuilder {
+    backends: Vec<Backend>,
+    layers: LayerSettings,
+    pipeline: PipelineConfig,
+    config: Option<KernelConfig>,
+}
+
+impl KernelBuilder {
+    /// No backends, default layer and pipeline settings.
+    pub fn new() -> KernelBuilder {
+        KernelBuilder::default()
+    }
+
+    /// Adds a backend; it takes over every role it serves.
+    #[must_use]
+    pub fn backend(mut self, backend: Backend) -> KernelBuilder {
+        for role in backend.roles().collect::<Vec<_>>() {
+            for earlier in &mut self.backends {
+                earlier.stores[role.index()] = None;
+            }
         }
-        BackendKind::Postgres => {
-            let settings = config.postgres.as_ref().ok_or_else(|| {
-                Error::config(
-                    "DATABASE_URL",
-                    "a role uses postgres but no Postgres settings resolved",
-                )
-            })?;
-            let mut pg = PostgresConfig::new(settings.url.expose());
-            pg.pool_size = settings.pool_size;
-            pg.connect_timeout = settings.connect_timeout;
-            pg.statement_timeout = settings.operation_timeout;
-            pg.pool_wait_timeout = settings.operation_timeout;
-            pg.migrate_on_boot = settings.migrate_on_boot;
-            pg.subscription.poll_interval = settings.poll_interval;
-            pg.limits = config.limits;
-            Ok(Backend::Postgres(PostgresDriver::connect(pg).await?))
+        self.backends.push(backend);
+        self
+    }
+
+    /// Settings of the standard layers (retry, timeout, circuit breaker).
+    #[must_use]
+    pub fn layers(mut self, layers: LayerSettings) -> KernelBuilder {
+        self.layers = layers;
+        self
+    }
+
+    /// Settings of the change pipeline.
+    #[must_use]
+    pub fn pipeline(mut self, pipeline: PipelineConfig) -> KernelBuilder {
+        self.pipeline = pipeline;
+        self
+    }
+
+    /// Checks the settings, probes every backend once (failing with `Unavailable` naming the
+    /// backend that did not answer), wraps each role's store in its backend's
+    /// [`StandardLayers`], and starts the change pipeline. A role no backend serves is a
+    /// `Config` error naming it.
+    pub async fn build(self) -> Result<Kernel> {
+        self.layers.validate()?;
+        self.pipeline.validate()?;
+        let mut backends: Vec<Backend> = self
+            .backends
+            .into_iter()
+            .filter(|b| b.roles().next().is_some())
+            .collect();
+        for role in Role::ALL {
+            if !backends.iter().any(|b| b.stores[role.index()].is_some()) {
+                return Err(Error::config(
+                    &format!("backends.{role}"),
+                    format!("no backend serves the {role} role"),
+                ));
+            }
         }
+        let mut managed = Vec::with_capacity(backends.len());
+        for backend in &mut backends {
+            let probe = backend
+                .probe
+                .clone()
+                .unwrap_or_else(|| backend.default_probe());
+            probe().await.map_err(|e| {
+                Error::unavailable(format!(
+                    "backend {} failed its boot health check",
+                    backend.name
+                ))
+                .with_context("backend", &backend.name)
+                .with_source(e)
+            })?;
+            tracing::info!(backend = %backend.name, "kernel backend ready");
+            managed.push(Managed {
+                name: backend.name.clone(),
+                layers: StandardLayers::new(&backend.name, &self.layers),
+                probe,
+                shutdown: std::sync::Mutex::new(backend.shutdown.take()),
+            });
+        }
+        let mut roles = [0usize; 4];
+        let mut stores: [Option<RoleStore>; 4] = [None, None, None, None];
+        for (i, backend) in backends.iter().enumerate() {
+            for role in Role::ALL {
+                if let Some(store) = &backend.stores[role.index()] {
+                    roles[role.index()] = i;
+                    stores[role.index()] = Some(store.clone());
+                }
+            }
+        }
+        let layered = |role: Role| &managed[roles[role.index()]].layers;
+        let [
+            Some(RoleStore::Storage(storage)),
+            Some(RoleStore::Events(events)),
+            Some(RoleStore::Locks(locks)),
+            Some(RoleStore::RateLimits(rate_limiter)),
+        ] = stores
+        else {
+            return Err(Error::internal(
+                "a role's store is missing after assignment",
+            ));
+        };
+        let storage = layered(Role::Storage).storage(storage);
+        let events = layered(Role::Events).events(events);
+        let locks = layered(Role::Locks).locks(locks);
+        let rate_limiter = layered(Role::RateLimits).rate_limiter(rate_limiter);
+        let pipeline = ChangePipeline::new(storage.clone(), events.clone(), self.pipeline);
+        Ok(Kernel {
+            config: self.config,
+            backends: managed,
+            roles,
+            storage,
+            events,
+            locks,
+            rate_limiter,
+            pipeline,
+            shut_down: AtomicBool::new(false),
+        })
     }
 }
 
-/// The storage kernel: documents, events, locks and rate limits, each served by the backend
-/// the configuration chose.
+/// A backend inside a built kernel.
+struct Managed {
+    name: String,
+    layers: StandardLayers,
+    probe: Probe,
+    shutdown: std::sync::Mutex<Option<Shutdown>>,
+}
+
+/// The storage kernel: documents, events, locks and rate limits, each served by a backend and
+/// wrapped in that backend's standard layers.
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> kernel_core::Result<()> {
 /// use kernel_bootstrap::{Kernel, KernelConfig};
-/// use kernel_core::{json, PutOptions};
+/// use kernel_core::{PutOptions, json};
 ///
 /// let kernel = Kernel::boot(KernelConfig::default()).await?; // memory everywhere
 /// kernel.storage().put("users", "alice", json!({"age": 30}), PutOptions::new()).await?;
@@ -142,21 +392,25 @@ async fn connect(kind: BackendKind, config: &ResolvedConfig) -> Result<Backend> 
 /// # Ok(()) }
 /// ```
 pub struct Kernel {
-    config: ResolvedConfig,
-    backends: Vec<Backend>,
+    config: Option<KernelConfig>,
+    backends: Vec<Managed>,
+    /// Index into `backends` of the backend serving each role.
+    roles: [usize; 4],
     storage: Arc<dyn StorageDriver>,
     events: Arc<dyn EventStore>,
     locks: Arc<dyn Lock>,
     rate_limiter: Arc<dyn RateLimiter>,
-    /// The standard layers of each booted backend, in `backends` order.
-    layers: Vec<StandardLayers>,
     pipeline: ChangePipeline,
     shut_down: AtomicBool,
 }
 
-impl std::fmt::Debug for Kernel {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+impl fmt::Debug for Kernel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Kernel")
+            .field(
+                "backends",
+                &self.backends.iter().map(|b| &b.name).collect::<Vec<_>>(),
+            )
             .field("config", &self.config)
             .field("shut_down", &self.shut_down.load(Ordering::Relaxed))
             .finish_non_exhaustive()
@@ -164,67 +418,41 @@ impl std::fmt::Debug for Kernel {
 }
 
 impl Kernel {
+    /// A builder, for a kernel over stores of your own.
+    pub fn builder() -> KernelBuilder {
+        KernelBuilder::new()
+    }
+
     /// Reads the configuration from the environment (and `KERNEL_CONFIG_FILE`) and boots.
     pub async fn from_env() -> Result<Kernel> {
         Kernel::boot(KernelConfig::from_env()?).await
     }
 
-    /// Resolves the configuration, connects each backend once (roles on the same backend share
-    /// it), health-checks them, and fails naming the backend that failed. Each role's store is
-    /// wrapped in its backend's [`StandardLayers`] (timeout, circuit breaker, retry,
-    /// observability), and the change pipeline writes through those layered stores.
+    /// Validates the configuration, connects each built-in backend it names once (roles on
+    /// the same backend share it), and hands them to a [`KernelBuilder`] with the configured
+    /// layer and pipeline settings. Fails naming the setting or the backend that failed.
     pub async fn boot(config: KernelConfig) -> Result<Kernel> {
-        let resolved = config.resolve()?;
-        // The resolved configuration's Debug redacts every password.
-        tracing::info!(config = ?resolved, "booting the kernel");
-        let mut backends: Vec<Backend> = Vec::new();
+        config.validate()?;
+        // KernelConfig's Debug redacts every password (the drivers' configs do).
+        tracing::info!(config = ?config, "booting the kernel");
+        let mut builder = KernelBuilder::new()
+            .layers(LayerSettings::from_config(&config))
+            .pipeline(config.pipeline);
+        let mut connected = Vec::new();
         for role in Role::ALL {
-            let kind = resolved.backend(role);
-            if !backends.iter().any(|b| b.kind() == kind) {
-                let backend = connect(kind, &resolved).await?;
-                backend.probe().await.map_err(|e| {
-                    Error::unavailable(format!("{kind} backend failed its boot health check"))
-                        .with_context("backend", kind)
-                        .with_source(e)
-                })?;
-                tracing::info!(backend = %kind, "kernel backend connected");
-                backends.push(backend);
+            let kind = config.backend(role);
+            if connected.contains(&kind) {
+                continue;
             }
+            connected.push(kind);
+            let backend = crate::drivers::connect(kind, &config)
+                .await?
+                .only(|r| config.backend(r) == kind);
+            builder = builder.backend(backend);
         }
-        let pick = |role: Role| -> Result<&Backend> {
-            let kind = resolved.backend(role);
-            backends.iter().find(|b| b.kind() == kind).ok_or_else(|| {
-                Error::internal("no backend booted for a role").with_context("role", role.as_str())
-            })
-        };
-        let layers: Vec<StandardLayers> = backends
-            .iter()
-            .map(|b| StandardLayers::for_backend(b.kind(), &resolved))
-            .collect();
-        let stack = |role: Role| -> Result<&StandardLayers> {
-            let kind = resolved.backend(role);
-            let at = backends.iter().position(|b| b.kind() == kind);
-            at.and_then(|i| layers.get(i)).ok_or_else(|| {
-                Error::internal("no layers built for a role").with_context("role", role.as_str())
-            })
-        };
-        let storage = stack(Role::Storage)?.storage(pick(Role::Storage)?.storage());
-        let events = stack(Role::Events)?.events(pick(Role::Events)?.events());
-        let locks = stack(Role::Locks)?.locks(pick(Role::Locks)?.locks());
-        let rate_limiter =
-            stack(Role::RateLimits)?.rate_limiter(pick(Role::RateLimits)?.rate_limiter());
-        let pipeline = ChangePipeline::new(storage.clone(), events.clone(), resolved.pipeline);
-        Ok(Kernel {
-            config: resolved,
-            backends,
-            storage,
-            events,
-            locks,
-            rate_limiter,
-            layers,
-            pipeline,
-            shut_down: AtomicBool::new(false),
-        })
+        let mut kernel = builder.build().await?;
+        kernel.config = Some(config);
+        Ok(kernel)
     }
 
     /// The four layered stores together, to stack more layers on (a tenant, a principal, an
@@ -244,11 +472,18 @@ impl Kernel {
         &self.pipeline
     }
 
-    /// The circuit breaker in front of a backend, when breakers are enabled and the backend
-    /// serves a role.
-    pub fn circuit_breaker(&self, backend: BackendKind) -> Option<&CircuitBreaker> {
-        let at = self.backends.iter().position(|b| b.kind() == backend)?;
-        self.layers.get(at)?.circuit_breaker()
+    /// The circuit breaker in front of the backend named `backend`, when breakers are enabled.
+    pub fn circuit_breaker(&self, backend: &str) -> Option<&CircuitBreaker> {
+        self.backends
+            .iter()
+            .find(|b| b.name == backend)?
+            .layers
+            .circuit_breaker()
+    }
+
+    /// The name of the backend serving a role.
+    pub fn backend_of(&self, role: Role) -> &str {
+        &self.backends[self.roles[role.index()]].name
     }
 
     /// Documents.
@@ -271,38 +506,39 @@ impl Kernel {
         &self.rate_limiter
     }
 
-    /// The resolved configuration (secrets redacted in its Debug).
-    pub fn config(&self) -> &ResolvedConfig {
-        &self.config
+    /// The configuration it booted from (secrets redacted in its Debug); `None` for a kernel
+    /// assembled with [`KernelBuilder`].
+    pub fn config(&self) -> Option<&KernelConfig> {
+        self.config.as_ref()
     }
 
     /// Probes every backend once (with [`HEALTH_PROBE_TIMEOUT`]) and reports each role.
     pub async fn health(&self) -> HealthReport {
         let probes = futures::future::join_all(self.backends.iter().map(|b| async move {
             let started = Instant::now();
-            let outcome = match tokio::time::timeout(HEALTH_PROBE_TIMEOUT, b.probe()).await {
+            let outcome = match tokio::time::timeout(HEALTH_PROBE_TIMEOUT, (b.probe)()).await {
                 Ok(r) => r,
                 Err(_) => Err(Error::timeout(format!(
                     "health probe took longer than {} ms",
                     HEALTH_PROBE_TIMEOUT.as_millis()
                 ))
-                .with_context("backend", b.kind())),
+                .with_context("backend", &b.name)),
             };
-            (b.kind(), outcome, started.elapsed())
+            (outcome, started.elapsed())
         }))
         .await;
         let components: Vec<ComponentHealth> = Role::ALL
             .iter()
-            .filter_map(|role| {
-                let kind = self.config.backend(*role);
-                let (_, outcome, latency) = probes.iter().find(|(k, _, _)| *k == kind)?;
-                Some(ComponentHealth {
+            .map(|role| {
+                let at = self.roles[role.index()];
+                let (outcome, latency) = &probes[at];
+                ComponentHealth {
                     component: role.as_str().to_owned(),
-                    backend: kind.as_str().to_owned(),
+                    backend: self.backends[at].name.clone(),
                     healthy: outcome.is_ok(),
                     latency_ms: latency.as_secs_f64() * 1000.0,
                     error: outcome.as_ref().err().map(ToString::to_string),
-                })
+                }
             })
             .collect();
         let healthy =
@@ -314,9 +550,10 @@ impl Kernel {
     }
 
     /// Shuts down gracefully: stops the pipeline's intake, applies everything already queued,
-    /// then ends subscriptions and closes every backend (pools included). Returns the pipeline
-    /// failures no `flush` returned yet (each was also logged when it happened). A second call
-    /// does nothing and returns nothing.
+    /// then runs every backend's shutdown hook (ending subscriptions, closing pools). Returns
+    /// the pipeline failures no `flush` returned yet (each was also logged when it happened);
+    /// a backend whose shutdown failed is logged with its error. A second call does nothing
+    /// and returns nothing.
     pub async fn shutdown(&self) -> Vec<ChangeFailure> {
         if self.shut_down.swap(true, Ordering::SeqCst) {
             return Vec::new();
@@ -329,8 +566,21 @@ impl Kernel {
             "kernel change pipeline drained"
         );
         for b in &self.backends {
-            b.shutdown().await;
-            tracing::info!(backend = %b.kind(), "kernel backend shut down");
+            let hook = b
+                .shutdown
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .take();
+            if let Some(hook) = hook {
+                match hook().await {
+                    Ok(()) => tracing::info!(backend = %b.name, "kernel backend shut down"),
+                    Err(e) => tracing::warn!(
+                        backend = %b.name,
+                        error = %e,
+                        "kernel backend reported an error while shutting down"
+                    ),
+                }
+            }
         }
         failures
     }
@@ -338,6 +588,7 @@ impl Kernel {
 
 /// Health of every role and an overall verdict.
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[non_exhaustive]
 pub struct HealthReport {
     /// Every component is healthy (and the kernel is not shut down).
     pub healthy: bool,
@@ -347,10 +598,11 @@ pub struct HealthReport {
 
 /// Health of one role.
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[non_exhaustive]
 pub struct ComponentHealth {
-    /// `documents`, `events`, `locks` or `rate_limits`.
+    /// `storage`, `events`, `locks` or `rate_limits`.
     pub component: String,
-    /// The backend serving it.
+    /// The name of the backend serving it.
     pub backend: String,
     /// Whether its probe succeeded.
     pub healthy: bool,

@@ -22,14 +22,17 @@
 //! # Ok(()) }
 //! ```
 
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
 pub mod config;
+mod drivers;
 mod kernel;
 pub mod layers;
 pub mod pipeline;
-mod secret;
 
-pub use config::{BackendKind, KernelConfig, ResolvedConfig, Role};
-pub use kernel::{ComponentHealth, HEALTH_PROBE_TIMEOUT, HealthReport, Kernel};
+pub use config::{BackendKind, KernelConfig, Role, Setting};
+pub use kernel::{
+    Backend, ComponentHealth, HEALTH_PROBE_TIMEOUT, HealthReport, Kernel, KernelBuilder,
+};
 pub use layers::{Layer, Stores};
 pub use pipeline::{Change, ChangeFailure, ChangePipeline, PipelineConfig, SubmitError};
-pub use secret::{SecretUrl, redact};

@@ -52,8 +52,9 @@ use kernel_core::{
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError, mpsc, watch};
 use tokio::task::JoinHandle;
 
-/// Pipeline settings.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Pipeline settings (`[pipeline]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct PipelineConfig {
     /// Changes queued or being applied before submitters wait.
     pub capacity: usize,
@@ -68,6 +69,14 @@ impl Default for PipelineConfig {
             capacity: 1024,
             workers: 4,
         }
+    }
+}
+
+impl PipelineConfig {
+    /// Checks the settings; a `Config` error names the `pipeline.*` key.
+    pub fn validate(&self) -> kernel_core::Result<()> {
+        crate::config::check_range("pipeline.capacity", self.capacity, 1..=1_000_000)?;
+        crate::config::check_range("pipeline.workers", self.workers, 1..=256)
     }
 }
 

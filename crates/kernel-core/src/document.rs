@@ -33,6 +33,7 @@ pub struct Entry {
 
 /// When a put may write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub enum PutCondition {
     /// Always (create or replace).
     #[default]
@@ -95,6 +96,7 @@ impl PutOptions {
 
 /// When a delete may remove.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub enum DeleteCondition {
     /// Always (deleting an absent key is not an error; it reports `false`).
     #[default]
@@ -162,6 +164,7 @@ impl BatchDelete {
 
 /// How `set_metadata` changes metadata.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub enum MetadataMode {
     /// The new object replaces the old.
     #[default]
@@ -326,6 +329,7 @@ pub struct NamespaceInfo {
 /// Transaction isolation a driver provides.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum Isolation {
     /// Serializable: a transaction whose reads changed before commit fails with a retryable
     /// `Conflict`.
@@ -338,7 +342,20 @@ pub enum Isolation {
 }
 
 /// What a storage driver can do. Flat and plain, like OpenDAL's `Capability`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// `#[non_exhaustive]`: a driver starts from [`Capabilities::default`] (nothing supported,
+/// limits 0) and sets what it offers, so a field added later defaults to "not supported".
+///
+/// ```
+/// use kernel_core::Capabilities;
+///
+/// let mut caps = Capabilities::default();
+/// caps.ttl = true;
+/// caps.max_value_bytes = 1 << 20;
+/// assert!(!caps.transactions);
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct Capabilities {
     /// `begin()` works; otherwise it returns `Unsupported`.
     pub transactions: bool,
@@ -365,6 +382,7 @@ pub struct Capabilities {
 
 /// Health and size of a backend.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct Status {
     /// Backend name (`memory`, `postgres`, `redis`).
     pub backend: String,
@@ -378,6 +396,20 @@ pub struct Status {
     pub entries: Option<u64>,
     /// Backend-specific details (server version, memory use...). Never secrets.
     pub details: BTreeMap<String, String>,
+}
+
+impl Status {
+    /// A status with no counts and no details; set the public fields for more.
+    pub fn new(backend: impl Into<String>, healthy: bool, latency: Duration) -> Status {
+        Status {
+            backend: backend.into(),
+            healthy,
+            latency,
+            namespaces: None,
+            entries: None,
+            details: BTreeMap::new(),
+        }
+    }
 }
 
 /// The `Conflict` of a failed `IfVersion` condition, carrying the current version (`None` when
@@ -394,4 +426,39 @@ pub fn already_exists(ns: &str, key: &str) -> Error {
     Error::new(crate::ErrorCode::AlreadyExists, "the key already exists")
         .with_context("namespace", ns)
         .with_context("key", validate::escape(key))
+}
+
+impl PutCondition {
+    /// Checks the condition against the version currently stored (`None`: absent), with the
+    /// error every driver returns: `AlreadyExists` or a `Conflict` carrying the current version.
+    pub fn check(self, ns: &str, key: &str, current: Option<u64>) -> Result<()> {
+        match (self, current) {
+            (PutCondition::Always, _) | (PutCondition::IfAbsent, None) => Ok(()),
+            (PutCondition::IfAbsent, Some(_)) => Err(already_exists(ns, key)),
+            (PutCondition::IfVersion(v), current) if current == Some(v) => Ok(()),
+            (PutCondition::IfVersion(v), current) => Err(version_conflict(ns, key, v, current)),
+        }
+    }
+}
+
+impl DeleteCondition {
+    /// Checks the condition against the version currently stored (`None`: absent); a failed
+    /// `IfVersion` is a `Conflict` carrying the current version.
+    pub fn check(self, ns: &str, key: &str, current: Option<u64>) -> Result<()> {
+        match self {
+            DeleteCondition::Always => Ok(()),
+            DeleteCondition::IfVersion(v) if current == Some(v) => Ok(()),
+            DeleteCondition::IfVersion(v) => Err(version_conflict(ns, key, v, current)),
+        }
+    }
+}
+
+impl MetadataMode {
+    /// Applies `patch` to `base` the way this mode says.
+    pub fn apply(self, base: &mut Metadata, patch: Metadata) {
+        match self {
+            MetadataMode::Replace => *base = patch,
+            MetadataMode::Merge => crate::merge_metadata(base, patch),
+        }
+    }
 }

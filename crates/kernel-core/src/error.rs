@@ -1,11 +1,17 @@
 //! The one error type every trait and driver returns.
 //!
-//! Modelled on OpenDAL's error: a [`ErrorCode`] that callers match on, a message, context pairs
-//! (`namespace`, `key`, `stream`, `setting`, ...) that name what was involved, the source error,
-//! and a retryable / permanent status that the retry layer reads through
+//! Modelled on OpenDAL's error: an [`ErrorCode`] that callers match on, a message, the
+//! operation that failed, context pairs (`namespace`, `key`, `stream`, `setting`, ...) that name
+//! what was involved, the source error, and an [`ErrorStatus`] that says what the caller may do
+//! next. The retry layer and the circuit breaker read the status; callers usually ask
 //! [`Error::is_retryable`].
+//!
+//! Each fact is stored once: the operation in [`Error::operation`], the version found by a
+//! failed condition in [`Error::current_version`]; [`Error::context`] holds only the names
+//! involved. `Display` shows them all.
 
 use std::fmt;
+use std::sync::Arc;
 
 /// What kind of failure an [`Error`] is. Callers match on this, never on the message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -60,13 +66,17 @@ impl ErrorCode {
         }
     }
 
-    /// Whether failures of this kind are worth retrying unless the driver says otherwise.
+    /// The status an error of this code gets unless its creator says otherwise.
     ///
-    /// Only transient conditions qualify: an unreachable backend and a timeout. A conflict is
-    /// retryable only when a driver marks it so (a serialization failure), because repeating a
-    /// failed compare-and-set with the same expected version fails the same way.
-    pub fn default_retryable(self) -> bool {
-        matches!(self, ErrorCode::Unavailable | ErrorCode::Timeout)
+    /// Only transient conditions are [`ErrorStatus::Temporary`]: an unreachable backend and a
+    /// timeout. A conflict is temporary only when a driver marks it so (a serialization
+    /// failure), because repeating a failed compare-and-set with the same expected version
+    /// fails the same way.
+    pub fn default_status(self) -> ErrorStatus {
+        match self {
+            ErrorCode::Unavailable | ErrorCode::Timeout => ErrorStatus::Temporary,
+            _ => ErrorStatus::Permanent,
+        }
     }
 }
 
@@ -76,77 +86,145 @@ impl fmt::Display for ErrorCode {
     }
 }
 
-type Source = Box<dyn std::error::Error + Send + Sync + 'static>;
+/// What the caller may do after an error: the one fact the retry layer, the circuit breaker
+/// and a careful caller need beyond the [`ErrorCode`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorStatus {
+    /// Not applied, and repeating the same call may succeed (connection refused, serialization
+    /// failure, pool exhausted): safe to retry.
+    Temporary,
+    /// The outcome is unknown: the request may have reached the backend and been applied
+    /// before the failure (a timeout or connection loss in the middle of a write). Retrying is
+    /// safe only for an operation that can be repeated without harm (a read, an unconditional
+    /// put, an append with caller-chosen event ids).
+    MaybeApplied,
+    /// Transient in principle, but the retry layer already made every attempt its policy
+    /// allows: retrying again at once multiplies load on a struggling backend.
+    RetriesExhausted,
+    /// Repeating the same call fails the same way (bad input, conflict, permission, shut
+    /// down, corrupted data).
+    Permanent,
+}
 
-/// The kernel's error: a code, a message, context pairs, an optional source and a retry status.
+impl ErrorStatus {
+    /// A stable `snake_case` name for logs and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorStatus::Temporary => "temporary",
+            ErrorStatus::MaybeApplied => "maybe_applied",
+            ErrorStatus::RetriesExhausted => "retries_exhausted",
+            ErrorStatus::Permanent => "permanent",
+        }
+    }
+}
+
+impl fmt::Display for ErrorStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The source of an [`Error`]: shared, so errors clone cheaply (a subscription hands the same
+/// failure to several places, a batch reports it per item).
+pub type Source = Arc<dyn std::error::Error + Send + Sync + 'static>;
+
+/// The kernel's error: a code, a message, the operation, context pairs, an optional source and
+/// a status.
 ///
 /// ```
-/// use kernel_core::{Error, ErrorCode};
+/// use kernel_core::{Error, ErrorCode, ErrorStatus};
 ///
 /// let err = Error::new(ErrorCode::Conflict, "version mismatch")
+///     .with_operation("put")
 ///     .with_context("namespace", "users")
 ///     .with_context("key", "alice")
 ///     .with_current_version(Some(4));
 /// assert_eq!(err.code(), ErrorCode::Conflict);
+/// assert_eq!(err.status(), ErrorStatus::Permanent);
 /// assert_eq!(err.current_version(), Some(4));
 /// assert!(!err.is_retryable());
 /// assert_eq!(
 ///     err.to_string(),
-///     "conflict: version mismatch (namespace=users, key=alice, current_version=4)"
+///     "conflict: version mismatch (operation=put, namespace=users, key=alice, current_version=4)"
 /// );
 /// ```
+#[derive(Clone)]
 pub struct Error {
     code: ErrorCode,
+    status: ErrorStatus,
     message: String,
+    operation: Option<&'static str>,
     context: Vec<(&'static str, String)>,
-    retryable: bool,
-    current_version: Option<u64>,
+    /// Outer `None`: not a version conflict; `Some(None)`: the entry or stream is absent.
+    current_version: Option<Option<u64>>,
     source: Option<Source>,
 }
 
 impl Error {
-    /// A new error with the code's default retry status.
+    /// A new error with the code's default status.
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
         Error {
             code,
+            status: code.default_status(),
             message: message.into(),
+            operation: None,
             context: Vec::new(),
-            retryable: code.default_retryable(),
             current_version: None,
             source: None,
         }
     }
 
-    /// Adds a context pair (`namespace`, `key`, `stream`, `setting`, `operation`, ...).
+    /// Adds a context pair (`namespace`, `key`, `stream`, `setting`, `backend`, ...). A name
+    /// given twice keeps its first value: the innermost layer knows best.
     #[must_use]
     pub fn with_context(mut self, name: &'static str, value: impl fmt::Display) -> Self {
-        self.context.push((name, value.to_string()));
+        if !self.context.iter().any(|(n, _)| *n == name) {
+            self.context.push((name, value.to_string()));
+        }
+        self
+    }
+
+    /// Names the operation that failed (`get`, `append`, `try_acquire`, `tx.commit`...). The
+    /// first name set stays: a layer above does not rename what a driver reported.
+    #[must_use]
+    pub fn with_operation(mut self, operation: &'static str) -> Self {
+        self.operation.get_or_insert(operation);
         self
     }
 
     /// Attaches the underlying error.
     #[must_use]
-    pub fn with_source(mut self, source: impl Into<Source>) -> Self {
-        self.source = Some(source.into());
+    pub fn with_source(
+        mut self,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
+        self.source = Some(Arc::from(source.into()));
         self
     }
 
-    /// Overrides the retry status.
+    /// Sets the status.
     #[must_use]
-    pub fn with_retryable(mut self, retryable: bool) -> Self {
-        self.retryable = retryable;
+    pub fn with_status(mut self, status: ErrorStatus) -> Self {
+        self.status = status;
         self
+    }
+
+    /// Shorthand for [`Error::with_status`]: `true` is [`ErrorStatus::Temporary`], `false`
+    /// [`ErrorStatus::Permanent`].
+    #[must_use]
+    pub fn with_retryable(self, retryable: bool) -> Self {
+        self.with_status(if retryable {
+            ErrorStatus::Temporary
+        } else {
+            ErrorStatus::Permanent
+        })
     }
 
     /// Records the version found when a condition failed (`None`: the entry or stream is absent).
     #[must_use]
     pub fn with_current_version(mut self, version: Option<u64>) -> Self {
-        self.current_version = version;
-        if let Some(v) = version {
-            self.context.push(("current_version", v.to_string()));
-        } else {
-            self.context.push(("current_version", "none".to_string()));
-        }
+        self.current_version = Some(version);
         self
     }
 
@@ -155,9 +233,19 @@ impl Error {
         self.code
     }
 
+    /// What the caller may do next.
+    pub fn status(&self) -> ErrorStatus {
+        self.status
+    }
+
     /// The message, without context.
     pub fn message(&self) -> &str {
         &self.message
+    }
+
+    /// The operation that failed, when a driver or layer named it.
+    pub fn operation(&self) -> Option<&'static str> {
+        self.operation
     }
 
     /// The context pairs in the order they were added.
@@ -176,12 +264,28 @@ impl Error {
     /// For a `Conflict`: the current version of the entry or stream (`None` when it is absent
     /// or when the error is not a version conflict).
     pub fn current_version(&self) -> Option<u64> {
-        self.current_version
+        self.current_version.flatten()
     }
 
-    /// Whether repeating the same operation may succeed (a transient failure).
+    /// Whether the error carries a current version at all (a version conflict), as opposed to
+    /// [`Error::current_version`] being `None` because the entry is absent.
+    pub fn has_current_version(&self) -> bool {
+        self.current_version.is_some()
+    }
+
+    /// Whether repeating the same call may succeed and cannot apply it twice: the status is
+    /// [`ErrorStatus::Temporary`]. A [`ErrorStatus::MaybeApplied`] error is not retryable in
+    /// this sense; repeat such a call only when repeating it is harmless.
     pub fn is_retryable(&self) -> bool {
-        self.retryable
+        self.status == ErrorStatus::Temporary
+    }
+
+    /// The same error with another message, keeping code, status, operation, context, version
+    /// and source (a driver rewording a backend's answer for its caller).
+    #[must_use]
+    pub fn with_message(mut self, message: impl Into<String>) -> Self {
+        self.message = message.into();
+        self
     }
 
     /// `InvalidInput` shorthand.
@@ -202,6 +306,12 @@ impl Error {
     /// `Unsupported` shorthand.
     pub fn unsupported(message: impl Into<String>) -> Self {
         Error::new(ErrorCode::Unsupported, message)
+    }
+
+    /// The `Unsupported` a driver returns for a variant of a `#[non_exhaustive]` enum that was
+    /// added after the driver was written (a new put condition, filter operator...).
+    pub fn unsupported_variant(what: &'static str, value: &impl fmt::Debug) -> Self {
+        Error::unsupported(format!("this driver does not support the {what} {value:?}"))
     }
 
     /// `Unavailable` shorthand (retryable).
@@ -233,9 +343,19 @@ impl Error {
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}: {}", self.code, self.message)?;
-        if !self.context.is_empty() {
+        let mut pairs = self
+            .operation
+            .map(|op| ("operation", op.to_owned()))
+            .into_iter()
+            .chain(self.context.iter().map(|(n, v)| (*n, v.clone())))
+            .chain(self.current_version.map(|v| {
+                let shown = v.map_or_else(|| "none".to_owned(), |v| v.to_string());
+                ("current_version", shown)
+            }))
+            .peekable();
+        if pairs.peek().is_some() {
             f.write_str(" (")?;
-            for (i, (name, value)) in self.context.iter().enumerate() {
+            for (i, (name, value)) in pairs.enumerate() {
                 if i > 0 {
                     f.write_str(", ")?;
                 }
@@ -254,9 +374,12 @@ impl fmt::Debug for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut d = f.debug_struct("Error");
         d.field("code", &self.code)
-            .field("message", &self.message)
-            .field("context", &self.context)
-            .field("retryable", &self.retryable);
+            .field("status", &self.status)
+            .field("message", &self.message);
+        if let Some(op) = self.operation {
+            d.field("operation", &op);
+        }
+        d.field("context", &self.context);
         if let Some(v) = self.current_version {
             d.field("current_version", &v);
         }
@@ -294,6 +417,27 @@ mod tests {
             "unavailable: connection lost (backend=postgres): socket closed"
         );
         assert!(std::error::Error::source(&err).is_some());
+    }
+
+    #[test]
+    fn facts_are_stored_once_and_errors_clone() {
+        let err = Error::conflict("cas")
+            .with_operation("put")
+            .with_operation("outer")
+            .with_context("key", "k")
+            .with_context("key", "other")
+            .with_current_version(None)
+            .with_source(std::io::Error::other("x"));
+        let copy = err.clone();
+        assert_eq!(copy.operation(), Some("put"));
+        assert_eq!(copy.context().len(), 1);
+        assert!(copy.has_current_version());
+        assert_eq!(copy.current_version(), None);
+        assert_eq!(
+            copy.to_string(),
+            "conflict: cas (operation=put, key=k, current_version=none): x"
+        );
+        assert!(!Error::conflict("plain").has_current_version());
     }
 
     #[test]

@@ -27,6 +27,7 @@ pub mod lock;
 pub mod query;
 pub mod rate_limit;
 pub mod redact;
+pub mod settings;
 pub mod storage;
 pub mod subscription;
 pub mod validate;
@@ -35,7 +36,7 @@ pub use document::{
     BatchDelete, BatchPut, Capabilities, DeleteCondition, Entry, Isolation, ListOptions, ListPage,
     MetadataMode, NamespaceInfo, PutCondition, PutOptions, Status,
 };
-pub use error::{Error, ErrorCode, Result};
+pub use error::{Error, ErrorCode, ErrorStatus, Result};
 pub use event::{
     AppendResult, EventFilter, EventStore, EventSubscription, ExpectedVersion, NewEvent,
     ReadDirection, ReadStream, RecordedEvent, Snapshot,

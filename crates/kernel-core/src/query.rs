@@ -38,6 +38,7 @@ pub const MAX_PATH_SEGMENTS: usize = 32;
 /// A comparison applied to one field.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "op", content = "value")]
+#[non_exhaustive]
 pub enum Op {
     /// Equal, same type.
     Eq(Value),
@@ -75,6 +76,7 @@ pub enum Op {
 /// ```
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum Filter {
     /// A comparison on the field at a dotted path.
     Field {

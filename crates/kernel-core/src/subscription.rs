@@ -28,12 +28,15 @@ pub struct HeadSignal {
 /// Sender half held by a driver.
 pub type HeadSender = watch::Sender<HeadSignal>;
 
-/// Settings of the loop.
-#[derive(Debug, Clone, Copy)]
+/// Settings of the loop (`[<driver>.subscription]` in the bootstrap's configuration).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct SubscriptionConfig {
     /// Events read per page (and so the most buffered per subscription).
     pub page_size: usize,
-    /// How often to re-read when no wake-up came: the safety net for lost notifications.
+    /// How often to re-read when no wake-up came: the safety net for lost notifications
+    /// (`poll_interval_ms`).
+    #[serde(rename = "poll_interval_ms", with = "crate::settings::duration_ms")]
     pub poll_interval: Duration,
 }
 

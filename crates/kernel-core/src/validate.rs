@@ -24,8 +24,10 @@ pub const MAX_BATCH_SIZE: usize = 1000;
 /// Longest document TTL: far enough for any use, and well inside every backend's time range.
 pub const MAX_TTL: std::time::Duration = std::time::Duration::from_secs(1000 * 365 * 86_400);
 
-/// Size limits for values and metadata, configurable per driver.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Size limits for values and metadata, configurable per driver (`[limits]` in the
+/// bootstrap's configuration).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct Limits {
     /// Largest serialized JSON value (and, separately, metadata object), in bytes.
     pub max_value_bytes: usize,
@@ -44,6 +46,34 @@ impl Limits {
 impl Default for Limits {
     fn default() -> Self {
         Limits::DEFAULT
+    }
+}
+
+impl Limits {
+    /// Largest `max_value_bytes` accepted (256 MiB).
+    pub const MAX_VALUE_BYTES: usize = 256 * 1024 * 1024;
+    /// Largest `max_depth` accepted.
+    pub const MAX_DEPTH: usize = 1024;
+
+    /// Checks both limits are in range; a `Config` error names `limits.<field>`.
+    pub fn validate(&self) -> Result<()> {
+        if !(1..=Limits::MAX_VALUE_BYTES).contains(&self.max_value_bytes) {
+            return Err(Error::config(
+                "limits.max_value_bytes",
+                format!(
+                    "expected 1..={} bytes, got {}",
+                    Limits::MAX_VALUE_BYTES,
+                    self.max_value_bytes
+                ),
+            ));
+        }
+        if !(1..=Limits::MAX_DEPTH).contains(&self.max_depth) {
+            return Err(Error::config(
+                "limits.max_depth",
+                format!("expected 1..={}, got {}", Limits::MAX_DEPTH, self.max_depth),
+            ));
+        }
+        Ok(())
     }
 }
 

@@ -37,14 +37,18 @@
 //! `transactions: false` the transaction tests assert `begin()` is `Unsupported`, with
 //! `ttl: false` the TTL tests assert a put with a TTL is `Unsupported`.
 //!
-//! The `postgres` and `redis` modules are the test servers: they find the server named by
+//! The `postgres` and `redis` modules (features of the same names) are the test servers: they find the server named by
 //! `KERNEL_TEST_POSTGRES_URL` / `KERNEL_TEST_REDIS_URL`, isolate each test, and fail loudly with
 //! instructions when no server answers.
 
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
 pub mod events;
 pub mod lock;
+#[cfg(feature = "postgres")]
 pub mod postgres;
 pub mod rate_limit;
+#[cfg(feature = "redis")]
 pub mod redis;
 pub mod storage;
 mod support;

@@ -14,7 +14,7 @@
 //!   quarter of a second each (they copy and WAL-log the whole catalog), which would dominate a
 //!   suite of hundreds of short tests; so when the guard drops, the clone goes back to this
 //!   process's pool, and the next test that takes it gets it *reset*: every other session on it
-//!   is terminated, every table (except `schema_migrations`) is emptied and every sequence
+//!   is terminated, every table (except `kernel_schema_migrations`) is emptied and every sequence
 //!   restarted, and a clone whose schema changed is dropped instead of reused. A test
 //!   therefore always starts on a database no other test is using, holding exactly the
 //!   template's schema and no rows.
@@ -36,9 +36,17 @@ pub const URL_VAR: &str = "KERNEL_TEST_POSTGRES_URL";
 /// Used when [`URL_VAR`] is not set.
 pub const DEFAULT_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 
-/// Advisory lock classes (two-int form): template creation, and pool owners' liveness.
-const TEMPLATE_LOCK: (i32, i32) = (1_263_685_452, 3);
-const OWNER_CLASS: i32 = 1_263_685_453;
+/// The advisory lock (two-int form) that serialises building a template database. Reserved in
+/// the kernel's lock class; `driver_postgres::advisory` lists it with every other kernel lock
+/// and its tests check the two agree.
+pub const TEMPLATE_LOCK: (i32, i32) = (1_263_685_452, 3);
+/// The advisory lock class (two-int form) of the session locks that tell a test process is
+/// alive: `(OWNER_CLASS, process token)`. Listed in `driver_postgres::advisory` too.
+pub const OWNER_CLASS: i32 = 1_263_685_453;
+
+/// The table that records applied migrations: kept when a pooled clone is reset, so the
+/// clone's schema stays recorded as migrated.
+const MIGRATIONS_TABLE: &str = "kernel_schema_migrations";
 
 static COUNTER: AtomicU64 = AtomicU64::new(0);
 /// Templates this process has made or found ready, by name.
@@ -262,11 +270,11 @@ async fn reset(admin: &Client, name: &str, signature: &str) -> Result<(), String
             "SELECT string_agg(s, '; ') FROM ( \
                SELECT format('DELETE FROM %I.%I', schemaname, tablename) AS s FROM pg_tables \
                WHERE schemaname NOT IN ('pg_catalog', 'information_schema') \
-               AND tablename <> 'schema_migrations' \
+               AND tablename <> $1 \
                UNION ALL \
                SELECT format('SELECT setval(%L, %s, false)', format('%I.%I', schemaname, sequencename), start_value) \
                FROM pg_sequences WHERE schemaname NOT IN ('pg_catalog', 'information_schema')) AS q",
-            &[],
+            &[&MIGRATIONS_TABLE],
         )
         .await
         .map_err(|e| e.to_string())?

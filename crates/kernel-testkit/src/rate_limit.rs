@@ -174,13 +174,22 @@ pub async fn refills_over_time<R: RateLimiter + ?Sized + 'static>(limiter: Arc<R
 pub async fn denied_check_consumes_nothing<R: RateLimiter + ?Sized + 'static>(limiter: Arc<R>) {
     let r = &*limiter;
     let key = unique("rl");
-    // One unit every 500 ms.
-    let quota = Quota::new(2, Duration::from_secs(1));
+    // One unit every 2 s: wide enough that the denials below all land before a refill even on
+    // a loaded machine (a 500 ms interval flaked under a full parallel test run).
+    let quota = Quota::new(2, Duration::from_secs(4));
     exhaust(r, &key, &quota).await;
     let first = check(r, &key, &quota, 1).await;
     assert!(!first.allowed, "{first:?}");
+    let mut previous = first.retry_after;
     for _ in 0..5 {
-        assert!(!check(r, &key, &quota, 1).await.allowed);
+        let again = check(r, &key, &quota, 1).await;
+        assert!(!again.allowed, "{again:?}");
+        // A denial that consumed would push the wait back.
+        assert!(
+            again.retry_after <= previous,
+            "{again:?} after {previous:?}"
+        );
+        previous = again.retry_after;
     }
     tokio::time::sleep(first.retry_after + Duration::from_millis(30)).await;
     let d = check(r, &key, &quota, 1).await;

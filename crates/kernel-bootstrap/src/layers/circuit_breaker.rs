@@ -18,22 +18,39 @@ use kernel_core::{Error, ErrorCode, Result};
 
 use super::{Attempt, Call, Interceptor, Op};
 
-/// Breaker settings.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Breaker settings (`[circuit_breaker]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct CircuitBreakerConfig {
+    /// Whether the kernel puts a breaker in front of each backend.
+    pub enabled: bool,
     /// Consecutive backend failures that open the circuit.
     pub failure_threshold: u32,
-    /// How long the circuit stays open before a probe may go through.
+    /// How long the circuit stays open before a probe may go through (`cool_down_ms`).
+    #[serde(rename = "cool_down_ms", with = "kernel_core::settings::duration_ms")]
     pub cool_down: Duration,
 }
 
 impl Default for CircuitBreakerConfig {
-    /// Opens after 5 consecutive failures, probes after 10 s.
+    /// Enabled; opens after 5 consecutive failures, probes after 10 s.
     fn default() -> Self {
         CircuitBreakerConfig {
+            enabled: true,
             failure_threshold: 5,
             cool_down: Duration::from_secs(10),
         }
+    }
+}
+
+impl CircuitBreakerConfig {
+    /// Checks the settings; a `Config` error names the `circuit_breaker.*` key.
+    pub fn validate(&self) -> kernel_core::Result<()> {
+        crate::config::check_range(
+            "circuit_breaker.failure_threshold",
+            self.failure_threshold,
+            1..=10_000,
+        )?;
+        crate::config::check_ms("circuit_breaker.cool_down_ms", self.cool_down)
     }
 }
 
@@ -232,6 +249,7 @@ mod tests {
         Arc::new(CircuitBreaker::new(
             "test",
             CircuitBreakerConfig {
+                enabled: true,
                 failure_threshold: threshold,
                 cool_down: Duration::from_millis(cool_down_ms),
             },
@@ -256,7 +274,7 @@ mod tests {
         let e = store.get("c", "k").await.unwrap_err();
         assert_eq!(e.code(), ErrorCode::Unavailable);
         assert_eq!(e.context_value("circuit"), Some("test"));
-        assert_eq!(e.context_value("operation"), Some("get"));
+        assert_eq!(e.operation(), Some("get"));
         assert_eq!(
             inner.faults().calls(),
             3,

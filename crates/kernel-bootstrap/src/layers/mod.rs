@@ -8,9 +8,18 @@
 //!   arguments: [`retry`], [`timeout`], [`circuit_breaker`], [`observe`]. One generic wrapper,
 //!   [`Layered`], turns any interceptor into an implementation of all four traits (and wraps
 //!   transaction handles), so a user can write their own interceptor in a few lines.
-//! * **Scoping layers** change what a call may touch: [`tenant::TenantScope`] rewrites every
-//!   name into a tenant's space, [`access::AccessControl`] checks a principal's permissions
-//!   before any I/O.
+//! * **Scoping layers** change what a call may touch. One generic wrapper, [`scope::Scoped`],
+//!   driven by a [`scope::ScopePolicy`], checks each call and maps its names before any I/O and
+//!   maps them back on the way out. Two policies ship: [`tenant::Tenant`]
+//!   ([`tenant::TenantScope`] rewrites every name into a tenant's space) and
+//!   [`access::Principal`] ([`access::AccessControl`] checks permissions, renaming nothing);
+//!   any `ScopePolicy + Clone` of your own is a [`Layer`] too.
+//!
+//! Every wrapper describes a call through the one operation table, [`ops`]: its role, name,
+//! read / write access and whether it is safe to repeat, so the retry layer and access
+//! control read the same facts. Every wrapper impl carries
+//! `#[deny(clippy::missing_trait_methods)]`, so a method added to a trait (provided ones
+//! included) cannot be forgotten by a wrapper.
 //!
 //! The kernel stacks the standard interceptors for each backend (see [`StandardLayers`]):
 //!
@@ -48,7 +57,9 @@ pub mod circuit_breaker;
 pub mod fault;
 mod layered;
 pub mod observe;
+pub mod ops;
 pub mod retry;
+pub mod scope;
 pub mod tenant;
 #[cfg(test)]
 mod testing;
@@ -64,11 +75,11 @@ use kernel_core::{
     validate,
 };
 
-use crate::config::{BackendKind, ResolvedConfig, Role};
+use crate::config::{KernelConfig, Role, TimeoutSettings};
 
 pub use layered::Layered;
 
-use circuit_breaker::CircuitBreaker;
+use circuit_breaker::{CircuitBreaker, CircuitBreakerConfig};
 use observe::Observer;
 use retry::RetryPolicy;
 use timeout::TimeoutPolicy;
@@ -154,7 +165,7 @@ impl<'a> Op<'a> {
     /// Adds the operation and what it touches to an error a layer raises itself (errors from
     /// the inner store already name what they involve).
     pub fn annotate(&self, mut error: Error) -> Error {
-        error = error.with_context("operation", self.name);
+        error = error.with_operation(self.name);
         if let Some(ns) = self.namespace {
             error = error.with_context("namespace", validate::escape(ns));
         }
@@ -299,6 +310,37 @@ impl<I: Interceptor> Layer for Intercept<I> {
     }
 }
 
+/// The settings of the standard layers, as the `[retry]`, `[timeouts]` and `[circuit_breaker]`
+/// tables of the configuration give them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct LayerSettings {
+    /// The retry layer (`max_attempts == 1`: no retry layer).
+    pub retry: RetryPolicy,
+    /// The timeout layer.
+    pub timeouts: TimeoutSettings,
+    /// The circuit breaker (`enabled == false`: none).
+    pub circuit_breaker: CircuitBreakerConfig,
+}
+
+impl LayerSettings {
+    /// The layer settings of a configuration.
+    pub fn from_config(config: &KernelConfig) -> LayerSettings {
+        LayerSettings {
+            retry: config.retry,
+            timeouts: config.timeouts,
+            circuit_breaker: config.circuit_breaker,
+        }
+    }
+
+    /// Checks every setting; a `Config` error names the key.
+    pub fn validate(&self) -> Result<()> {
+        self.retry.validate()?;
+        self.timeouts.validate()?;
+        self.circuit_breaker.validate()
+    }
+}
+
 /// The kernel's standard stack for one backend, innermost first: timeout, circuit breaker
 /// (when enabled), retry (when more than one attempt is allowed), observability.
 ///
@@ -322,16 +364,17 @@ pub struct StandardLayers {
 }
 
 impl StandardLayers {
-    /// The stack the configuration asks for, for one backend (its circuit breaker is shared by
-    /// every role that backend serves).
-    pub fn for_backend(backend: BackendKind, config: &ResolvedConfig) -> StandardLayers {
+    /// The stack for one backend, named `backend` in breaker errors, spans and metrics (its
+    /// circuit breaker is shared by every role that backend serves).
+    pub fn new(backend: &str, settings: &LayerSettings) -> StandardLayers {
         StandardLayers {
-            timeout: Arc::new(TimeoutPolicy::new(config.operation_timeout)),
-            breaker: config
+            timeout: Arc::new(TimeoutPolicy::new(settings.timeouts.operation)),
+            breaker: settings
                 .circuit_breaker
-                .map(|c| Arc::new(CircuitBreaker::new(backend.as_str(), c))),
-            retry: (config.retry.max_attempts > 1).then(|| Arc::new(config.retry)),
-            observer: Arc::new(Observer::new(backend.as_str())),
+                .enabled
+                .then(|| Arc::new(CircuitBreaker::new(backend, settings.circuit_breaker))),
+            retry: (settings.retry.max_attempts > 1).then(|| Arc::new(settings.retry)),
+            observer: Arc::new(Observer::new(backend)),
         }
     }
 

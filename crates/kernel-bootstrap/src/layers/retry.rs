@@ -3,8 +3,8 @@
 //!
 //! An attempt is repeated only when **both** hold:
 //!
-//! 1. its error says [`kernel_core::Error::is_retryable`] (`Unavailable`, `Timeout`, a
-//!    serialization `Conflict` a driver marks retryable), and
+//! 1. its error's [`kernel_core::ErrorStatus`] is `Temporary` (`Unavailable`, `Timeout`, a
+//!    serialization `Conflict` a driver marks so) or `MaybeApplied`, and
 //! 2. the operation is safe to repeat, meaning a first attempt that was applied although its
 //!    answer was lost (connection dropped after the write) cannot make the retry do harm or
 //!    report a wrong outcome:
@@ -30,31 +30,49 @@
 //! | rate-limit `check` with cost > 0 | **no** | it increments a counter: a retry would count the request twice |
 //! | rate-limit `check` with cost 0, `reset` | yes | a peek changes nothing; resetting twice leaves the key reset |
 //!
-//! The table lives in code as [`super::Op::repeatable`], set by each operation in
-//! [`super::Layered`].
+//! The table lives in code as [`super::Op::repeatable`], set by the one operation table,
+//! [`super::ops`], that every wrapper uses.
 //!
 //! Backoff: attempt `n` (1-based) that failed waits a random time in `[d/2, d]` where
 //! `d = min(max_backoff, initial_backoff * 2^(n-1))` ("equal jitter": a floor keeps clients
 //! from hammering, the random half spreads them out). No retry starts once `max_elapsed` would
-//! be exceeded by its wait; the last error is returned with an `attempts` context.
+//! be exceeded by its wait; the last error is returned with an `attempts` context and the
+//! status `RetriesExhausted`, so neither the caller nor a layer above multiplies the attempts.
+//!
+//! Settings (`[retry]`, defaults in [`RetryPolicy::default`]):
+//!
+//! ```toml
+//! [retry]
+//! max_attempts = 3          # KERNEL_RETRY_MAX_ATTEMPTS; 1 turns retries off
+//! initial_backoff_ms = 50   # KERNEL_RETRY_INITIAL_BACKOFF_MS
+//! max_backoff_ms = 2000     # KERNEL_RETRY_MAX_BACKOFF_MS
+//! max_elapsed_ms = 10000    # KERNEL_RETRY_MAX_ELAPSED_MS
+//! ```
 
 use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
-use kernel_core::Result;
+use kernel_core::settings::duration_ms;
+use kernel_core::{Error, ErrorStatus, Result};
+use serde::{Deserialize, Serialize};
 
 use super::{Attempt, Call, Interceptor, Op};
 
 /// Retry settings. `max_attempts` counts the first attempt: 1 never retries.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct RetryPolicy {
     /// Most attempts, the first included.
     pub max_attempts: u32,
-    /// Wait ceiling after the first failed attempt; doubles after each.
+    /// Wait ceiling after the first failed attempt; doubles after each (`initial_backoff_ms`).
+    #[serde(rename = "initial_backoff_ms", with = "duration_ms")]
     pub initial_backoff: Duration,
-    /// Largest wait ceiling.
+    /// Largest wait ceiling (`max_backoff_ms`).
+    #[serde(rename = "max_backoff_ms", with = "duration_ms")]
     pub max_backoff: Duration,
-    /// No retry starts when its wait would end after this much time since the first attempt.
+    /// No retry starts when its wait would end after this much time since the first attempt
+    /// (`max_elapsed_ms`).
+    #[serde(rename = "max_elapsed_ms", with = "duration_ms")]
     pub max_elapsed: Duration,
 }
 
@@ -71,6 +89,25 @@ impl Default for RetryPolicy {
 }
 
 impl RetryPolicy {
+    /// Checks the settings; a `Config` error names the `retry.*` key.
+    pub fn validate(&self) -> Result<()> {
+        crate::config::check_range("retry.max_attempts", self.max_attempts, 1..=100)?;
+        crate::config::check_ms("retry.initial_backoff_ms", self.initial_backoff)?;
+        crate::config::check_ms("retry.max_backoff_ms", self.max_backoff)?;
+        crate::config::check_ms("retry.max_elapsed_ms", self.max_elapsed)?;
+        if self.initial_backoff > self.max_backoff {
+            return Err(Error::config(
+                "retry.initial_backoff_ms",
+                format!(
+                    "the initial backoff ({} ms) must not exceed retry.max_backoff_ms ({} ms)",
+                    self.initial_backoff.as_millis(),
+                    self.max_backoff.as_millis()
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     /// The wait after failed attempt `attempt` (1-based), jittered.
     pub fn backoff(&self, attempt: u32) -> Duration {
         let doubling = 2u32.saturating_pow(attempt.saturating_sub(1).min(31));
@@ -104,23 +141,30 @@ impl Interceptor for RetryPolicy {
                     Ok(v) => return Ok(v),
                     Err(e) => e,
                 };
-                if !error.is_retryable() || last {
-                    // Name the attempts only when there was more than one.
-                    return Err(if attempt > 1 {
-                        error.with_context("attempts", attempt)
-                    } else {
-                        error
-                    });
+                let transient = matches!(
+                    error.status(),
+                    ErrorStatus::Temporary | ErrorStatus::MaybeApplied
+                );
+                if !transient {
+                    return Err(named_attempts(error, attempt));
+                }
+                if last {
+                    return Err(
+                        named_attempts(error, attempt).with_status(ErrorStatus::RetriesExhausted)
+                    );
                 }
                 let wait = self.backoff(attempt);
                 if started.elapsed() + wait > self.max_elapsed {
-                    return Err(error.with_context("attempts", attempt).with_context(
-                        "retry",
-                        format!(
-                            "stopped: the next wait would pass max_elapsed {} ms",
-                            self.max_elapsed.as_millis()
-                        ),
-                    ));
+                    return Err(error
+                        .with_context("attempts", attempt)
+                        .with_context(
+                            "retry",
+                            format!(
+                                "stopped: the next wait would pass max_elapsed {} ms",
+                                self.max_elapsed.as_millis()
+                            ),
+                        )
+                        .with_status(ErrorStatus::RetriesExhausted));
                 }
                 tracing::warn!(
                     role = op.role.as_str(),
@@ -141,6 +185,15 @@ impl Interceptor for RetryPolicy {
                 attempt += 1;
             }
         })
+    }
+}
+
+/// Names the attempts only when there was more than one.
+fn named_attempts(error: Error, attempt: u32) -> Error {
+    if attempt > 1 {
+        error.with_context("attempts", attempt)
+    } else {
+        error
     }
 }
 

@@ -24,23 +24,48 @@
 //!
 //! Unscoped access (the kernel's own stores) sees every tenant's data under the prefixed names;
 //! keep names starting with `t_` out of unscoped use.
+//!
+//! [`Tenant`] is a [`ScopePolicy`]: [`TenantScope`] is the generic [`Scoped`] wrapper driven by
+//! it, and `stores.layer(&tenant)` scopes all four stores. Errors the scope raises itself (a
+//! name that breaks the input rules or does not fit beside the prefix) name the operation and
+//! the caller's name.
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::borrow::Cow;
 
-use async_trait::async_trait;
-use futures::StreamExt;
-use kernel_core::{
-    AppendResult, BatchDelete, BatchPut, Capabilities, DeleteCondition, Entry, Error, EventFilter,
-    EventStore, EventSubscription, ExpectedVersion, Filter, Lease, ListOptions, ListPage, Lock,
-    Metadata, MetadataMode, NamespaceInfo, NewEvent, PutOptions, Query, Quota, RateDecision,
-    RateLimiter, ReadStream, RecordedEvent, Result, Snapshot, Status, StorageDriver, Transaction,
-    Value, validate,
-};
+use kernel_core::{Error, NamespaceInfo, RecordedEvent, Result, Status, validate};
 
-use super::{Layer, read_all_kept};
+use super::Op;
+use super::scope::{ScopePolicy, Scoped};
 
-/// A validated tenant id: 1..=32 bytes of `[A-Za-z0-9_]`.
+/// A store confined to one tenant: a [`Scoped`] store with the [`Tenant`] policy.
+pub type TenantScope<T> = Scoped<Tenant, T>;
+
+impl<T: ?Sized> Scoped<Tenant, T> {
+    /// The tenant.
+    pub fn tenant(&self) -> &Tenant {
+        self.policy()
+    }
+}
+
+/// A validated tenant id: 1..=32 bytes of `[A-Za-z0-9_]`. As a [`ScopePolicy`] it moves every
+/// name into the tenant's space; as a [`super::Layer`] it scopes all four stores.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> kernel_core::Result<()> {
+/// use std::sync::Arc;
+///
+/// use driver_memory::MemoryDriver;
+/// use kernel_bootstrap::layers::tenant::{Tenant, TenantScope};
+/// use kernel_core::{json, PutOptions, StorageDriver};
+///
+/// let shared = Arc::new(MemoryDriver::new());
+/// let acme = TenantScope::new(shared.clone(), Tenant::new("acme")?);
+/// let entry = acme.put("users", "ada", json!({}), PutOptions::new()).await?;
+/// assert_eq!(entry.namespace, "users");
+/// assert!(shared.get("t_acme.users", "ada").await?.is_some());
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Tenant {
     id: String,
@@ -79,7 +104,7 @@ impl Tenant {
     }
 
     fn fit(&self, what: &'static str, name: &str, limit: usize) -> Result<String> {
-        let room = limit - self.prefix.len();
+        let room = limit.saturating_sub(self.prefix.len());
         if name.len() > room {
             return Err(Error::invalid_input(format!(
                 "{what} is {} bytes; inside a tenant the limit is {room} (the tenant prefix \
@@ -105,7 +130,8 @@ impl Tenant {
         self.fit("stream", stream, validate::MAX_NAMESPACE_LEN)
     }
 
-    fn category(&self, category: &str) -> Result<String> {
+    /// The stored name of an event category (the category of the stored streams).
+    pub fn category(&self, category: &str) -> Result<String> {
         validate::category(category)?;
         self.fit("category", category, validate::MAX_NAMESPACE_LEN)
     }
@@ -127,378 +153,56 @@ impl Tenant {
         stored.strip_prefix(self.prefix.as_str())
     }
 
-    fn filter(&self, filter: &EventFilter) -> Result<EventFilter> {
-        let mut mapped = filter.clone();
-        mapped.categories = filter
-            .categories
-            .iter()
-            .map(|c| self.category(c))
-            .collect::<Result<_>>()?;
-        Ok(mapped)
-    }
-
-    /// Keeps an event of this tenant (renaming its stream back), drops any other.
-    fn own_event(&self, e: &mut RecordedEvent) -> bool {
-        match self.strip(&e.stream) {
-            Some(name) => {
-                e.stream = name.to_owned();
-                true
-            }
-            None => false,
+    /// Renames a stored name to the caller's, or says it is another tenant's.
+    fn own(&self, stored: &mut String) -> bool {
+        if !stored.starts_with(self.prefix.as_str()) {
+            return false;
         }
-    }
-
-    fn lease_in(&self, lease: &Lease) -> Result<Lease> {
-        Ok(Lease {
-            key: self.lock_key(&lease.key)?,
-            ..lease.clone()
-        })
+        stored.drain(..self.prefix.len());
+        true
     }
 }
 
-impl Layer for Tenant {
-    fn storage(&self, inner: Arc<dyn StorageDriver>) -> Arc<dyn StorageDriver> {
-        Arc::new(TenantScope::new(inner, self.clone()))
+#[deny(clippy::missing_trait_methods)]
+impl ScopePolicy for Tenant {
+    fn check(&self, _op: &Op<'_>) -> Result<()> {
+        // Confinement is by name alone: every name is moved into the tenant's space below.
+        Ok(())
     }
 
-    fn events(&self, inner: Arc<dyn EventStore>) -> Arc<dyn EventStore> {
-        Arc::new(TenantScope::new(inner, self.clone()))
+    fn namespace_in<'n>(&self, namespace: &'n str) -> Result<Cow<'n, str>> {
+        self.namespace(namespace).map(Cow::Owned)
     }
 
-    fn locks(&self, inner: Arc<dyn Lock>) -> Arc<dyn Lock> {
-        Arc::new(TenantScope::new(inner, self.clone()))
+    fn stream_in<'n>(&self, stream: &'n str) -> Result<Cow<'n, str>> {
+        self.stream(stream).map(Cow::Owned)
     }
 
-    fn rate_limiter(&self, inner: Arc<dyn RateLimiter>) -> Arc<dyn RateLimiter> {
-        Arc::new(TenantScope::new(inner, self.clone()))
-    }
-}
-
-/// A store confined to one tenant.
-#[derive(Debug)]
-pub struct TenantScope<T: ?Sized> {
-    tenant: Tenant,
-    inner: Arc<T>,
-}
-
-impl<T: ?Sized> Clone for TenantScope<T> {
-    fn clone(&self) -> Self {
-        TenantScope {
-            tenant: self.tenant.clone(),
-            inner: self.inner.clone(),
-        }
-    }
-}
-
-impl<T: ?Sized> TenantScope<T> {
-    /// Confines `inner` to `tenant`.
-    pub fn new(inner: Arc<T>, tenant: Tenant) -> TenantScope<T> {
-        TenantScope { tenant, inner }
+    fn category_in<'n>(&self, category: &'n str) -> Result<Cow<'n, str>> {
+        self.category(category).map(Cow::Owned)
     }
 
-    /// The tenant.
-    pub fn tenant(&self) -> &Tenant {
-        &self.tenant
-    }
-}
-
-fn named(mut entry: Entry, namespace: &str) -> Entry {
-    namespace.clone_into(&mut entry.namespace);
-    entry
-}
-
-#[async_trait]
-impl<T: StorageDriver + ?Sized> StorageDriver for TenantScope<T> {
-    fn capabilities(&self) -> Capabilities {
-        self.inner.capabilities()
+    fn lock_key_in<'n>(&self, key: &'n str) -> Result<Cow<'n, str>> {
+        self.lock_key(key).map(Cow::Owned)
     }
 
-    async fn status(&self) -> Result<Status> {
-        let mut status = self.inner.status().await?;
+    fn rate_limit_key_in<'n>(&self, key: &'n str) -> Result<Cow<'n, str>> {
+        self.rate_limit_key(key).map(Cow::Owned)
+    }
+
+    fn keep_namespace(&self, info: &mut NamespaceInfo) -> bool {
+        self.own(&mut info.name)
+    }
+
+    fn keep_event(&self, event: &mut RecordedEvent) -> bool {
+        self.own(&mut event.stream)
+    }
+
+    fn status_out(&self, status: &mut Status) {
         // Backend-wide counts would tell one tenant about the others.
         status.namespaces = None;
         status.entries = None;
-        status
-            .details
-            .insert("tenant".to_owned(), self.tenant.id.clone());
-        Ok(status)
-    }
-
-    async fn get(&self, namespace: &str, key: &str) -> Result<Option<Entry>> {
-        let ns = self.tenant.namespace(namespace)?;
-        Ok(self.inner.get(&ns, key).await?.map(|e| named(e, namespace)))
-    }
-
-    async fn put(
-        &self,
-        namespace: &str,
-        key: &str,
-        value: Value,
-        options: PutOptions,
-    ) -> Result<Entry> {
-        let ns = self.tenant.namespace(namespace)?;
-        let entry = self.inner.put(&ns, key, value, options).await?;
-        Ok(named(entry, namespace))
-    }
-
-    async fn delete(&self, namespace: &str, key: &str, condition: DeleteCondition) -> Result<bool> {
-        let ns = self.tenant.namespace(namespace)?;
-        self.inner.delete(&ns, key, condition).await
-    }
-
-    async fn exists(&self, namespace: &str, key: &str) -> Result<bool> {
-        let ns = self.tenant.namespace(namespace)?;
-        self.inner.exists(&ns, key).await
-    }
-
-    async fn get_many(&self, namespace: &str, keys: &[String]) -> Result<Vec<Option<Entry>>> {
-        let ns = self.tenant.namespace(namespace)?;
-        let entries = self.inner.get_many(&ns, keys).await?;
-        Ok(entries
-            .into_iter()
-            .map(|e| e.map(|e| named(e, namespace)))
-            .collect())
-    }
-
-    async fn put_many(&self, namespace: &str, items: Vec<BatchPut>) -> Result<Vec<Entry>> {
-        let ns = self.tenant.namespace(namespace)?;
-        let entries = self.inner.put_many(&ns, items).await?;
-        Ok(entries.into_iter().map(|e| named(e, namespace)).collect())
-    }
-
-    async fn delete_many(&self, namespace: &str, items: Vec<BatchDelete>) -> Result<u64> {
-        let ns = self.tenant.namespace(namespace)?;
-        self.inner.delete_many(&ns, items).await
-    }
-
-    async fn list(&self, namespace: &str, options: &ListOptions) -> Result<ListPage> {
-        let ns = self.tenant.namespace(namespace)?;
-        let mut page = self.inner.list(&ns, options).await?;
-        page.entries = page
-            .entries
-            .into_iter()
-            .map(|e| named(e, namespace))
-            .collect();
-        Ok(page)
-    }
-
-    async fn query(&self, namespace: &str, query: &Query) -> Result<Vec<Entry>> {
-        let ns = self.tenant.namespace(namespace)?;
-        let entries = self.inner.query(&ns, query).await?;
-        Ok(entries.into_iter().map(|e| named(e, namespace)).collect())
-    }
-
-    async fn count(&self, namespace: &str, filter: Option<&Filter>) -> Result<u64> {
-        let ns = self.tenant.namespace(namespace)?;
-        self.inner.count(&ns, filter).await
-    }
-
-    async fn clear(&self, namespace: &str) -> Result<u64> {
-        let ns = self.tenant.namespace(namespace)?;
-        self.inner.clear(&ns).await
-    }
-
-    async fn create_namespace(&self, namespace: &str, metadata: Metadata) -> Result<NamespaceInfo> {
-        let ns = self.tenant.namespace(namespace)?;
-        let mut info = self.inner.create_namespace(&ns, metadata).await?;
-        namespace.clone_into(&mut info.name);
-        Ok(info)
-    }
-
-    async fn drop_namespace(&self, namespace: &str, recursive: bool) -> Result<bool> {
-        let ns = self.tenant.namespace(namespace)?;
-        self.inner.drop_namespace(&ns, recursive).await
-    }
-
-    async fn list_namespaces(&self) -> Result<Vec<NamespaceInfo>> {
-        let all = self.inner.list_namespaces().await?;
-        Ok(all
-            .into_iter()
-            .filter_map(|mut info| {
-                let name = self.tenant.strip(&info.name)?.to_owned();
-                info.name = name;
-                Some(info)
-            })
-            .collect())
-    }
-
-    async fn get_metadata(&self, namespace: &str, key: &str) -> Result<Option<Metadata>> {
-        let ns = self.tenant.namespace(namespace)?;
-        self.inner.get_metadata(&ns, key).await
-    }
-
-    async fn set_metadata(
-        &self,
-        namespace: &str,
-        key: &str,
-        metadata: Metadata,
-        mode: MetadataMode,
-    ) -> Result<Entry> {
-        let ns = self.tenant.namespace(namespace)?;
-        let entry = self.inner.set_metadata(&ns, key, metadata, mode).await?;
-        Ok(named(entry, namespace))
-    }
-
-    async fn begin(&self) -> Result<Box<dyn Transaction>> {
-        let inner = self.inner.begin().await?;
-        Ok(Box::new(TenantTx {
-            tenant: self.tenant.clone(),
-            inner,
-        }))
-    }
-}
-
-/// A transaction confined to a tenant.
-struct TenantTx {
-    tenant: Tenant,
-    inner: Box<dyn Transaction>,
-}
-
-#[async_trait]
-impl Transaction for TenantTx {
-    async fn get(&mut self, namespace: &str, key: &str) -> Result<Option<Entry>> {
-        let ns = self.tenant.namespace(namespace)?;
-        Ok(self.inner.get(&ns, key).await?.map(|e| named(e, namespace)))
-    }
-
-    async fn put(
-        &mut self,
-        namespace: &str,
-        key: &str,
-        value: Value,
-        options: PutOptions,
-    ) -> Result<Entry> {
-        let ns = self.tenant.namespace(namespace)?;
-        let entry = self.inner.put(&ns, key, value, options).await?;
-        Ok(named(entry, namespace))
-    }
-
-    async fn delete(
-        &mut self,
-        namespace: &str,
-        key: &str,
-        condition: DeleteCondition,
-    ) -> Result<bool> {
-        let ns = self.tenant.namespace(namespace)?;
-        self.inner.delete(&ns, key, condition).await
-    }
-
-    async fn commit(self: Box<Self>) -> Result<()> {
-        self.inner.commit().await
-    }
-
-    async fn rollback(self: Box<Self>) -> Result<()> {
-        self.inner.rollback().await
-    }
-}
-
-#[async_trait]
-impl<T: EventStore + ?Sized> EventStore for TenantScope<T> {
-    async fn append(
-        &self,
-        stream: &str,
-        expected: ExpectedVersion,
-        events: Vec<NewEvent>,
-    ) -> Result<AppendResult> {
-        let s = self.tenant.stream(stream)?;
-        self.inner.append(&s, expected, events).await
-    }
-
-    async fn read_stream(&self, stream: &str, options: ReadStream) -> Result<Vec<RecordedEvent>> {
-        let s = self.tenant.stream(stream)?;
-        let mut events = self.inner.read_stream(&s, options).await?;
-        for e in &mut events {
-            stream.clone_into(&mut e.stream);
-        }
-        Ok(events)
-    }
-
-    async fn read_all(
-        &self,
-        after: u64,
-        filter: &EventFilter,
-        limit: usize,
-    ) -> Result<Vec<RecordedEvent>> {
-        let mapped = self.tenant.filter(filter)?;
-        read_all_kept(&*self.inner, after, &mapped, limit, |e| {
-            self.tenant.own_event(e)
-        })
-        .await
-    }
-
-    async fn head_position(&self) -> Result<u64> {
-        self.inner.head_position().await
-    }
-
-    async fn subscribe(&self, after: u64, filter: EventFilter) -> Result<EventSubscription> {
-        let mapped = self.tenant.filter(&filter)?;
-        let feed = self.inner.subscribe(after, mapped).await?;
-        let tenant = self.tenant.clone();
-        Ok(feed
-            .filter_map(move |item| {
-                let kept = match item {
-                    Ok(mut e) => tenant.own_event(&mut e).then_some(Ok(e)),
-                    Err(err) => Some(Err(err)),
-                };
-                futures::future::ready(kept)
-            })
-            .boxed())
-    }
-
-    async fn save_snapshot(&self, stream: &str, version: u64, state: Value) -> Result<()> {
-        let s = self.tenant.stream(stream)?;
-        self.inner.save_snapshot(&s, version, state).await
-    }
-
-    async fn load_snapshot(&self, stream: &str) -> Result<Option<Snapshot>> {
-        let s = self.tenant.stream(stream)?;
-        Ok(self.inner.load_snapshot(&s).await?.map(|mut snap| {
-            stream.clone_into(&mut snap.stream);
-            snap
-        }))
-    }
-}
-
-#[async_trait]
-impl<T: Lock + ?Sized> Lock for TenantScope<T> {
-    async fn try_acquire(&self, key: &str, ttl: Duration) -> Result<Option<Lease>> {
-        let k = self.tenant.lock_key(key)?;
-        Ok(self.inner.try_acquire(&k, ttl).await?.map(|mut lease| {
-            key.clone_into(&mut lease.key);
-            lease
-        }))
-    }
-
-    async fn release(&self, lease: &Lease) -> Result<()> {
-        let stored = self.tenant.lease_in(lease)?;
-        self.inner.release(&stored).await
-    }
-
-    async fn extend(&self, lease: &Lease, ttl: Duration) -> Result<Lease> {
-        let stored = self.tenant.lease_in(lease)?;
-        let mut extended = self.inner.extend(&stored, ttl).await?;
-        extended.key.clone_from(&lease.key);
-        Ok(extended)
-    }
-
-    async fn acquire(&self, key: &str, ttl: Duration, wait: Duration) -> Result<Lease> {
-        let k = self.tenant.lock_key(key)?;
-        let mut lease = self.inner.acquire(&k, ttl, wait).await?;
-        key.clone_into(&mut lease.key);
-        Ok(lease)
-    }
-}
-
-#[async_trait]
-impl<T: RateLimiter + ?Sized> RateLimiter for TenantScope<T> {
-    async fn check(&self, key: &str, quota: &Quota, cost: u32) -> Result<RateDecision> {
-        let k = self.tenant.rate_limit_key(key)?;
-        self.inner.check(&k, quota, cost).await
-    }
-
-    async fn reset(&self, key: &str) -> Result<()> {
-        let k = self.tenant.rate_limit_key(key)?;
-        self.inner.reset(&k).await
+        status.details.insert("tenant".to_owned(), self.id.clone());
     }
 }
 
@@ -613,6 +317,24 @@ mod tests {
         let e = acme.get(&"n".repeat(room + 1), "k").await.unwrap_err();
         assert_eq!(e.code(), ErrorCode::InvalidInput);
         assert!(e.to_string().contains("inside a tenant"), "{e}");
+        // The error names the operation and the caller's names, not the stored ones.
+        assert_eq!(e.operation(), Some("get"));
+        assert_eq!(e.context_value("key"), Some("k"));
+        let e = acme
+            .try_acquire("", Duration::from_secs(1))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), ErrorCode::InvalidInput);
+        assert_eq!(e.operation(), Some("try_acquire"));
+        let e = acme
+            .read_all(0, &EventFilter::all().category("bad-category"), 1)
+            .await
+            .unwrap_err();
+        assert_eq!(
+            (e.code(), e.operation()),
+            (ErrorCode::InvalidInput, Some("read_all"))
+        );
+        assert_eq!(e.context_value("category"), Some("bad-category"));
     }
 
     #[tokio::test]

@@ -74,14 +74,14 @@ mod tests {
         assert!(started.elapsed() < Duration::from_millis(400));
         assert_eq!(e.code(), ErrorCode::Timeout);
         assert!(e.is_retryable());
-        assert_eq!(e.context_value("operation"), Some("get"));
+        assert_eq!(e.operation(), Some("get"));
         assert_eq!(e.context_value("namespace"), Some("t"));
         assert!(
             e.to_string().contains("get did not finish within 30 ms"),
             "{e}"
         );
         let e = store.head_position().await.unwrap_err();
-        assert_eq!(e.context_value("operation"), Some("head_position"));
+        assert_eq!(e.operation(), Some("head_position"));
         inner.faults().set_delay(Duration::ZERO);
         assert_eq!(store.get("t", "k").await.unwrap().unwrap().value, json!(1));
     }
@@ -114,7 +114,7 @@ mod tests {
         inner.faults().set_delay(Duration::from_millis(300));
         let e = tx.get("t", "k").await.unwrap_err();
         assert_eq!(e.code(), ErrorCode::Timeout);
-        assert_eq!(e.context_value("operation"), Some("tx.get"));
+        assert_eq!(e.operation(), Some("tx.get"));
         inner.faults().set_delay(Duration::ZERO);
         tx.commit().await.unwrap();
         assert!(store.exists("t", "k").await.unwrap());
