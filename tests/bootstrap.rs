@@ -235,6 +235,10 @@ fn passwords_never_show() {
         .unwrap_err();
     assert!(!format!("{e} {e:?}").contains(secret), "{e:?}");
     assert!(e.to_string().contains("***"), "{e}");
+    // ... or where a number belongs.
+    let e = KernelConfig::from_vars(vars(&[("KERNEL_POSTGRES_POOL_SIZE", &url)])).unwrap_err();
+    assert!(!format!("{e} {e:?}").contains(secret), "{e:?}");
+    assert!(e.to_string().contains("***"), "{e}");
     let e = KernelConfig::from_toml_str(&format!("postgres = \"{url}\"\n")).unwrap_err();
     assert!(!format!("{e} {e:?}").contains(secret), "{e:?}");
     assert!(e.to_string().contains("***"), "{e}");

@@ -125,3 +125,39 @@ async fn shutdown_runs_every_hook_once() {
     kernel.shutdown().await;
     assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 1);
 }
+
+#[tokio::test]
+async fn nothing_the_builder_was_given_is_left_open() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let closed = Arc::new(AtomicUsize::new(0));
+    let hook = |closed: &Arc<AtomicUsize>| {
+        let closed = closed.clone();
+        move || -> futures::future::BoxFuture<'static, kernel_core::Result<()>> {
+            closed.fetch_add(1, Ordering::SeqCst);
+            Box::pin(async { Ok(()) })
+        }
+    };
+    // A backend whose every role a later one takes is closed by the build.
+    let kernel = KernelBuilder::new()
+        .backend(Backend::all("first", MemoryDriver::new()).on_shutdown(hook(&closed)))
+        .backend(Backend::all("second", MemoryDriver::new()))
+        .build()
+        .await
+        .unwrap();
+    assert_eq!(closed.load(Ordering::SeqCst), 1);
+    assert_eq!(kernel.backend_of(Role::Storage), "second");
+    // A failed build closes the backends it had been given.
+    let e = KernelBuilder::new()
+        .backend(Backend::all("ok", MemoryDriver::new()).on_shutdown(hook(&closed)))
+        .backend(
+            Backend::new("broken")
+                .locks(Arc::new(MemoryDriver::new()))
+                .probe(|| Box::pin(async { Err(kernel_core::Error::unavailable("down")) }))
+                .on_shutdown(hook(&closed)),
+        )
+        .build()
+        .await
+        .unwrap_err();
+    assert_eq!(e.context_value("backend"), Some("broken"), "{e}");
+    assert_eq!(closed.load(Ordering::SeqCst), 3);
+}

@@ -70,10 +70,7 @@ impl PostgresConfig {
             pool_wait_timeout: Duration::from_secs(10),
             migrate_on_boot: true,
             limits: Limits::DEFAULT,
-            subscription: SubscriptionConfig {
-                page_size: 256,
-                poll_interval: Duration::from_secs(1),
-            },
+            subscription: SubscriptionConfig::default(),
             application_name: "kernel".to_owned(),
         }
     }

@@ -824,10 +824,30 @@ async fn legacy_rows(client: &Client) -> Result<Option<BTreeMap<i64, Applied>>> 
             checksum: r.try_get(2).map_err(pg)?,
             at: r.try_get(3).map_err(pg)?,
         };
-        let known = MIGRATIONS
+        let same = MIGRATIONS
             .iter()
             .zip(&ours)
-            .any(|(m, sum)| m.version == version && m.name == row.name && *sum == row.checksum);
+            .find(|(m, _)| m.version == version && m.name == row.name);
+        if let Some((m, sum)) = same {
+            // With the kernel's tables present this is the kernel's own record of a migration
+            // whose file changed since; without them, another tool's look-alike.
+            if *sum != row.checksum && table_exists(client, "kernel_documents").await? {
+                // Leaving it alone would re-apply 0001 over the existing schema. Refuse, as the
+                // runner does for a changed migration in its own table.
+                return Err(Error::config(
+                    "postgres.migrations",
+                    format!(
+                        "{LEGACY_TABLE} records the kernel's migration {} with another checksum \
+                         than this build's: the file changed after it was applied, so the \
+                         record is not adopted into {TABLE}; reconcile the two before booting",
+                        m.label()
+                    ),
+                )
+                .with_context("table", LEGACY_TABLE)
+                .with_context("version", version));
+            }
+        }
+        let known = same.is_some_and(|(_, sum)| *sum == row.checksum);
         if !known {
             tracing::warn!(
                 version,

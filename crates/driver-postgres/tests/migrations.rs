@@ -572,6 +572,27 @@ async fn a_foreign_schema_migrations_is_left_alone() {
     }
 }
 
+/// The kernel's own legacy record of a migration whose file changed since (the kernel's tables
+/// exist, the checksum differs) is refused with `Config`, not left alone to re-apply 0001 over
+/// the existing schema.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_kernel_record_in_schema_migrations_is_refused() {
+    let db = fresh_database().await;
+    let client = common::raw_client(db.url()).await;
+    expect_ok(Migrator::new().up(&client).await, "up");
+    client
+        .batch_execute(
+            "ALTER TABLE kernel_schema_migrations RENAME TO schema_migrations; \
+             ALTER TABLE schema_migrations DROP COLUMN space; \
+             UPDATE schema_migrations SET checksum = 'edited' WHERE version = 1",
+        )
+        .await
+        .unwrap_or_else(|e| panic!("set-up: {e}"));
+    let e = Migrator::new().up(&client).await.unwrap_err();
+    assert_eq!(e.code(), kernel_core::ErrorCode::Config, "{e}");
+    assert!(e.to_string().contains("0001_init"), "{e}");
+}
+
 // Application migrations in their own version space ------------------------------------------
 
 /// A folder under the system's temporary directory, removed on drop.

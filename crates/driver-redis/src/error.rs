@@ -4,8 +4,10 @@
 //! first word is Redis' error code (`READONLY`, `LOADING`, `BUSY`...). Both are read here so the
 //! retry layer above can tell a transient failure from a permanent one: the kind first, then the
 //! reply's code word. Two of fred's own errors carry no distinct kind, only a fixed message;
-//! those messages are the constants [`FRED_ROUTE_FAILED`] and [`FRED_CROSS_NODE`], each pinned
-//! by a test against fred's wording (a fred upgrade that rewords them fails that test).
+//! those messages are the constants [`FRED_ROUTE_FAILED`] and [`FRED_CROSS_NODE`], copied from
+//! fred 10.1's source (`router/commands.rs`, `commands/impls/lua.rs`) and pinned in a unit test
+//! of their mapping. The test builds the errors from the same text, so it cannot notice fred
+//! rewording them: re-read those two places when upgrading fred (Cargo.lock pins the version).
 
 use fred::error::{Error as FredError, ErrorKind};
 use kernel_core::{Error, ErrorCode};

@@ -390,7 +390,7 @@ impl KernelConfig {
             if key == "." {
                 Error::config("config", message)
             } else {
-                Error::config(&key, message).with_context("env", env_name(&key))
+                Error::config(&key, message).with_context("env", env_names(&key))
             }
         })
     }
@@ -518,6 +518,16 @@ pub(crate) fn check_range<T: PartialOrd + std::fmt::Display + Copy>(
     Ok(())
 }
 
+/// The variables that set `key`, for an error's `env` context: the derived one, and its alias
+/// when there is one (`KERNEL_POSTGRES_URL or DATABASE_URL`). The value may also have come
+/// from the TOML file; the `setting` context names the key either way.
+fn env_names(key: &str) -> String {
+    match ENV_ALIASES.iter().find(|(_, k)| *k == key) {
+        Some((alias, _)) => format!("{} or {alias}", env_name(key)),
+        None => env_name(key),
+    }
+}
+
 /// The TOML key a variable sets, if it is one of the kernel's.
 fn setting_of(env: &str) -> Option<String> {
     ENV_ALIASES
@@ -557,7 +567,8 @@ fn leaves(node: &Value, key: String, out: &mut Vec<Setting>) {
 /// Reads an environment value as the type of the setting's default: numbers and booleans are
 /// parsed (so a typo is an error naming the variable), everything else stays a string.
 fn parse_like(default: &Value, raw: &str) -> std::result::Result<Value, String> {
-    let shown = || kernel_core::validate::escape(raw);
+    // A connection string put in the wrong variable must not show its password.
+    let shown = || kernel_core::validate::escape(&redact_url(raw));
     match default {
         Value::Bool(_) => match raw.to_ascii_lowercase().as_str() {
             "1" | "true" | "yes" | "on" => Ok(Value::Bool(true)),

@@ -161,8 +161,9 @@ impl Backend {
         self
     }
 
-    /// Runs `hook` when the kernel shuts down (closing pools, ending subscriptions). Its error
-    /// is logged and counted in the shutdown report, never dropped.
+    /// Runs `hook` once when the kernel shuts down (closing pools, ending subscriptions), or
+    /// when [`KernelBuilder::build`] fails or hands the backend's roles to later backends. Its
+    /// error is logged at `warn` with the backend's name, never dropped.
     #[must_use]
     pub fn on_shutdown(
         mut self,
@@ -286,47 +287,90 @@ impl KernelBuilder {
     }
 
     /// Checks the settings, probes every backend once (failing with `Unavailable` naming the
-    /// backend that did not answer), wraps each role's store in its backend's
-    /// [`StandardLayers`], and starts the change pipeline. A role no backend serves is a
-    /// `Config` error naming it.
+    /// backend that did not answer within [`BOOT_PROBE_TIMEOUT`]), wraps each role's store in
+    /// its backend's [`StandardLayers`], and starts the change pipeline. A role no backend
+    /// serves is a `Config` error naming it. On failure every backend's shutdown hook runs, so
+    /// nothing connected is left open.
     pub async fn build(self) -> Result<Kernel> {
-        self.layers.validate()?;
-        self.pipeline.validate()?;
-        let mut backends: Vec<Backend> = self
+        let (mut backends, retired): (Vec<Backend>, Vec<Backend>) = self
             .backends
             .into_iter()
-            .filter(|b| b.roles().next().is_some())
-            .collect();
-        for role in Role::ALL {
-            if !backends.iter().any(|b| b.stores[role.index()].is_some()) {
-                return Err(Error::config(
-                    &format!("backends.{role}"),
-                    format!("no backend serves the {role} role"),
-                ));
+            .partition(|b| b.roles().next().is_some());
+        // A backend whose roles were all taken is closed at once: the builder owns it now.
+        close_all(retired.into_iter().filter_map(|mut b| {
+            let hook = b.shutdown.take()?;
+            Some((b.name, hook))
+        }))
+        .await;
+        let checked = self
+            .layers
+            .validate()
+            .and(self.pipeline.validate())
+            .and_then(|()| {
+                match Role::ALL
+                    .into_iter()
+                    .find(|role| !backends.iter().any(|b| b.stores[role.index()].is_some()))
+                {
+                    Some(role) => Err(Error::config(
+                        &format!("backends.{role}"),
+                        format!("no backend serves the {role} role"),
+                    )),
+                    None => Ok(()),
+                }
+            });
+        let mut probes = Vec::with_capacity(backends.len());
+        let mut failure = checked.err();
+        for backend in &backends {
+            if failure.is_some() {
+                break;
             }
-        }
-        let mut managed = Vec::with_capacity(backends.len());
-        for backend in &mut backends {
             let probe = backend
                 .probe
                 .clone()
                 .unwrap_or_else(|| backend.default_probe());
-            probe().await.map_err(|e| {
-                Error::unavailable(format!(
-                    "backend {} failed its boot health check",
-                    backend.name
-                ))
-                .with_context("backend", &backend.name)
-                .with_source(e)
-            })?;
-            tracing::info!(backend = %backend.name, "kernel backend ready");
-            managed.push(Managed {
+            let outcome = match tokio::time::timeout(BOOT_PROBE_TIMEOUT, probe()).await {
+                Ok(outcome) => outcome,
+                Err(_) => Err(Error::timeout(format!(
+                    "the probe took longer than {} ms",
+                    BOOT_PROBE_TIMEOUT.as_millis()
+                ))),
+            };
+            match outcome {
+                Ok(()) => {
+                    tracing::info!(backend = %backend.name, "kernel backend ready");
+                    probes.push(probe);
+                }
+                Err(e) => {
+                    failure = Some(
+                        Error::unavailable(format!(
+                            "backend {} failed its boot health check",
+                            backend.name
+                        ))
+                        .with_context("backend", &backend.name)
+                        .with_source(e),
+                    );
+                }
+            }
+        }
+        if let Some(error) = failure {
+            // Nothing will own these backends: close what was connected before failing.
+            close_all(backends.iter_mut().filter_map(|b| {
+                let hook = b.shutdown.take()?;
+                Some((b.name.clone(), hook))
+            }))
+            .await;
+            return Err(error);
+        }
+        let managed: Vec<Managed> = backends
+            .iter_mut()
+            .zip(probes)
+            .map(|(backend, probe)| Managed {
                 name: backend.name.clone(),
                 layers: StandardLayers::new(&backend.name, &self.layers),
                 probe,
                 shutdown: std::sync::Mutex::new(backend.shutdown.take()),
-            });
-        }
+            })
+            .collect();
         let mut roles = [0usize; 4];
         let mut stores: [Option<RoleStore>; 4] = [None, None, None, None];
         for (i, backend) in backends.iter().enumerate() {
@@ -365,6 +409,23 @@ impl KernelBuilder {
             pipeline,
             shut_down: AtomicBool::new(false),
         })
+    }
+}
+
+/// How long a backend's probe may take while building a kernel.
+pub const BOOT_PROBE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Runs shutdown hooks one by one, logging each failure with the backend's name.
+async fn close_all(hooks: impl IntoIterator<Item = (String, Shutdown)>) {
+    for (name, hook) in hooks {
+        match hook().await {
+            Ok(()) => tracing::info!(backend = %name, "kernel backend shut down"),
+            Err(e) => tracing::warn!(
+                backend = %name,
+                error = %e,
+                "kernel backend reported an error while shutting down"
+            ),
+        }
     }
 }
 
@@ -552,8 +613,8 @@ impl Kernel {
     /// Shuts down gracefully: stops the pipeline's intake, applies everything already queued,
     /// then runs every backend's shutdown hook (ending subscriptions, closing pools). Returns
     /// the pipeline failures no `flush` returned yet (each was also logged when it happened);
-    /// a backend whose shutdown failed is logged with its error. A second call does nothing
-    /// and returns nothing.
+    /// a backend whose shutdown failed is logged at `warn` with its error. A second call does
+    /// nothing and returns nothing.
     pub async fn shutdown(&self) -> Vec<ChangeFailure> {
         if self.shut_down.swap(true, Ordering::SeqCst) {
             return Vec::new();
@@ -565,23 +626,19 @@ impl Kernel {
             failed = failures.len(),
             "kernel change pipeline drained"
         );
-        for b in &self.backends {
-            let hook = b
-                .shutdown
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .take();
-            if let Some(hook) = hook {
-                match hook().await {
-                    Ok(()) => tracing::info!(backend = %b.name, "kernel backend shut down"),
-                    Err(e) => tracing::warn!(
-                        backend = %b.name,
-                        error = %e,
-                        "kernel backend reported an error while shutting down"
-                    ),
-                }
-            }
-        }
+        let hooks: Vec<(String, Shutdown)> = self
+            .backends
+            .iter()
+            .filter_map(|b| {
+                let hook = b
+                    .shutdown
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .take()?;
+                Some((b.name.clone(), hook))
+            })
+            .collect();
+        close_all(hooks).await;
         failures
     }
 }

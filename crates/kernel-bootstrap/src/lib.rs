@@ -32,7 +32,8 @@ pub mod pipeline;
 
 pub use config::{BackendKind, KernelConfig, Role, Setting};
 pub use kernel::{
-    Backend, ComponentHealth, HEALTH_PROBE_TIMEOUT, HealthReport, Kernel, KernelBuilder,
+    BOOT_PROBE_TIMEOUT, Backend, ComponentHealth, HEALTH_PROBE_TIMEOUT, HealthReport, Kernel,
+    KernelBuilder,
 };
 pub use layers::{Layer, Stores};
 pub use pipeline::{Change, ChangeFailure, ChangePipeline, PipelineConfig, SubmitError};

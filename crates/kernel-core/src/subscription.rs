@@ -44,7 +44,7 @@ impl Default for SubscriptionConfig {
     fn default() -> Self {
         SubscriptionConfig {
             page_size: 256,
-            poll_interval: Duration::from_millis(500),
+            poll_interval: Duration::from_secs(1),
         }
     }
 }

@@ -149,22 +149,19 @@ impl Interceptor for RetryPolicy {
                     return Err(named_attempts(error, attempt));
                 }
                 if last {
-                    return Err(
-                        named_attempts(error, attempt).with_status(ErrorStatus::RetriesExhausted)
-                    );
+                    return Err(exhausted(named_attempts(error, attempt)));
                 }
                 let wait = self.backoff(attempt);
                 if started.elapsed() + wait > self.max_elapsed {
-                    return Err(error
-                        .with_context("attempts", attempt)
-                        .with_context(
+                    return Err(exhausted(
+                        error.with_context("attempts", attempt).with_context(
                             "retry",
                             format!(
                                 "stopped: the next wait would pass max_elapsed {} ms",
                                 self.max_elapsed.as_millis()
                             ),
-                        )
-                        .with_status(ErrorStatus::RetriesExhausted));
+                        ),
+                    ));
                 }
                 tracing::warn!(
                     role = op.role.as_str(),
@@ -188,6 +185,17 @@ impl Interceptor for RetryPolicy {
     }
 }
 
+/// Marks a transient error the layer gave up on: `Temporary` becomes `RetriesExhausted`;
+/// `MaybeApplied` stays, because "the write may have landed" matters more to the caller than
+/// "do not retry at once".
+fn exhausted(error: Error) -> Error {
+    if error.status() == ErrorStatus::Temporary {
+        error.with_status(ErrorStatus::RetriesExhausted)
+    } else {
+        error
+    }
+}
+
 /// Names the attempts only when there was more than one.
 fn named_attempts(error: Error, attempt: u32) -> Error {
     if attempt > 1 {
@@ -204,8 +212,8 @@ mod tests {
 
     use driver_memory::MemoryDriver;
     use kernel_core::{
-        Error, ErrorCode, EventStore, ExpectedVersion, Lock, NewEvent, PutOptions, Quota,
-        RateLimiter, StorageDriver, json,
+        Error, ErrorCode, ErrorStatus, EventStore, ExpectedVersion, Lock, NewEvent, PutOptions,
+        Quota, RateLimiter, StorageDriver, json,
     };
 
     use super::RetryPolicy;
@@ -267,6 +275,30 @@ mod tests {
         assert_eq!(e.code(), ErrorCode::Unavailable);
         assert_eq!(e.context_value("attempts"), Some("3"));
         assert_eq!(inner.faults().calls(), 3);
+        assert_eq!(e.status(), ErrorStatus::RetriesExhausted);
+        assert!(
+            !e.is_retryable(),
+            "the caller must not multiply the attempts"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_unknown_outcome_stays_unknown_when_retries_run_out() {
+        let inner = Arc::new(flaky(MemoryDriver::new()));
+        let layered = Layered::new(
+            inner.clone(),
+            crate::layers::timeout::TimeoutPolicy::new(Duration::from_millis(20)),
+        );
+        let store = Layered::new(Arc::new(layered), fast(2));
+        inner.faults().set_delay(Duration::from_millis(200));
+        // An unconditional put is safe to repeat: retried, and still unknown at the end.
+        let e = store
+            .put("r", "k", json!(1), PutOptions::new())
+            .await
+            .unwrap_err();
+        assert_eq!(e.status(), ErrorStatus::MaybeApplied, "{e}");
+        assert_eq!(e.context_value("attempts"), Some("2"));
+        assert_eq!(inner.faults().calls(), 2);
     }
 
     #[tokio::test]

@@ -10,9 +10,9 @@
 use std::time::Duration;
 
 use futures::future::BoxFuture;
-use kernel_core::{Error, Result};
+use kernel_core::{Error, ErrorStatus, Result};
 
-use super::{Attempt, Call, Interceptor, Op};
+use super::{Access, Attempt, Call, Interceptor, Op};
 
 /// The per-call deadline.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,11 +38,19 @@ impl Interceptor for TimeoutPolicy {
         Box::pin(async move {
             match tokio::time::timeout(limit, call(Attempt::Final)).await {
                 Ok(outcome) => outcome,
-                Err(_) => Err(op.annotate(Error::timeout(format!(
-                    "{} did not finish within {} ms",
-                    op.name,
-                    limit.as_millis()
-                )))),
+                // An abandoned write may still be applied by the backend: its outcome is
+                // unknown, so it must not read as "safe to retry".
+                Err(_) => Err(op.annotate(
+                    Error::timeout(format!(
+                        "{} did not finish within {} ms",
+                        op.name,
+                        limit.as_millis()
+                    ))
+                    .with_status(match op.access {
+                        Access::Write => ErrorStatus::MaybeApplied,
+                        _ => ErrorStatus::Temporary,
+                    }),
+                )),
             }
         })
     }
@@ -54,7 +62,7 @@ mod tests {
     use std::time::{Duration, Instant};
 
     use driver_memory::MemoryDriver;
-    use kernel_core::{ErrorCode, EventStore, Lock, PutOptions, StorageDriver, json};
+    use kernel_core::{ErrorCode, ErrorStatus, EventStore, Lock, PutOptions, StorageDriver, json};
 
     use super::TimeoutPolicy;
     use crate::layers::Layered;
@@ -80,8 +88,17 @@ mod tests {
             e.to_string().contains("get did not finish within 30 ms"),
             "{e}"
         );
+        assert_eq!(e.status(), ErrorStatus::Temporary, "a read changed nothing");
         let e = store.head_position().await.unwrap_err();
         assert_eq!(e.operation(), Some("head_position"));
+        // An abandoned write may still land: not "safe to retry".
+        let e = store
+            .put("t", "k", json!(2), PutOptions::new())
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), ErrorCode::Timeout);
+        assert_eq!(e.status(), ErrorStatus::MaybeApplied);
+        assert!(!e.is_retryable());
         inner.faults().set_delay(Duration::ZERO);
         assert_eq!(store.get("t", "k").await.unwrap().unwrap().value, json!(1));
     }
