@@ -438,3 +438,33 @@ async fn booted_kernel_stacks_the_configured_layers() {
     assert_eq!(stored.version, 1);
     kernel.shutdown().await;
 }
+
+/// After `shutdown()` every call says so, every time, permanently: no retry repeats it, the
+/// circuit breaker never counts it, and it never turns into a retryable "circuit open".
+#[tokio::test]
+async fn a_shut_down_kernel_says_so_every_time() {
+    let kernel = Kernel::boot(
+        KernelConfig::from_vars(vars(&[("KERNEL_CIRCUIT_BREAKER_FAILURE_THRESHOLD", "2")]))
+            .unwrap(),
+    )
+    .await
+    .unwrap();
+    kernel.shutdown().await;
+    for _ in 0..10 {
+        let e = kernel.storage().get("after", "k").await.unwrap_err();
+        assert_eq!(e.code(), ErrorCode::Unavailable, "{e}");
+        assert_eq!(e.status(), kernel_core::ErrorStatus::Permanent, "{e}");
+        assert!(e.to_string().contains("shut down"), "{e}");
+        assert_eq!(e.operation(), Some("get"));
+        let e = kernel
+            .locks()
+            .try_acquire("after", std::time::Duration::from_secs(1))
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("shut down"), "{e}");
+    }
+    assert_eq!(
+        kernel.circuit_breaker("memory").unwrap().state(),
+        kernel_bootstrap::layers::circuit_breaker::CircuitState::Closed { failures: 0 }
+    );
+}

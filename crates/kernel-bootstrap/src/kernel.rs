@@ -626,6 +626,11 @@ impl Kernel {
             failed = failures.len(),
             "kernel change pipeline drained"
         );
+        // From here on every call says "shut down", permanently, instead of reaching a closing
+        // driver whose errors would read as backend trouble.
+        for b in &self.backends {
+            b.layers.close();
+        }
         let hooks: Vec<(String, Shutdown)> = self
             .backends
             .iter()

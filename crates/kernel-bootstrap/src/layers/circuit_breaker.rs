@@ -14,7 +14,7 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
-use kernel_core::{Error, ErrorCode, Result};
+use kernel_core::{Error, ErrorCode, ErrorStatus, Result};
 
 use super::{Attempt, Call, Interceptor, Op};
 
@@ -192,8 +192,11 @@ impl CircuitBreaker {
     }
 }
 
+/// Backend trouble: an unreachable backend or a timeout, unless the error is permanent (a
+/// driver that was shut down on purpose answers `Unavailable` too, and says it is final).
 fn is_trouble(error: &Error) -> bool {
     matches!(error.code(), ErrorCode::Unavailable | ErrorCode::Timeout)
+        && error.status() != ErrorStatus::Permanent
 }
 
 impl Interceptor for CircuitBreaker {

@@ -24,7 +24,7 @@
 //! The kernel stacks the standard interceptors for each backend (see [`StandardLayers`]):
 //!
 //! ```text
-//! caller -> Observed -> Retry -> CircuitBreaker -> Timeout -> driver
+//! caller -> Observed -> ShutdownGate -> Retry -> CircuitBreaker -> Timeout -> driver
 //! ```
 //!
 //! and a caller who serves several tenants or principals stacks the scoping layers on top with
@@ -60,6 +60,7 @@ pub mod observe;
 pub mod ops;
 pub mod retry;
 pub mod scope;
+pub mod shutdown;
 pub mod tenant;
 #[cfg(test)]
 mod testing;
@@ -82,6 +83,7 @@ pub use layered::Layered;
 use circuit_breaker::{CircuitBreaker, CircuitBreakerConfig};
 use observe::Observer;
 use retry::RetryPolicy;
+use shutdown::ShutdownGate;
 use timeout::TimeoutPolicy;
 
 /// Whether an operation reads or writes.
@@ -342,7 +344,8 @@ impl LayerSettings {
 }
 
 /// The kernel's standard stack for one backend, innermost first: timeout, circuit breaker
-/// (when enabled), retry (when more than one attempt is allowed), observability.
+/// (when enabled), retry (when more than one attempt is allowed), shutdown gate,
+/// observability.
 ///
 /// Why this order:
 ///
@@ -352,6 +355,9 @@ impl LayerSettings {
 ///   trouble; it sees every attempt, so its count of consecutive failures is exact.
 /// * **Retry above the breaker** retries individual attempts and, while the circuit is open,
 ///   gets its fail-fast `Unavailable` at once instead of waiting on a dead backend.
+/// * **Shutdown gate above the retry** refuses every call once the kernel is shut down, with a
+///   permanent error, before a retry or the breaker could mistake closed drivers for backend
+///   trouble.
 /// * **Observability outermost** records what the caller experiences: one span and one metric
 ///   sample per call, with the final outcome and the total latency including retries (each
 ///   retry is an event inside that span).
@@ -360,6 +366,7 @@ pub struct StandardLayers {
     timeout: Arc<TimeoutPolicy>,
     breaker: Option<Arc<CircuitBreaker>>,
     retry: Option<Arc<RetryPolicy>>,
+    gate: Arc<ShutdownGate>,
     observer: Arc<Observer>,
 }
 
@@ -374,8 +381,15 @@ impl StandardLayers {
                 .enabled
                 .then(|| Arc::new(CircuitBreaker::new(backend, settings.circuit_breaker))),
             retry: (settings.retry.max_attempts > 1).then(|| Arc::new(settings.retry)),
+            gate: Arc::new(ShutdownGate::new()),
             observer: Arc::new(Observer::new(backend)),
         }
+    }
+
+    /// Closes the stack's shutdown gate: every later call through it fails at once with a
+    /// permanent "shut down" error that no retry repeats and no breaker counts.
+    pub fn close(&self) {
+        self.gate.close();
     }
 
     /// The circuit breaker, when enabled.
@@ -394,6 +408,7 @@ macro_rules! standard_wrap {
         if let Some(r) = &$self.retry {
             s = Arc::new(Layered::shared(s, r.clone()));
         }
+        s = Arc::new(Layered::shared(s, $self.gate.clone()));
         let s: Arc<$dyn> = Arc::new(Layered::shared(s, $self.observer.clone()));
         s
     }};
