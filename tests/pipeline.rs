@@ -180,7 +180,26 @@ async fn every_failure_is_returned_by_flush_and_logged() {
 
 #[tokio::test]
 async fn shutdown_drains_the_pipeline_and_ends_subscriptions() {
-    let kernel = kernel(&[("KERNEL_PIPELINE_CAPACITY", "1000")]).await;
+    // Built over a memory driver the test keeps, to read what was stored once the kernel
+    // itself refuses every call.
+    let memory = MemoryDriver::new();
+    let kernel = kernel_bootstrap::KernelBuilder::new()
+        .backend(
+            kernel_bootstrap::Backend::all("memory", memory.clone()).on_shutdown({
+                let memory = memory.clone();
+                move || {
+                    memory.shutdown();
+                    Box::pin(async { Ok(()) })
+                }
+            }),
+        )
+        .pipeline(PipelineConfig {
+            capacity: 1000,
+            ..PipelineConfig::default()
+        })
+        .build()
+        .await
+        .unwrap();
     let mut feed = kernel
         .events()
         .subscribe(0, EventFilter::all())
@@ -214,8 +233,16 @@ async fn shutdown_drains_the_pipeline_and_ends_subscriptions() {
     assert_eq!(failures[0].id, failing);
     assert_eq!(failures[0].error.code(), ErrorCode::Conflict);
     // Every change was applied before the backend closed (memory data stays readable).
-    assert_eq!(kernel.storage().count("drain", None).await.unwrap(), 300);
-    assert_eq!(kernel.events().head_position().await.unwrap(), 1);
+    assert_eq!(memory.count("drain", None).await.unwrap(), 300);
+    assert_eq!(
+        kernel_core::EventStore::head_position(&memory)
+            .await
+            .unwrap(),
+        1
+    );
+    // The kernel itself now refuses every call, saying why.
+    let e = kernel.storage().count("drain", None).await.unwrap_err();
+    assert!(e.to_string().contains("shut down"), "{e}");
     // The subscription yields what is stored, then ends.
     let first = tokio::time::timeout(Duration::from_secs(5), feed.next())
         .await
