@@ -7,7 +7,9 @@ use std::time::SystemTime;
 
 use async_trait::async_trait;
 use futures::FutureExt;
-use kernel_core::event::{check_idempotent, validate_append, validate_snapshot_version};
+use kernel_core::event::{
+    check_idempotent, check_same_content, validate_append, validate_snapshot_version,
+};
 use kernel_core::subscription::{self, HeadSignal};
 use kernel_core::validate;
 use kernel_core::{
@@ -77,13 +79,18 @@ impl EventStore for MemoryDriver {
         let current = index.map_or(0, |s| s.positions.len() as u64);
         let stored = |id: &Uuid| index.and_then(|s| s.ids.get(id).copied());
         if let Some(first) = check_idempotent(stream, expected, &events, stored)? {
-            let positions = index
+            let positions: Vec<u64> = index
                 .map(|s| {
                     (first..first + events.len() as u64)
-                        .map(|v| s.positions[(v - 1) as usize])
+                        .filter_map(|v| s.positions.get((v - 1) as usize).copied())
                         .collect()
                 })
                 .unwrap_or_default();
+            let records: Vec<RecordedEvent> = positions
+                .iter()
+                .filter_map(|p| log.log.get((p - 1) as usize).cloned())
+                .collect();
+            check_same_content(stream, &events, &records)?;
             return Ok(AppendResult {
                 stream_version: first + events.len() as u64 - 1,
                 positions,

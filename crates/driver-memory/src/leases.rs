@@ -32,11 +32,9 @@ impl LeaseTable {
     }
 
     fn current_mut(&mut self, lease: &Lease, now: SystemTime) -> Option<&mut Lease> {
-        self.keys
-            .get_mut(&lease.key)?
-            .holder
-            .as_mut()
-            .filter(|h| h.token == lease.token && h.expires_at > now)
+        self.keys.get_mut(&lease.key)?.holder.as_mut().filter(|h| {
+            h.token == lease.token && h.fencing_token == lease.fencing_token && h.expires_at > now
+        })
     }
 }
 

@@ -11,7 +11,9 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use deadpool_postgres::Pool;
 use futures::FutureExt;
-use kernel_core::event::{check_idempotent, validate_append, validate_snapshot_version};
+use kernel_core::event::{
+    check_idempotent, check_same_content, validate_append, validate_snapshot_version,
+};
 use kernel_core::subscription::{SubscriptionConfig, paged};
 use kernel_core::validate;
 use kernel_core::{
@@ -187,6 +189,14 @@ impl EventStore for PostgresDriver {
             .sequencer
             .positions(stream, seqs, self.inner.config.statement_timeout)
             .await?;
+        if !written {
+            // Only on a retry: read back what is stored under the ids and compare.
+            let first = stream_version + 1 - n as u64;
+            let stored = self
+                .read_stream(stream, ReadStream::forward().from(first).limit(n))
+                .await?;
+            check_same_content(stream, &events, &stored)?;
+        }
         Ok(AppendResult {
             stream_version,
             positions,

@@ -9,7 +9,9 @@ use async_trait::async_trait;
 use fred::interfaces::{HashesInterface, KeysInterface};
 use fred::types::Value as RedisValue;
 use futures::FutureExt;
-use kernel_core::event::{check_idempotent, validate_append, validate_snapshot_version};
+use kernel_core::event::{
+    check_idempotent, check_same_content, validate_append, validate_snapshot_version,
+};
 use kernel_core::subscription::{self, PageReader};
 use kernel_core::validate;
 use kernel_core::{
@@ -170,6 +172,14 @@ impl RedisDriver {
                                     "an idempotent event has no position",
                                 )
                             })?;
+                        // Only on a retry: read back what is stored under the ids and compare.
+                        let stored_events = self
+                            .read_stream(
+                                stream,
+                                ReadStream::forward().from(first).limit(events.len()),
+                            )
+                            .await?;
+                        check_same_content(stream, events, &stored_events)?;
                         Ok(AppendResult {
                             stream_version: first + events.len() as u64 - 1,
                             positions,

@@ -17,7 +17,7 @@
 //! | `P{ev}:ids:STREAM`        | hash   | event id -> version                                |
 //! | `P{ev}:snap:STREAM`       | string | latest snapshot                                    |
 //! | `P{ev}:notify`            | channel| pub/sub wake-up carrying the new head              |
-//! | `P{l:KEY}:holder`         | string | current lease token, with PX expiry               |
+//! | `P{l:KEY}:holder`         | string | current lease `token:fence`, with PX expiry        |
 //! | `P{l:KEY}:fence`          | string | fencing counter, never deleted                     |
 //! | `P{r:KEY}`                | string | GCRA theoretical arrival time (µs), with PX expiry |
 

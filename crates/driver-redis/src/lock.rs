@@ -18,6 +18,12 @@ fn ttl_millis(ttl: Duration) -> String {
     ms.to_string()
 }
 
+/// What the holder key stores: the secret token and the fencing token, so a lease whose fencing
+/// token was changed is not taken for the holder's.
+fn holder_value(lease: &Lease) -> String {
+    format!("{}:{}", lease.token, lease.fencing_token)
+}
+
 #[async_trait]
 impl Lock for RedisDriver {
     async fn try_acquire(&self, key: &str, ttl: Duration) -> Result<Option<Lease>> {
@@ -55,7 +61,7 @@ impl Lock for RedisDriver {
                 &self.inner.scripts.lock_release,
                 "release",
                 vec![holder],
-                vec![lease.token.as_str().into()],
+                vec![holder_value(lease).into()],
             )
             .await
             .map_err(|e| e.with_context("key", escape(&lease.key)))?;
@@ -75,7 +81,7 @@ impl Lock for RedisDriver {
                 "extend",
                 vec![holder],
                 vec![
-                    lease.token.as_str().into(),
+                    holder_value(lease).into(),
                     RedisValue::from(ttl_millis(ttl)),
                 ],
             )

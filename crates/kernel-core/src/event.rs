@@ -468,6 +468,61 @@ pub fn check_idempotent(
     }
 }
 
+/// Completes [`check_idempotent`]: a batch whose ids are stored at the right places is a retry
+/// only if every event also carries what is stored under its id (type, payload, metadata,
+/// correlation and causation ids). The same id with other content is a `Conflict` that names the
+/// event and the first field that differs: an id is an idempotency key, and answering such an
+/// append with success would tell the caller that data was stored which never was.
+///
+/// `stored` holds the stream's events at the batch's versions, in order.
+pub fn check_same_content(
+    stream: &str,
+    events: &[NewEvent],
+    stored: &[RecordedEvent],
+) -> Result<()> {
+    if stored.len() != events.len() {
+        return Err(Error::internal(format!(
+            "the idempotency check read {} stored events for an append of {}",
+            stored.len(),
+            events.len()
+        ))
+        .with_context("stream", stream));
+    }
+    for (new, old) in events.iter().zip(stored) {
+        if new.id != old.id {
+            return Err(Error::internal(
+                "the idempotency check read another event than the one stored under the id",
+            )
+            .with_context("stream", stream)
+            .with_context("event_id", new.id)
+            .with_context("version", old.version));
+        }
+        let differs = if new.event_type != old.event_type {
+            Some("event_type")
+        } else if new.payload != old.payload {
+            Some("payload")
+        } else if new.metadata != old.metadata {
+            Some("metadata")
+        } else if new.correlation_id != old.correlation_id {
+            Some("correlation_id")
+        } else if new.causation_id != old.causation_id {
+            Some("causation_id")
+        } else {
+            None
+        };
+        if let Some(field) = differs {
+            return Err(Error::conflict(format!(
+                "event id is already stored in the stream with a different {field}: a retry \
+                 must repeat the stored event, a new event needs a new id"
+            ))
+            .with_context("stream", stream)
+            .with_context("event_id", new.id)
+            .with_context("version", old.version));
+        }
+    }
+    Ok(())
+}
+
 /// Checks a snapshot's version against the stream's current version: it must be `1..=current`.
 pub fn validate_snapshot_version(stream: &str, version: u64, current: u64) -> Result<()> {
     if version == 0 || version > current {

@@ -98,7 +98,7 @@ pub fn validate_ttl(key: &str, ttl: Duration) -> Result<()> {
 pub fn not_held(lease: &Lease) -> Error {
     Error::new(
         ErrorCode::LockNotHeld,
-        "the lease is not the current holder's (released, expired or taken over)",
+        "the lease is not the current holder's (released, expired, taken over or forged)",
     )
     .with_context("key", validate::escape(&lease.key))
     .with_context("fencing_token", lease.fencing_token)

@@ -39,6 +39,7 @@ macro_rules! __event_behaviours {
             reappend_with_exact_expectation_is_idempotent
             reappend_after_later_appends_is_idempotent
             reused_id_elsewhere_conflicts
+            reused_id_with_other_content_conflicts
             duplicate_id_in_one_append_is_invalid
             invalid_stream_names_are_rejected
             empty_append_is_invalid
@@ -514,6 +515,64 @@ pub async fn reappend_after_later_appends_is_idempotent<E: EventStore + ?Sized +
         versions(&read(e, &stream, ReadStream::forward()).await),
         vec![1, 2, 3]
     );
+}
+
+/// Re-appending a stored id at its place with other content (type, payload, metadata,
+/// correlation or causation id, in any event of the batch) is a `Conflict` that names the id, not
+/// an idempotent success: the caller would believe data was stored that never was. Nothing is
+/// written, and the exact retry still succeeds.
+pub async fn reused_id_with_other_content_conflicts<E: EventStore + ?Sized + 'static>(
+    store: Arc<E>,
+) {
+    let e = &*store;
+    let (_, stream) = unique_stream("order", "1");
+    let mut original = evs("E", 1..=2);
+    original[1].metadata.insert("source".into(), json!("test"));
+    original[1].correlation_id = Some("corr-1".into());
+    original[1].causation_id = Some("cause-1".into());
+    let r1 = append(e, &stream, ExpectedVersion::NoStream, original.clone()).await;
+    // One named edit of an event's content, applied to a copy of the original batch.
+    type Change = (&'static str, fn(&mut NewEvent));
+    let changes: [Change; 6] = [
+        ("event_type", |ev| ev.event_type = "Other".into()),
+        ("payload", |ev| ev.payload = json!({"n": -1})),
+        ("metadata", |ev| {
+            ev.metadata.insert("source".into(), json!("elsewhere"));
+        }),
+        ("metadata", |ev| {
+            ev.metadata.clear();
+        }),
+        ("correlation_id", |ev| ev.correlation_id = None),
+        ("causation_id", |ev| {
+            ev.causation_id = Some("cause-2".into())
+        }),
+    ];
+    for (field, change) in changes {
+        for expected in [ExpectedVersion::NoStream, ExpectedVersion::Any] {
+            let mut batch = original.clone();
+            change(&mut batch[1]);
+            let err = expect_err(
+                e.append(&stream, expected, batch).await,
+                ErrorCode::Conflict,
+                &format!("a retry whose second event has another {field}"),
+            );
+            let text = err.to_string();
+            assert!(
+                text.contains(&original[1].id.to_string()) && text.contains(field),
+                "the conflict names the event id and the field ({field}): {text}"
+            );
+        }
+    }
+    let again = append(e, &stream, ExpectedVersion::NoStream, original.clone()).await;
+    assert_eq!((again.positions, again.written), (r1.positions, false));
+    let stored = read(e, &stream, ReadStream::forward()).await;
+    assert_eq!(
+        stored.len(),
+        2,
+        "nothing was written by the refused retries"
+    );
+    assert_eq!(stored[1].event_type, original[1].event_type);
+    assert_eq!(stored[1].metadata, original[1].metadata);
 }
 
 /// An id already in the stream, used at another place, is a `Conflict`.

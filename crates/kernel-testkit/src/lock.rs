@@ -22,6 +22,7 @@ macro_rules! __lock_behaviours {
             fencing_increases_after_expiry_takeover
             lock_expires_after_ttl
             release_by_non_holder_is_lock_not_held
+            changed_fencing_token_is_forged
             release_twice_is_lock_not_held
             stale_lease_cannot_release_new_holder
             extend_pushes_expiry
@@ -236,6 +237,41 @@ pub async fn release_by_non_holder_is_lock_not_held<L: Lock + ?Sized + 'static>(
         "a failed release leaves the lock held"
     );
     expect_ok(l.release(&lease).await, "release by the holder");
+}
+
+/// A lease whose fencing token was changed (same key, same secret token) is forged: release and
+/// extend are `LockNotHeld` and the holder keeps the lock, whether the token was raised, lowered
+/// or set to zero.
+pub async fn changed_fencing_token_is_forged<L: Lock + ?Sized + 'static>(lock: Arc<L>) {
+    let l = &*lock;
+    let key = unique("lock");
+    let lease = take(l, &key, LONG).await;
+    for fencing_token in [
+        lease.fencing_token + 1,
+        lease.fencing_token.wrapping_sub(1),
+        0,
+    ] {
+        let changed = Lease {
+            fencing_token,
+            ..lease.clone()
+        };
+        assert_not_held(
+            l.release(&changed).await,
+            &key,
+            "release with a changed fencing token",
+        );
+        assert_not_held(
+            l.extend(&changed, LONG).await,
+            &key,
+            "extend with a changed fencing token",
+        );
+    }
+    assert!(
+        is_held(l, &key).await,
+        "a forged release leaves the lock held"
+    );
+    let extended = expect_ok(l.extend(&lease, LONG).await, "extend by the holder");
+    expect_ok(l.release(&extended).await, "release by the holder");
 }
 
 /// A second release of the same lease is `LockNotHeld`.
