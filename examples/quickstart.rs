@@ -3,6 +3,8 @@
 //!
 //! ```text
 //! cargo run --example quickstart
+//! # the same on an embedded, persistent SQLite file (run it twice: the data stays)
+//! KERNEL_STORAGE_MODE=sqlite KERNEL_SQLITE_PATH=/tmp/kernel.db cargo run --example quickstart
 //! ```
 
 use std::time::Duration;
@@ -123,6 +125,13 @@ async fn documents(kernel: &Kernel) -> kernel_core::Result<()> {
 async fn events(kernel: &Kernel) -> kernel_core::Result<()> {
     println!("\n== events ==");
     let events = kernel.events();
+    // A persistent backend (SQLite, PostgreSQL) keeps the accounts of earlier runs: open the
+    // first account number still free, so the walk-through runs again on the same store.
+    let mut number = 42;
+    while events.stream_version(&format!("account-{number}")).await? > 0 {
+        number += 1;
+    }
+    let stream = format!("account-{number}");
     let start = events.head_position().await?;
     let mut feed = events
         .subscribe(start, EventFilter::all().category("account"))
@@ -130,13 +139,13 @@ async fn events(kernel: &Kernel) -> kernel_core::Result<()> {
 
     let opened = events
         .append(
-            "account-42",
+            &stream,
             ExpectedVersion::NoStream,
             vec![NewEvent::new("Opened", json!({"owner": "Ada"}))],
         )
         .await?;
     println!(
-        "append account-42 Opened -> stream version {}",
+        "append {stream} Opened -> stream version {}",
         opened.stream_version
     );
     let deposits: Vec<NewEvent> = [100, 250]
@@ -144,7 +153,7 @@ async fn events(kernel: &Kernel) -> kernel_core::Result<()> {
         .map(|amount| NewEvent::new("Deposited", json!({"amount": amount})))
         .collect();
     let result = events
-        .append("account-42", ExpectedVersion::Exact(1), deposits.clone())
+        .append(&stream, ExpectedVersion::Exact(1), deposits.clone())
         .await?;
     println!(
         "append 2 deposits -> versions {:?}, positions {:?}",
@@ -152,7 +161,7 @@ async fn events(kernel: &Kernel) -> kernel_core::Result<()> {
         result.positions
     );
     let again = events
-        .append("account-42", ExpectedVersion::Exact(1), deposits)
+        .append(&stream, ExpectedVersion::Exact(1), deposits)
         .await?;
     println!(
         "retried append is idempotent: written={}, positions {:?}",
@@ -170,22 +179,22 @@ async fn events(kernel: &Kernel) -> kernel_core::Result<()> {
     }
 
     let balance: i64 = events
-        .read_stream("account-42", Default::default())
+        .read_stream(&stream, Default::default())
         .await?
         .iter()
         .filter_map(|e| e.payload["amount"].as_i64())
         .sum();
     events
-        .save_snapshot("account-42", 3, json!({"balance": balance}))
+        .save_snapshot(&stream, 3, json!({"balance": balance}))
         .await?;
     events
         .append(
-            "account-42",
+            &stream,
             ExpectedVersion::Exact(3),
             vec![NewEvent::new("Deposited", json!({"amount": 5}))],
         )
         .await?;
-    let history = events.load_aggregate("account-42").await?;
+    let history = events.load_aggregate(&stream).await?;
     println!(
         "aggregate: snapshot {:?} + {} event(s) after it, now at version {}",
         history.snapshot.as_ref().map(|s| (&s.state, s.version)),

@@ -1,7 +1,8 @@
 //! Configuration: one serde tree, read from a TOML file and from environment variables.
 //!
 //! Every setting exists once: as a field of a type that derives `Deserialize`, with its default
-//! in that type's `Default` impl — the drivers' own [`PostgresConfig`] and [`RedisConfig`], the
+//! in that type's `Default` impl — the drivers' own [`PostgresConfig`], [`RedisConfig`] and
+//! [`SqliteConfig`], the
 //! layers' [`RetryPolicy`], [`CircuitBreakerConfig`], the [`PipelineConfig`], kernel-core's
 //! [`Limits`]. [`KernelConfig`] only nests them. The environment variable of a setting is
 //! derived from its TOML key (`retry.max_attempts` is `KERNEL_RETRY_MAX_ATTEMPTS`), so
@@ -40,6 +41,8 @@ use serde_json::{Map, Value};
 pub use driver_postgres::PostgresConfig;
 #[cfg(feature = "redis")]
 pub use driver_redis::RedisConfig;
+#[cfg(feature = "sqlite")]
+pub use driver_sqlite::SqliteConfig;
 
 pub use crate::layers::circuit_breaker::CircuitBreakerConfig;
 pub use crate::layers::retry::RetryPolicy;
@@ -58,6 +61,9 @@ pub enum BackendKind {
     Postgres,
     /// Redis (`driver-redis`, feature `redis`); accepts `redis`.
     Redis,
+    /// SQLite, an embedded file (`driver-sqlite`, feature `sqlite`); accepts `sqlite`,
+    /// `sqlite3`.
+    Sqlite,
 }
 
 impl BackendKind {
@@ -67,6 +73,7 @@ impl BackendKind {
             BackendKind::Memory => "memory",
             BackendKind::Postgres => "postgres",
             BackendKind::Redis => "redis",
+            BackendKind::Sqlite => "sqlite",
         }
     }
 
@@ -76,6 +83,7 @@ impl BackendKind {
             BackendKind::Memory => true,
             BackendKind::Postgres => cfg!(feature = "postgres"),
             BackendKind::Redis => cfg!(feature = "redis"),
+            BackendKind::Sqlite => cfg!(feature = "sqlite"),
         }
     }
 }
@@ -94,9 +102,10 @@ impl FromStr for BackendKind {
             "memory" | "in_memory" | "inmemory" => Ok(BackendKind::Memory),
             "postgres" | "postgresql" | "supabase" => Ok(BackendKind::Postgres),
             "redis" => Ok(BackendKind::Redis),
+            "sqlite" | "sqlite3" => Ok(BackendKind::Sqlite),
             // A connection string put here by mistake must not show its password.
             _ => Err(format!(
-                "expected memory, postgres or redis (aliases: IN_MEMORY, SUPABASE); got {:?}",
+                "expected memory, postgres, redis or sqlite (aliases: IN_MEMORY, SUPABASE); got {:?}",
                 kernel_core::validate::escape(&redact_url(s))
             )),
         }
@@ -203,7 +212,8 @@ impl TimeoutSettings {
 /// defaults ([`KernelConfig::settings`] lists them too).
 ///
 /// Every field has its default, so an empty TOML file or an empty environment is the
-/// in-process kernel. The `postgres` and `redis` tables exist when their Cargo feature is on.
+/// in-process kernel. The `postgres`, `redis` and `sqlite` tables exist when their Cargo feature
+/// is on.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
@@ -220,6 +230,9 @@ pub struct KernelConfig {
     /// Redis (the driver's own settings type).
     #[cfg(feature = "redis")]
     pub redis: RedisConfig,
+    /// SQLite (the driver's own settings type).
+    #[cfg(feature = "sqlite")]
+    pub sqlite: SqliteConfig,
     /// Retry layer.
     pub retry: RetryPolicy,
     /// Timeout layer.
@@ -283,7 +296,8 @@ pub fn env_name(key: &str) -> String {
 }
 
 impl KernelConfig {
-    /// Every setting of this build (features decide whether `postgres.*` and `redis.*` exist),
+    /// Every setting of this build (features decide whether `postgres.*`, `redis.*` and
+    /// `sqlite.*` exist),
     /// in the order of the tree.
     pub fn settings() -> Vec<Setting> {
         let mut out = Vec::new();
@@ -441,6 +455,10 @@ impl KernelConfig {
         if self.uses(BackendKind::Redis) {
             self.redis_config().validate()?;
         }
+        #[cfg(feature = "sqlite")]
+        if self.uses(BackendKind::Sqlite) {
+            self.sqlite_config().validate()?;
+        }
         self.retry.validate()?;
         self.timeouts.validate()?;
         self.circuit_breaker.validate()?;
@@ -467,6 +485,15 @@ impl KernelConfig {
         RedisConfig {
             limits: self.limits,
             ..self.redis.clone()
+        }
+    }
+
+    /// The SQLite driver's settings with the shared `[limits]` applied.
+    #[cfg(feature = "sqlite")]
+    pub fn sqlite_config(&self) -> SqliteConfig {
+        SqliteConfig {
+            limits: self.limits,
+            ..self.sqlite.clone()
         }
     }
 }
@@ -623,7 +650,7 @@ fn read_toml_file(path: &Path) -> Result<Value> {
 /// The feature a rejected top-level table belongs to, when the rejection is only that the
 /// feature is off.
 fn unknown_feature_table(key: &str, message: &str) -> Option<&'static str> {
-    ["postgres", "redis"].into_iter().find(|feature| {
+    ["postgres", "redis", "sqlite"].into_iter().find(|feature| {
         (key == *feature || key == ".") && message.contains(&format!("unknown field `{feature}`"))
     })
 }
@@ -717,7 +744,7 @@ mod tests {
 
 /// `docs/configuration.md`'s table of settings, checked against [`KernelConfig::settings`]: the
 /// table's key, variable and default columns must be exactly what the code derives.
-#[cfg(all(test, feature = "postgres", feature = "redis"))]
+#[cfg(all(test, feature = "postgres", feature = "redis", feature = "sqlite"))]
 mod docs_table {
     use super::*;
 
@@ -772,15 +799,20 @@ mod docs_table {
 }
 
 /// Built without a backend's feature, the configuration says so instead of failing obscurely.
-#[cfg(all(test, not(all(feature = "postgres", feature = "redis"))))]
+#[cfg(all(
+    test,
+    not(all(feature = "postgres", feature = "redis", feature = "sqlite"))
+))]
 mod missing_features {
     use super::*;
 
     fn off() -> (BackendKind, &'static str) {
-        if cfg!(feature = "postgres") {
+        if !cfg!(feature = "postgres") {
+            (BackendKind::Postgres, "postgres")
+        } else if !cfg!(feature = "redis") {
             (BackendKind::Redis, "redis")
         } else {
-            (BackendKind::Postgres, "postgres")
+            (BackendKind::Sqlite, "sqlite")
         }
     }
 

@@ -37,6 +37,17 @@ pub(crate) async fn connect(kind: BackendKind, config: &KernelConfig) -> Result<
             Ok(Backend::all(kind.as_str(), driver)
                 .on_shutdown(move || Box::pin(async move { closing.shutdown().await })))
         }
+        #[cfg(feature = "sqlite")]
+        BackendKind::Sqlite => {
+            let driver = driver_sqlite::SqliteDriver::open(config.sqlite_config()).await?;
+            let closing = driver.clone();
+            Ok(Backend::all(kind.as_str(), driver).on_shutdown(move || {
+                Box::pin(async move {
+                    closing.shutdown().await;
+                    Ok(())
+                })
+            }))
+        }
         // Reached only for a backend whose feature is off (validate() refuses it first).
         #[allow(unreachable_patterns)]
         other => Err(Error::config(
