@@ -93,12 +93,9 @@ async fn shut_down_kernel_answers_503() {
 async fn unreachable_backend_answers_503() {
     // Locks and rate limits on the Redis test server, reached through a proxy the test cuts.
     let server = kernel_testkit::redis::RedisTestServer::start().await;
-    let (upstream, with_host) = kernel_integration_tests::split_authority(server.url())
-        .unwrap_or_else(|| panic!("the Redis test URL has no host:port"));
-    let proxy = kernel_integration_tests::TcpProxy::start(upstream)
+    let (proxy, proxied) = kernel_testkit::proxy::FaultProxy::in_front_of(server.url(), 6379)
         .await
         .unwrap();
-    let proxied = with_host(&proxy.addr().to_string());
     let config = KernelConfig::from_vars(kernel_integration_tests::vars(&[
         ("KERNEL_STORAGE_MODE", "memory"),
         ("KERNEL_BACKENDS_LOCKS", "redis"),
@@ -117,7 +114,8 @@ async fn unreachable_backend_answers_503() {
     let (status, report) = get(addr, "/health").await;
     assert_eq!(status, 200, "{report}");
 
-    proxy.close();
+    proxy.refuse(true);
+    proxy.cut();
     // The next probes fail (connection gone, reconnects refused) within the probe timeout.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
     let (status, report) = loop {

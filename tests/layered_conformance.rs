@@ -1,8 +1,9 @@
 //! The whole conformance suite of every trait, run through layered stores over the in-process
-//! driver: layers must be invisible to a caller whose calls succeed.
+//! and SQLite drivers: layers must be invisible to a caller whose calls succeed.
 //!
-//! * `standard_stack`: the kernel's default stack (observability, retry, circuit breaker,
-//!   timeout).
+//! * `standard_stack`: the kernel's default stack (observability, circuit breaker, retry,
+//!   timeout) over the in-process driver.
+//! * `sqlite_standard_stack`: the same stack over a SQLite file.
 //! * `tenant_scope`: that stack under a tenant scope and an access-control layer granting
 //!   everything, the way an application serves one tenant.
 //! * `tenant_over_memory`: a tenant scope alone over the in-process driver.
@@ -18,6 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use driver_memory::MemoryDriver;
+use driver_sqlite::{SqliteConfig, SqliteDriver};
 use kernel_bootstrap::layers::Layered;
 use kernel_bootstrap::layers::access::{AccessControl, Permission, Principal, Resource};
 use kernel_bootstrap::layers::circuit_breaker::{CircuitBreaker, CircuitBreakerConfig};
@@ -27,23 +29,40 @@ use kernel_bootstrap::layers::tenant::{Tenant, TenantScope};
 use kernel_bootstrap::layers::timeout::TimeoutPolicy;
 use kernel_core::{ErrorCode, PutOptions, StorageDriver, json};
 
-/// The kernel's default stack, outermost first, as one concrete type.
-type Standard = Layered<
-    Observer,
-    Layered<RetryPolicy, Layered<CircuitBreaker, Layered<TimeoutPolicy, MemoryDriver>>>,
->;
+/// The kernel's default stack over `D`, outermost first, as one concrete type (the shutdown
+/// gate left out: it only acts after a shutdown).
+type StandardOver<D> =
+    Layered<Observer, Layered<CircuitBreaker, Layered<RetryPolicy, Layered<TimeoutPolicy, D>>>>;
 
-fn standard() -> Standard {
+/// The default stack over the in-process driver.
+type Standard = StandardOver<MemoryDriver>;
+
+fn standard_over<D>(driver: D, backend: &str) -> StandardOver<D> {
     let timed = Layered::new(
-        Arc::new(MemoryDriver::new()),
+        Arc::new(driver),
         TimeoutPolicy::new(Duration::from_secs(20)),
     );
+    let retried = Layered::new(Arc::new(timed), RetryPolicy::default());
     let guarded = Layered::new(
-        Arc::new(timed),
-        CircuitBreaker::new("memory", CircuitBreakerConfig::default()),
+        Arc::new(retried),
+        CircuitBreaker::new(backend, CircuitBreakerConfig::default()),
     );
-    let retried = Layered::new(Arc::new(guarded), RetryPolicy::default());
-    Layered::new(Arc::new(retried), Observer::new("memory"))
+    Layered::new(Arc::new(guarded), Observer::new(backend))
+}
+
+fn standard() -> Standard {
+    standard_over(MemoryDriver::new(), "memory")
+}
+
+/// The default stack over a SQLite driver on a fresh file; the guard removes the file's
+/// directory after the test.
+async fn standard_sqlite() -> (StandardOver<SqliteDriver>, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let path = dir.path().join("kernel.db");
+    let driver = SqliteDriver::open(SqliteConfig::new(path.to_string_lossy()))
+        .await
+        .expect("open a fresh SQLite database");
+    (standard_over(driver, "sqlite"), dir)
 }
 
 const TENANT: &str = "conformance";
@@ -247,6 +266,15 @@ mod standard_stack {
     kernel_testkit::event_suite!(async { (standard(), ()) });
     kernel_testkit::lock_suite!(async { (standard(), ()) });
     kernel_testkit::rate_limit_suite!(async { (standard(), ()) });
+}
+
+mod sqlite_standard_stack {
+    use super::*;
+
+    kernel_testkit::storage_suite!(standard_sqlite());
+    kernel_testkit::event_suite!(standard_sqlite());
+    kernel_testkit::lock_suite!(standard_sqlite());
+    kernel_testkit::rate_limit_suite!(standard_sqlite());
 }
 
 mod tenant_scope {

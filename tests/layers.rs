@@ -18,10 +18,10 @@ use kernel_bootstrap::layers::timeout::TimeoutPolicy;
 use kernel_bootstrap::layers::{
     Access, Intercept, Layer, LayerSettings, Op, StandardLayers, Stores,
 };
-use kernel_bootstrap::{Kernel, KernelConfig};
+use kernel_bootstrap::{Backend, Kernel, KernelConfig};
 use kernel_core::{
-    Error, ErrorCode, EventFilter, ExpectedVersion, NamespaceInfo, NewEvent, PutOptions, Quota,
-    json,
+    Error, ErrorCode, ErrorStatus, EventFilter, ExpectedVersion, NamespaceInfo, NewEvent,
+    PutOptions, Quota, StorageDriver, json,
 };
 use kernel_integration_tests::{LogCapture, vars};
 
@@ -159,21 +159,25 @@ async fn the_standard_stack_retries_then_fails_fast_while_the_circuit_is_open() 
     let stores = stores.layer(&layers);
     let breaker = layers.circuit_breaker().unwrap();
 
-    // One transient failure: retried, and the breaker resets on the success.
-    faults(&raw).fail_next(1, ErrorCode::Unavailable);
+    // Two transient failures: retried, and the call's success is what the breaker counts.
+    faults(&raw).fail_next(2, ErrorCode::Unavailable);
     assert!(stores.storage.get("s", "k").await.unwrap().is_none());
-    assert_eq!(faults(&raw).calls(), 2);
+    assert_eq!(faults(&raw).calls(), 3);
     assert_eq!(breaker.state(), CircuitState::Closed { failures: 0 });
 
-    // The backend goes down: two attempts reach it and open the circuit; the third attempt of
-    // the same call fails fast, and so does the next call, without touching the backend.
+    // The backend goes down: a call that fails after its three attempts is one failure, not
+    // three; the second such call opens the circuit.
     faults(&raw).set_down(true);
     let e = stores.storage.get("s", "k").await.unwrap_err();
     assert_eq!(e.code(), ErrorCode::Unavailable);
-    assert_eq!(e.context_value("circuit"), Some("memory"), "{e}");
     assert_eq!(e.context_value("attempts"), Some("3"), "{e}");
-    assert_eq!(faults(&raw).calls(), 4);
+    assert_eq!(e.status(), ErrorStatus::RetriesExhausted, "{e}");
+    assert_eq!(faults(&raw).calls(), 6);
+    assert_eq!(breaker.state(), CircuitState::Closed { failures: 1 });
+    stores.storage.get("s", "k").await.unwrap_err();
+    assert_eq!(faults(&raw).calls(), 9);
     assert_eq!(breaker.state(), CircuitState::Open);
+    // Open: every role fails fast, once, without a retry and without touching the backend.
     let e = stores
         .events
         .append(
@@ -188,7 +192,13 @@ async fn the_standard_stack_retries_then_fails_fast_while_the_circuit_is_open() 
         ErrorCode::Unavailable,
         "one breaker covers every role"
     );
-    assert_eq!(faults(&raw).calls(), 4);
+    assert_eq!(e.context_value("circuit"), Some("memory"), "{e}");
+    assert_eq!(
+        e.context_value("attempts"),
+        None,
+        "no retry behind an open circuit: {e}"
+    );
+    assert_eq!(faults(&raw).calls(), 9);
 
     // It comes back: after the cool-down a probe closes the circuit.
     faults(&raw).set_down(false);
@@ -196,12 +206,65 @@ async fn the_standard_stack_retries_then_fails_fast_while_the_circuit_is_open() 
     assert!(stores.storage.get("s", "k").await.unwrap().is_none());
     assert_eq!(breaker.state(), CircuitState::Closed { failures: 0 });
 
-    // Hung calls time out, and timeouts count as backend trouble: two of them open the
-    // circuit again, so the retry's third attempt fails fast.
+    // Hung calls time out, and timeouts count as backend trouble: two calls that time out on
+    // every attempt open the circuit again.
     faults(&raw).set_delay(Duration::from_secs(2));
-    let e = stores.storage.exists("s", "k").await.unwrap_err();
-    assert_eq!(e.code(), ErrorCode::Unavailable, "{e}");
+    for _ in 0..2 {
+        let e = stores.storage.exists("s", "k").await.unwrap_err();
+        assert_eq!(e.code(), ErrorCode::Timeout, "{e}");
+    }
     assert_eq!(breaker.state(), CircuitState::Open);
+}
+
+/// Health and the breaker agree: once the backend's health probe succeeds, calls go through at
+/// once instead of failing fast for the rest of the cool-down.
+#[tokio::test]
+async fn a_healthy_probe_closes_the_circuit() {
+    let (raw, _) = flaky_stores();
+    let probed = raw.clone();
+    let backend = Backend::new("flaky")
+        .storage(raw.clone())
+        .events(raw.clone())
+        .locks(raw.clone())
+        .rate_limiter(raw.clone())
+        .probe(move || {
+            let probed = probed.clone();
+            Box::pin(async move { probed.status().await.map(|_| ()) })
+        });
+    let config = KernelConfig::from_vars(vars(&[
+        ("KERNEL_RETRY_MAX_ATTEMPTS", "1"),
+        ("KERNEL_CIRCUIT_BREAKER_FAILURE_THRESHOLD", "2"),
+        ("KERNEL_CIRCUIT_BREAKER_COOL_DOWN_MS", "600000"),
+    ]))
+    .unwrap();
+    let kernel = Kernel::builder()
+        .backend(backend)
+        .layers(LayerSettings::from_config(&config))
+        .build()
+        .await
+        .unwrap();
+    let breaker = kernel.circuit_breaker("flaky").unwrap();
+    faults(&raw).set_down(true);
+    for _ in 0..2 {
+        kernel.storage().get("s", "k").await.unwrap_err();
+    }
+    assert_eq!(breaker.state(), CircuitState::Open);
+    assert!(!kernel.health().await.healthy, "the backend is down");
+    assert_eq!(
+        breaker.state(),
+        CircuitState::Open,
+        "a failed probe changes nothing"
+    );
+
+    faults(&raw).set_down(false);
+    let report = kernel.health().await;
+    assert!(report.healthy, "{report:?}");
+    assert_eq!(breaker.state(), CircuitState::Closed { failures: 0 });
+    assert!(
+        kernel.storage().get("s", "k").await.unwrap().is_none(),
+        "a kernel that reports healthy serves calls (the cool-down had 10 minutes left)"
+    );
+    kernel.shutdown().await;
 }
 
 #[tokio::test]

@@ -153,6 +153,16 @@ pub(crate) fn pg(err: tokio_postgres::Error) -> Error {
     e.with_source(err)
 }
 
+/// Maps the failure of a statement that writes: a broken connection or an unanswered request
+/// (no server error) leaves the outcome unknown, so a transient one becomes
+/// [`kernel_core::ErrorStatus::MaybeApplied`]. A server error means the statement's transaction
+/// did not commit, and keeps its status.
+pub(crate) fn pg_write(err: tokio_postgres::Error) -> Error {
+    let answered = err.as_db_error().is_some();
+    let e = pg(err);
+    if answered { e } else { e.after_sending_write() }
+}
+
 /// A client-side failure tokio-postgres gives no kind for, as far as the kernel tells them
 /// apart.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -303,7 +303,7 @@ impl EventStore for PostgresDriver {
         let row = client
             .query_one(&stmt, &[&stream, &to_i64(version), &state])
             .await
-            .map_err(|e| pg(e).with_context("stream", stream))?;
+            .map_err(|e| error::pg_write(e).with_context("stream", stream))?;
         let current = rows::version(row.try_get(0).map_err(pg)?)?;
         validate_snapshot_version(stream, version, current)
     }

@@ -16,7 +16,7 @@ use kernel_core::validate;
 use kernel_core::{Lease, Lock, Result, Uuid};
 
 use crate::PostgresDriver;
-use crate::error::pg;
+use crate::error::{pg, pg_write};
 use crate::rows::{micros, to_i64, version};
 
 #[async_trait]
@@ -39,7 +39,7 @@ impl Lock for PostgresDriver {
         let row = client
             .query_opt(&stmt, &[&key, &token, &micros(ttl)])
             .await
-            .map_err(|e| pg(e).with_context("key", validate::escape(key)))?;
+            .map_err(|e| pg_write(e).with_context("key", validate::escape(key)))?;
         row.map(|r| {
             Ok(Lease {
                 key: key.to_owned(),
@@ -67,7 +67,7 @@ impl Lock for PostgresDriver {
                 &[&lease.key, &lease.token, &to_i64(lease.fencing_token)],
             )
             .await
-            .map_err(|e| pg(e).with_context("key", validate::escape(&lease.key)))?;
+            .map_err(|e| pg_write(e).with_context("key", validate::escape(&lease.key)))?;
         if n == 1 { Ok(()) } else { Err(not_held(lease)) }
     }
 
@@ -94,7 +94,7 @@ impl Lock for PostgresDriver {
                 ],
             )
             .await
-            .map_err(|e| pg(e).with_context("key", validate::escape(&lease.key)))?;
+            .map_err(|e| pg_write(e).with_context("key", validate::escape(&lease.key)))?;
         match row {
             Some(r) => Ok(Lease {
                 expires_at: r.try_get(0).map_err(pg)?,

@@ -8,7 +8,7 @@ use kernel_core::validate;
 use kernel_core::{Quota, RateDecision, RateLimiter, Result};
 
 use crate::PostgresDriver;
-use crate::error::{corrupted, pg};
+use crate::error::{corrupted, pg, pg_write};
 use crate::rows::to_i64;
 
 fn micros(v: i64) -> Result<Duration> {
@@ -41,7 +41,11 @@ impl RateLimiter for PostgresDriver {
                 ],
             )
             .await
-            .map_err(|e| pg(e).with_context("key", validate::escape(key)))?;
+            .map_err(|e| {
+                // A cost-0 check only peeks: nothing can have been applied.
+                if cost > 0 { pg_write(e) } else { pg(e) }
+                    .with_context("key", validate::escape(key))
+            })?;
         let remaining: i64 = row.try_get(1).map_err(pg)?;
         Ok(RateDecision {
             allowed: row.try_get(0).map_err(pg)?,
@@ -62,7 +66,7 @@ impl RateLimiter for PostgresDriver {
         client
             .execute(&stmt, &[&key])
             .await
-            .map_err(|e| pg(e).with_context("key", validate::escape(key)))?;
+            .map_err(|e| pg_write(e).with_context("key", validate::escape(key)))?;
         Ok(())
     }
 }

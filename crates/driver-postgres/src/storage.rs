@@ -16,7 +16,7 @@ use tokio_postgres::types::Type;
 
 use crate::PostgresDriver;
 use crate::codes::{KernelSqlState, PutCode};
-use crate::error::{BACKEND, kernel_state, pg};
+use crate::error::{BACKEND, kernel_state, pg, pg_write};
 use crate::rows::{self, ENTRY_COLUMNS, LIVE, entry, limit_i64, micros, to_i64};
 use crate::sql::SqlBuilder;
 use crate::transaction::PgTransaction;
@@ -77,7 +77,7 @@ pub(crate) fn write_error(err: tokio_postgres::Error, namespace: &str) -> Error 
                 .with_context("backend", BACKEND)
                 .with_current_version(s.current_version())
         }
-        _ => pg(err).with_context("namespace", namespace),
+        _ => pg_write(err).with_context("namespace", namespace),
     }
 }
 
@@ -451,7 +451,7 @@ impl StorageDriver for PostgresDriver {
         let row = client
             .query_one(&stmt, &[&namespace])
             .await
-            .map_err(|e| pg(e).with_context("namespace", namespace))?;
+            .map_err(|e| pg_write(e).with_context("namespace", namespace))?;
         rows::version(row.try_get(0).map_err(pg)?)
     }
 
@@ -471,7 +471,7 @@ impl StorageDriver for PostgresDriver {
         let row = client
             .query_opt(&stmt, &[&namespace, &Value::Object(metadata)])
             .await
-            .map_err(|e| pg(e).with_context("namespace", namespace))?;
+            .map_err(|e| pg_write(e).with_context("namespace", namespace))?;
         match row {
             Some(r) => namespace_info(&r),
             None => Err(Error::new(
@@ -497,7 +497,7 @@ impl StorageDriver for PostgresDriver {
                     "the namespace is not empty: drop it recursively or clear it first",
                 )
                 .with_context("namespace", namespace),
-                _ => pg(e).with_context("namespace", namespace),
+                _ => pg_write(e).with_context("namespace", namespace),
             })?;
         row.try_get(0).map_err(pg)
     }
@@ -564,7 +564,7 @@ impl StorageDriver for PostgresDriver {
             )
             .await
             .map_err(|e| {
-                pg(e)
+                pg_write(e)
                     .with_context("namespace", namespace)
                     .with_context("key", validate::escape(key))
             })?;

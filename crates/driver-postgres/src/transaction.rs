@@ -22,7 +22,7 @@ use kernel_core::{
 
 use crate::PostgresDriver;
 use crate::codes::{KernelSqlState, TxOp};
-use crate::error::{BACKEND, kernel_state, pg};
+use crate::error::{BACKEND, kernel_state, pg, pg_write};
 use crate::rows::{micros, to_i64};
 use crate::storage::validate_put;
 
@@ -219,7 +219,7 @@ impl Transaction for PgTransaction {
                     .with_context("backend", BACKEND)
                     .with_retryable(true)
                 }
-                _ => pg(e).with_operation("commit"),
+                _ => pg_write(e).with_operation("commit"),
             })?;
         Ok(())
     }

@@ -20,7 +20,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use deadpool_postgres::Pool;
-use kernel_core::{Error, NewEvent, Result, Uuid, Value};
+use kernel_core::{Error, ErrorStatus, NewEvent, Result, Uuid, Value};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio_postgres::types::{Json, ToSql};
 
@@ -183,7 +183,7 @@ async fn write(target: &Target, batch: Vec<Pending>, permit: OwnedSemaphorePermi
                 }
             }
         }
-        Err(e) if batch.len() > 1 && !e.is_retryable() => {
+        Err(e) if batch.len() > 1 && e.status() == ErrorStatus::Permanent => {
             // A permanent failure may belong to one append only (data the client-side checks
             // let through): write each alone, so only that one fails.
             tracing::debug!(error = %e, appends = batch.len(), "append batch failed; writing its appends one by one");
@@ -286,7 +286,7 @@ async fn execute(
         client.query(&last, &[])
     );
     drop(client);
-    let rows = rows.map_err(pg)?;
+    let rows = rows.map_err(error::pg_write)?;
     // The pass is an optimisation: when it fails, the sequencer gives the positions.
     let numbered: HashMap<i64, i64> = match numbered {
         Ok(numbered) => numbered

@@ -297,3 +297,94 @@ async fn native_queries_match_the_shared_evaluator() {
     }
     driver.shutdown().await;
 }
+
+/// A write whose connection breaks after the statement went out has an unknown outcome: the
+/// driver says `MaybeApplied` (not "safe to retry"), and indeed the write lands. The put waits
+/// on a row lock held by another session, the proxy cuts the connection, then the lock goes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_cut_off_in_flight_may_have_been_applied() {
+    use kernel_core::ErrorStatus;
+    use kernel_testkit::proxy::FaultProxy;
+
+    let db = common::database().await;
+    let (proxy, url) = expect_ok(
+        FaultProxy::in_front_of(db.url(), 5432)
+            .await
+            .map_err(|e| kernel_core::Error::unavailable(format!("start the proxy: {e}"))),
+        "proxy",
+    );
+    let driver = expect_ok(
+        PostgresDriver::connect(common::config(&url)).await,
+        "connect",
+    );
+    let ns = unique("cut");
+    expect_ok(
+        driver.put(&ns, "k", json!(1), PutOptions::new()).await,
+        "first put",
+    );
+    let blocker = common::raw_client(db.url()).await;
+    blocker.batch_execute("BEGIN").await.expect("begin");
+    blocker
+        .query(
+            "SELECT 1 FROM kernel_documents WHERE namespace = $1 AND key = 'k' FOR UPDATE",
+            &[&ns],
+        )
+        .await
+        .expect("lock the row");
+    let put = {
+        let driver = driver.clone();
+        let ns = ns.clone();
+        tokio::spawn(async move {
+            driver
+                .put(&ns, "k", json!(2), PutOptions::new().if_version(1))
+                .await
+        })
+    };
+    // Wait until the put is on the server, blocked on the row lock.
+    let watcher = common::raw_client(db.url()).await;
+    let mut waiting = false;
+    for _ in 0..100 {
+        let row = watcher
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+                 AND wait_event_type = 'Lock'",
+                &[],
+            )
+            .await
+            .expect("pg_stat_activity");
+        if row.get::<_, i64>(0) > 0 {
+            waiting = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(waiting, "the put never reached the server's lock wait");
+    proxy.cut();
+    let err = expect_err(
+        put.await.expect("the put task"),
+        ErrorCode::Unavailable,
+        "a put whose connection was cut",
+    );
+    assert_eq!(err.status(), ErrorStatus::MaybeApplied, "{err}");
+    assert!(!err.is_retryable(), "{err}");
+    assert!(err.to_string().contains("outcome=unknown"), "{err}");
+    blocker.batch_execute("COMMIT").await.expect("commit");
+    // The server finishes the statement it received: the write the caller was told may have
+    // been applied is applied.
+    let mut value = json!(null);
+    for _ in 0..100 {
+        let row = watcher
+            .query_one(
+                "SELECT value FROM kernel_documents WHERE namespace = $1 AND key = 'k'",
+                &[&ns],
+            )
+            .await
+            .expect("read back");
+        value = row.get(0);
+        if value == json!(2) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(value, json!(2), "the cut-off put landed after all");
+}

@@ -10,16 +10,15 @@ use std::time::{Duration, Instant};
 use fred::clients::{Client, Pool};
 use fred::interfaces::{ClientLike, EventInterface, PubsubInterface, ServerInterface};
 use fred::types::config::{Config as FredConfig, ReconnectPolicy};
-use fred::types::scripts::Script;
 use fred::types::{Builder, ConnectHandle, InfoKind, Value as RedisValue};
 use kernel_core::subscription::{HeadSender, HeadSignal, SubscriptionConfig};
 use kernel_core::{Error, ErrorCode, Result, Status};
 use tokio::sync::broadcast::error::RecvError;
 
 use crate::config::RedisConfig;
-use crate::error::map_err;
+use crate::error::{map_err, map_write_err};
 use crate::keys::KeySpace;
-use crate::scripts::Scripts;
+use crate::scripts::{Lua, Scripts};
 
 /// The Redis driver: every kernel trait on one pool. Cheap to clone; clones share the pool.
 ///
@@ -197,19 +196,39 @@ impl RedisDriver {
         Ok(())
     }
 
-    /// Runs one of the driver's scripts by SHA (reloading it on `NOSCRIPT`).
+    /// Runs one of the driver's scripts by SHA (reloading it on `NOSCRIPT`). A script that
+    /// writes and loses its answer fails as `MaybeApplied`.
     pub(crate) async fn run(
         &self,
-        script: &Script,
+        lua: &Lua,
+        operation: &'static str,
+        keys: Vec<String>,
+        args: Vec<RedisValue>,
+    ) -> Result<RedisValue> {
+        self.run_as(lua, lua.writes, operation, keys, args).await
+    }
+
+    /// [`RedisDriver::run`] for a script whose call changes data or not depending on its
+    /// arguments (`writes`), like a rate-limit check that spends nothing.
+    pub(crate) async fn run_as(
+        &self,
+        lua: &Lua,
+        writes: bool,
         operation: &'static str,
         keys: Vec<String>,
         args: Vec<RedisValue>,
     ) -> Result<RedisValue> {
         self.ensure_open(operation)?;
-        script
+        lua.script
             .evalsha_with_reload::<RedisValue, _, _>(self.inner.pool.next_connected(), keys, args)
             .await
-            .map_err(|e| map_err(e, operation))
+            .map_err(|e| {
+                if writes {
+                    map_write_err(e, operation)
+                } else {
+                    map_err(e, operation)
+                }
+            })
     }
 
     /// Health and server details: `PING` latency, memory, key count, version.

@@ -89,6 +89,24 @@ pub(crate) fn map_err(err: FredError, operation: &'static str) -> Error {
         .with_source(RedisError(err))
 }
 
+/// Maps the failure of a command that writes. When the command may have reached the server
+/// before the failure (a timeout, a connection that broke or was cancelled while it was in
+/// flight) its outcome is unknown: `MaybeApplied`. A command fred never sent (no connection to
+/// route it to, a full queue) stays `Temporary`, and a server's error reply is not an unknown
+/// outcome.
+pub(crate) fn map_write_err(err: FredError, operation: &'static str) -> Error {
+    let in_flight = matches!(
+        err.kind(),
+        ErrorKind::Timeout | ErrorKind::IO | ErrorKind::Canceled | ErrorKind::Protocol
+    );
+    let e = map_err(err, operation);
+    if in_flight {
+        e.after_sending_write()
+    } else {
+        e
+    }
+}
+
 fn cross_slot() -> Error {
     Error::unsupported(
         "the operation spans several cluster slots (in cluster mode a transaction must stay \
@@ -156,6 +174,45 @@ mod tests {
             map(ErrorKind::Unknown, "Something else.").code(),
             ErrorCode::Internal
         );
+    }
+
+    #[test]
+    fn a_write_that_lost_its_answer_may_have_been_applied() {
+        use kernel_core::ErrorStatus;
+        for kind in [
+            ErrorKind::Timeout,
+            ErrorKind::IO,
+            ErrorKind::Canceled,
+            ErrorKind::Protocol,
+        ] {
+            let e = map_write_err(FredError::new(kind.clone(), "lost"), "put");
+            assert_eq!(e.status(), ErrorStatus::MaybeApplied, "{kind:?}");
+            assert!(!e.is_retryable(), "{kind:?}");
+            assert!(e.to_string().contains("outcome=unknown"), "{e}");
+        }
+        // Never sent, or answered: the status stays.
+        for (kind, details, status) in [
+            (ErrorKind::Routing, "no route", ErrorStatus::Temporary),
+            (
+                ErrorKind::Unknown,
+                FRED_ROUTE_FAILED,
+                ErrorStatus::Temporary,
+            ),
+            (ErrorKind::Backpressure, "full", ErrorStatus::Temporary),
+            (
+                ErrorKind::Unknown,
+                "READONLY replica",
+                ErrorStatus::Temporary,
+            ),
+            (
+                ErrorKind::Unknown,
+                "ERR user_script:1: boom",
+                ErrorStatus::Permanent,
+            ),
+        ] {
+            let e = map_write_err(FredError::new(kind.clone(), details.to_owned()), "put");
+            assert_eq!(e.status(), status, "{kind:?} {details}");
+        }
     }
 
     #[test]

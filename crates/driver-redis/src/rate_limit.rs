@@ -11,15 +11,17 @@ use kernel_core::{Quota, RateDecision, RateLimiter, Result};
 
 use crate::RedisDriver;
 use crate::codec::Reply;
-use crate::error::map_err;
+use crate::error::map_write_err;
 
 #[async_trait]
 impl RateLimiter for RedisDriver {
     async fn check(&self, key: &str, quota: &Quota, cost: u32) -> Result<RateDecision> {
         quota.validate(key, cost)?;
         let reply = self
-            .run(
+            .run_as(
                 &self.inner.scripts.gcra,
+                // A cost-0 check only peeks.
+                cost > 0,
                 "rate_limit_check",
                 vec![self.inner.keys.rate(key)],
                 vec![
@@ -55,7 +57,7 @@ impl RateLimiter for RedisDriver {
             .pool
             .del(self.inner.keys.rate(key))
             .await
-            .map_err(|e| map_err(e, "rate_limit_reset").with_context("key", escape(key)))?;
+            .map_err(|e| map_write_err(e, "rate_limit_reset").with_context("key", escape(key)))?;
         Ok(())
     }
 }

@@ -17,70 +17,94 @@ macro_rules! lua {
     };
 }
 
+/// One of the driver's scripts and whether it changes data, which decides what a lost answer
+/// means: a read can be repeated, a write may have been applied.
+pub(crate) struct Lua {
+    pub(crate) script: Script,
+    pub(crate) writes: bool,
+}
+
+impl Lua {
+    fn reads(source: &str) -> Lua {
+        Lua {
+            script: Script::from_lua(source),
+            writes: false,
+        }
+    }
+
+    fn writes(source: &str) -> Lua {
+        Lua {
+            script: Script::from_lua(source),
+            writes: true,
+        }
+    }
+}
+
 /// Every script the driver runs.
 pub(crate) struct Scripts {
-    pub(crate) put: Script,
-    pub(crate) delete: Script,
-    pub(crate) get: Script,
-    pub(crate) scan: Script,
-    pub(crate) count: Script,
-    pub(crate) clear: Script,
-    pub(crate) ns_create: Script,
-    pub(crate) ns_drop: Script,
-    pub(crate) set_meta: Script,
-    pub(crate) commit: Script,
-    pub(crate) append: Script,
-    pub(crate) read_stream: Script,
-    pub(crate) snapshot_save: Script,
-    pub(crate) lock_acquire: Script,
-    pub(crate) lock_release: Script,
-    pub(crate) lock_extend: Script,
-    pub(crate) gcra: Script,
+    pub(crate) put: Lua,
+    pub(crate) delete: Lua,
+    pub(crate) get: Lua,
+    pub(crate) scan: Lua,
+    pub(crate) count: Lua,
+    pub(crate) clear: Lua,
+    pub(crate) ns_create: Lua,
+    pub(crate) ns_drop: Lua,
+    pub(crate) set_meta: Lua,
+    pub(crate) commit: Lua,
+    pub(crate) append: Lua,
+    pub(crate) read_stream: Lua,
+    pub(crate) snapshot_save: Lua,
+    pub(crate) lock_acquire: Lua,
+    pub(crate) lock_release: Lua,
+    pub(crate) lock_extend: Lua,
+    pub(crate) gcra: Lua,
 }
 
 impl Scripts {
     pub(crate) fn new() -> Scripts {
         Scripts {
-            put: Script::from_lua(lua!("put.lua")),
-            delete: Script::from_lua(lua!("delete.lua")),
-            get: Script::from_lua(lua!("get.lua")),
-            scan: Script::from_lua(lua!("scan.lua")),
-            count: Script::from_lua(lua!("count.lua")),
-            clear: Script::from_lua(lua!("clear.lua")),
-            ns_create: Script::from_lua(lua!("ns_create.lua")),
-            ns_drop: Script::from_lua(lua!("ns_drop.lua")),
-            set_meta: Script::from_lua(lua!("set_meta.lua")),
-            commit: Script::from_lua(lua!("commit.lua")),
-            append: Script::from_lua(lua!("append.lua")),
-            read_stream: Script::from_lua(lua!("read_stream.lua")),
-            snapshot_save: Script::from_lua(lua!("snapshot_save.lua")),
-            lock_acquire: Script::from_lua(lua!("lock_acquire.lua")),
-            lock_release: Script::from_lua(lua!("lock_release.lua")),
-            lock_extend: Script::from_lua(lua!("lock_extend.lua")),
-            gcra: Script::from_lua(lua!("gcra.lua")),
+            put: Lua::writes(lua!("put.lua")),
+            delete: Lua::writes(lua!("delete.lua")),
+            get: Lua::reads(lua!("get.lua")),
+            scan: Lua::reads(lua!("scan.lua")),
+            count: Lua::reads(lua!("count.lua")),
+            clear: Lua::writes(lua!("clear.lua")),
+            ns_create: Lua::writes(lua!("ns_create.lua")),
+            ns_drop: Lua::writes(lua!("ns_drop.lua")),
+            set_meta: Lua::writes(lua!("set_meta.lua")),
+            commit: Lua::writes(lua!("commit.lua")),
+            append: Lua::writes(lua!("append.lua")),
+            read_stream: Lua::reads(lua!("read_stream.lua")),
+            snapshot_save: Lua::writes(lua!("snapshot_save.lua")),
+            lock_acquire: Lua::writes(lua!("lock_acquire.lua")),
+            lock_release: Lua::writes(lua!("lock_release.lua")),
+            lock_extend: Lua::writes(lua!("lock_extend.lua")),
+            // A check spends the quota: repeating it after a lost answer could spend it twice.
+            gcra: Lua::writes(lua!("gcra.lua")),
         }
     }
 
     /// Every script, for loading them all up front.
     pub(crate) fn all(&self) -> [&Script; 17] {
         [
-            &self.put,
-            &self.delete,
-            &self.get,
-            &self.scan,
-            &self.count,
-            &self.clear,
-            &self.ns_create,
-            &self.ns_drop,
-            &self.set_meta,
-            &self.commit,
-            &self.append,
-            &self.read_stream,
-            &self.snapshot_save,
-            &self.lock_acquire,
-            &self.lock_release,
-            &self.lock_extend,
-            &self.gcra,
+            &self.put.script,
+            &self.delete.script,
+            &self.get.script,
+            &self.scan.script,
+            &self.count.script,
+            &self.clear.script,
+            &self.ns_create.script,
+            &self.ns_drop.script,
+            &self.set_meta.script,
+            &self.commit.script,
+            &self.append.script,
+            &self.read_stream.script,
+            &self.snapshot_save.script,
+            &self.lock_acquire.script,
+            &self.lock_release.script,
+            &self.lock_extend.script,
+            &self.gcra.script,
         ]
     }
 }

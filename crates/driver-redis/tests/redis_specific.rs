@@ -386,3 +386,56 @@ async fn a_delete_and_recreate_between_read_and_commit_is_a_conflict() {
     assert_eq!(d.get(&ns, "other").await.unwrap(), None);
     d.shutdown().await.unwrap();
 }
+
+/// A write whose answer never comes back has an unknown outcome: `MaybeApplied`, not "safe to
+/// retry", and indeed it was applied. A read that loses its answer stays retryable. The proxy
+/// lets requests through and swallows the replies.
+#[tokio::test]
+async fn a_write_that_lost_its_answer_may_have_been_applied() {
+    use kernel_core::ErrorStatus;
+    use kernel_testkit::proxy::FaultProxy;
+
+    let server = RedisTestServer::start().await;
+    let (proxy, url) = expect_ok(
+        FaultProxy::in_front_of(server.url(), 6379)
+            .await
+            .map_err(|e| kernel_core::Error::unavailable(format!("start the proxy: {e}"))),
+        "proxy",
+    );
+    let mut c = config(&server);
+    c.url = url;
+    c.pool_size = 1;
+    c.operation_timeout = Duration::from_millis(500);
+    let proxied = expect_ok(RedisDriver::connect(c).await, "connect through the proxy");
+    let direct = driver(&server).await;
+    let ns = unique("lost");
+    expect_ok(
+        proxied.put(&ns, "k", json!(1), PutOptions::new()).await,
+        "first put",
+    );
+
+    proxy.drop_replies(true);
+    let err = expect_err(
+        proxied
+            .put(&ns, "k", json!(2), PutOptions::new().if_version(1))
+            .await,
+        ErrorCode::Timeout,
+        "a put whose answer is lost",
+    );
+    assert_eq!(err.status(), ErrorStatus::MaybeApplied, "{err}");
+    assert!(!err.is_retryable(), "{err}");
+    assert!(err.to_string().contains("outcome=unknown"), "{err}");
+    let landed = expect_ok(direct.get(&ns, "k").await, "read back directly");
+    assert_eq!(
+        landed.map(|e| (e.value, e.version)),
+        Some((json!(2), 2)),
+        "the put whose answer was lost landed"
+    );
+
+    let err = expect_err(
+        proxied.get(&ns, "k").await,
+        ErrorCode::Timeout,
+        "a get whose answer is lost",
+    );
+    assert_eq!(err.status(), ErrorStatus::Temporary, "{err}");
+}

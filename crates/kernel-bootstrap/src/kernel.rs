@@ -574,6 +574,10 @@ impl Kernel {
     }
 
     /// Probes every backend once (with [`HEALTH_PROBE_TIMEOUT`]) and reports each role.
+    ///
+    /// A backend whose probe succeeds has its circuit breaker closed, so "healthy" and "calls
+    /// go through" agree: a load balancer that sends traffic back on a green report does not
+    /// meet a kernel still failing fast for the rest of a cool-down.
     pub async fn health(&self) -> HealthReport {
         let probes = futures::future::join_all(self.backends.iter().map(|b| async move {
             let started = Instant::now();
@@ -585,6 +589,11 @@ impl Kernel {
                 ))
                 .with_context("backend", &b.name)),
             };
+            if outcome.is_ok() {
+                if let Some(breaker) = b.layers.circuit_breaker() {
+                    breaker.backend_answered_probe();
+                }
+            }
             (outcome, started.elapsed())
         }))
         .await;

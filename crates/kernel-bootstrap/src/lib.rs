@@ -7,8 +7,8 @@
 //! Only this crate knows every driver; applications depend on it and on `kernel-core`.
 //!
 //! Every store the kernel hands out is wrapped in the standard [`layers`] (observability,
-//! retry, circuit breaker, timeout); [`Kernel::stores`] lets an application stack more (a
-//! tenant scope, access control, its own). [`Kernel::pipeline`] is the asynchronous change
+//! shutdown gate, circuit breaker, retry, timeout); [`Kernel::stores`] lets an application stack
+//! more (a tenant scope, access control, its own). [`Kernel::pipeline`] is the asynchronous change
 //! [`pipeline`].
 //!
 //! ```

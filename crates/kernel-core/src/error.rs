@@ -210,6 +210,30 @@ impl Error {
         self
     }
 
+    /// Marks a transient failure of a write whose request had already gone out (the
+    /// connection broke or the answer did not come): [`ErrorStatus::MaybeApplied`], with an
+    /// `outcome` context pair that says so in the message. Errors of any other status keep it:
+    /// a refusal the backend answered was not applied.
+    ///
+    /// ```
+    /// use kernel_core::{Error, ErrorStatus};
+    ///
+    /// let e = Error::unavailable("the connection to postgres was closed").after_sending_write();
+    /// assert_eq!(e.status(), ErrorStatus::MaybeApplied);
+    /// assert!(e.to_string().contains("outcome=unknown"), "{e}");
+    /// ```
+    #[must_use]
+    pub fn after_sending_write(self) -> Self {
+        if self.status == ErrorStatus::Temporary {
+            self.with_status(ErrorStatus::MaybeApplied).with_context(
+                "outcome",
+                "unknown (the write was sent and may have been applied)",
+            )
+        } else {
+            self
+        }
+    }
+
     /// Shorthand for [`Error::with_status`]: `true` is [`ErrorStatus::Temporary`], `false`
     /// [`ErrorStatus::Permanent`].
     #[must_use]

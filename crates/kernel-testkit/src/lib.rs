@@ -47,6 +47,7 @@ pub mod events;
 pub mod lock;
 #[cfg(feature = "postgres")]
 pub mod postgres;
+pub mod proxy;
 pub mod rate_limit;
 #[cfg(feature = "redis")]
 pub mod redis;

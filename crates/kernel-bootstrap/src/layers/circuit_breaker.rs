@@ -134,6 +134,18 @@ impl CircuitBreaker {
         }
     }
 
+    /// Tells the breaker that a health probe just reached the backend: an open or half-open
+    /// circuit closes at once, so the kernel does not refuse calls that its own health report
+    /// says would succeed. A closed circuit keeps its count.
+    pub fn backend_answered_probe(&self) {
+        let mut s = self.lock();
+        if matches!(*s, State::Open { .. } | State::HalfOpen { .. }) {
+            *s = State::Closed { failures: 0 };
+            tracing::info!(circuit = %self.name, "circuit breaker closed: a health probe reached the backend");
+            metrics::gauge!("kernel_circuit_open", "circuit" => self.name.clone()).set(0.0);
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         // The state is a small enum that every writer leaves valid.
         self.state.lock().unwrap_or_else(PoisonError::into_inner)

@@ -24,7 +24,7 @@
 //! The kernel stacks the standard interceptors for each backend (see [`StandardLayers`]):
 //!
 //! ```text
-//! caller -> Observed -> ShutdownGate -> Retry -> CircuitBreaker -> Timeout -> driver
+//! caller -> Observed -> ShutdownGate -> CircuitBreaker -> Retry -> Timeout -> driver
 //! ```
 //!
 //! and a caller who serves several tenants or principals stacks the scoping layers on top with
@@ -343,19 +343,19 @@ impl LayerSettings {
     }
 }
 
-/// The kernel's standard stack for one backend, innermost first: timeout, circuit breaker
-/// (when enabled), retry (when more than one attempt is allowed), shutdown gate,
-/// observability.
+/// The kernel's standard stack for one backend, innermost first: timeout, retry (when more
+/// than one attempt is allowed), circuit breaker (when enabled), shutdown gate, observability.
 ///
 /// Why this order:
 ///
 /// * **Timeout innermost** bounds each single attempt at the driver, so a hung call becomes a
-///   retryable `Timeout` that the layers above can act on.
-/// * **Circuit breaker above the timeout** sees those timeouts and counts them as backend
-///   trouble; it sees every attempt, so its count of consecutive failures is exact.
-/// * **Retry above the breaker** retries individual attempts and, while the circuit is open,
-///   gets its fail-fast `Unavailable` at once instead of waiting on a dead backend.
-/// * **Shutdown gate above the retry** refuses every call once the kernel is shut down, with a
+///   `Timeout` that the layers above can act on.
+/// * **Retry above the timeout** repeats single attempts of operations that are safe to repeat.
+/// * **Circuit breaker above the retry** counts *calls*, not attempts: a read that succeeded on
+///   its second attempt is a success, and one call that failed after three attempts is one
+///   failure, not three. While the circuit is open a call fails at once, without a retry
+///   waiting on a dead backend.
+/// * **Shutdown gate above the breaker** refuses every call once the kernel is shut down, with a
 ///   permanent error, before a retry or the breaker could mistake closed drivers for backend
 ///   trouble.
 /// * **Observability outermost** records what the caller experiences: one span and one metric
@@ -402,11 +402,11 @@ impl StandardLayers {
 macro_rules! standard_wrap {
     ($self:ident, $inner:ident, $dyn:ty) => {{
         let mut s: Arc<$dyn> = Arc::new(Layered::shared($inner, $self.timeout.clone()));
-        if let Some(b) = &$self.breaker {
-            s = Arc::new(Layered::shared(s, b.clone()));
-        }
         if let Some(r) = &$self.retry {
             s = Arc::new(Layered::shared(s, r.clone()));
+        }
+        if let Some(b) = &$self.breaker {
+            s = Arc::new(Layered::shared(s, b.clone()));
         }
         s = Arc::new(Layered::shared(s, $self.gate.clone()));
         let s: Arc<$dyn> = Arc::new(Layered::shared(s, $self.observer.clone()));
