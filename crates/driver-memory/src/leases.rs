@@ -1,5 +1,7 @@
 //! Leases: one record per key with the current holder and a fencing counter that is never
-//! removed, so fencing tokens keep increasing across releases and expiries.
+//! removed, so fencing tokens keep increasing across releases and expiries; a key's counter
+//! starts from the clock ([`kernel_core::lock::fencing_seed`]), so they keep increasing across
+//! process restarts too.
 
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime};
@@ -47,6 +49,11 @@ impl Lock for MemoryDriver {
         let state = table.keys.entry(key.to_owned()).or_default();
         if state.holder.as_ref().is_some_and(|h| h.expires_at > now) {
             return Ok(None);
+        }
+        if state.fencing == 0 {
+            // A key this driver never saw: start from the clock, so a new driver (a restarted
+            // process) never hands out a token below one an earlier driver gave for the key.
+            state.fencing = kernel_core::lock::fencing_seed_now();
         }
         state.fencing += 1;
         let lease = Lease {

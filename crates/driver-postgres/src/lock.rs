@@ -25,10 +25,15 @@ impl Lock for PostgresDriver {
         validate_lease_request(key, ttl)?;
         let token = Uuid::new_v4().simple().to_string();
         let client = self.client().await?;
+        // A new key's counter starts from kernel_core::lock::fencing_seed of the server's
+        // clock (the same formula), so tokens keep increasing even after the table lost rows.
         let stmt = client
             .prepare_cached(
                 "INSERT INTO kernel_locks AS l (key, token, fencing, expires_at) \
-                 VALUES ($1, $2, 1, clock_timestamp() + $3::bigint * interval '1 microsecond') \
+                 VALUES ($1, $2, \
+                   greatest(0, floor(extract(epoch FROM clock_timestamp()) * 1000)::bigint \
+                     - 1577836800000) * 1024 + 1, \
+                   clock_timestamp() + $3::bigint * interval '1 microsecond') \
                  ON CONFLICT (key) DO UPDATE SET token = EXCLUDED.token, \
                    fencing = l.fencing + 1, expires_at = EXCLUDED.expires_at \
                  WHERE l.token IS NULL OR l.expires_at <= clock_timestamp() \

@@ -17,6 +17,7 @@ use tokio::sync::broadcast::error::RecvError;
 
 use crate::config::RedisConfig;
 use crate::error::{map_err, map_write_err};
+use crate::generation::GenerationState;
 use crate::keys::KeySpace;
 use crate::scripts::{Lua, Scripts};
 
@@ -40,6 +41,7 @@ pub(crate) struct Inner {
     notifier: tokio::sync::OnceCell<Notifier>,
     closed: AtomicBool,
     connection: Mutex<Option<ConnectHandle>>,
+    pub(crate) generation: GenerationState,
 }
 
 /// The dedicated pub/sub connection that turns append notifications into wake-ups.
@@ -122,6 +124,7 @@ impl RedisDriver {
                 notifier: tokio::sync::OnceCell::new(),
                 closed: AtomicBool::new(false),
                 connection: Mutex::new(Some(handle)),
+                generation: GenerationState::default(),
             }),
         };
         // Loading every script now fails fast on a server without scripting, and spares the
@@ -139,6 +142,12 @@ impl RedisDriver {
                 }
                 return Err(err.with_context("url", driver.inner.config.redacted_url()));
             }
+        }
+        if let Err(e) = driver.adopt_generation("connect").await {
+            if let Err(close) = driver.shutdown().await {
+                tracing::debug!(error = %close, "closing the Redis pool after a failed connect failed");
+            }
+            return Err(e.with_context("url", driver.inner.config.redacted_url()));
         }
         tracing::debug!(url = %driver.inner.config.redacted_url(), "connected to Redis");
         Ok(driver)
@@ -274,6 +283,13 @@ impl RedisDriver {
         let dbsize: u64 = pool.dbsize().await.map_err(|e| map_err(e, "status"))?;
         // Every key of the database, all prefixes: counting this prefix's entries is a scan.
         details.insert("dbsize".to_owned(), dbsize.to_string());
+        details.insert("generation".to_owned(), self.expected_generation());
+        if let Err(lost) = self.verify_generation("status", true).await {
+            details.insert("error".to_owned(), lost.to_string());
+            let mut status = Status::new("redis", false, latency);
+            status.details = details;
+            return Ok(status);
+        }
         let mut status = Status::new("redis", true, latency);
         status.details = details;
         Ok(status)

@@ -72,6 +72,14 @@ pub(crate) fn map_err(err: FredError, operation: &'static str) -> Error {
         _ if code_word == "NOSCRIPT" => {
             Error::internal("a kernel Lua script is missing on the server even after reloading it")
         }
+        // The append script found another generation marker: the caller records the loss.
+        _ if code_word == crate::generation::DATA_LOSS_REPLY => Error::corrupted(
+            "Redis lost the kernel's data: the generation marker changed or is gone",
+        )
+        .with_context(
+            "generation_found",
+            details.split_whitespace().nth(1).unwrap_or("missing"),
+        ),
         _ if code_word == CORRUPTED_REPLY => {
             Error::corrupted("Redis holds data under a kernel key that the kernel did not write")
         }

@@ -103,7 +103,7 @@ impl RedisDriver {
             ExpectedVersion::Exact(0) => ("none", String::new()),
             ExpectedVersion::Exact(v) => ("exact", v.to_string()),
         };
-        let mut args: Vec<RedisValue> = Vec::with_capacity(4 + events.len() * 2);
+        let mut args: Vec<RedisValue> = Vec::with_capacity(5 + events.len() * 2);
         args.push(self.inner.keys.notify_channel().into());
         args.push(kind.into());
         args.push(version.into());
@@ -121,15 +121,22 @@ impl RedisDriver {
             args.push(e.id.to_string().into());
             args.push(to_json(&body)?.into());
         }
+        args.push(self.expected_generation().into());
         let reply = self
             .run(
                 &self.inner.scripts.append,
                 "append",
-                vec![keys.head, keys.log, keys.positions, keys.ids],
+                vec![
+                    keys.head,
+                    keys.log,
+                    keys.positions,
+                    keys.ids,
+                    self.inner.keys.generation(),
+                ],
                 args,
             )
             .await
-            .map_err(|e| e.with_context("stream", stream))?;
+            .map_err(|e| self.note_loss(e, "append").with_context("stream", stream))?;
         let mut reply = Reply::new(reply, "append");
         match reply.string()?.as_str() {
             "ok" => {
@@ -293,6 +300,9 @@ impl EventStore for RedisDriver {
                     return Ok(Vec::new());
                 };
                 let driver = RedisDriver { inner };
+                // After a data loss positions start over: end the subscription saying so
+                // instead of waiting for positions that will never come.
+                driver.verify_generation("subscribe", false).await?;
                 let start = after.max(examined.load(Ordering::SeqCst));
                 let (events, last) = driver.read_log(start, &filter, limit).await?;
                 examined.store(last, Ordering::SeqCst);

@@ -11,6 +11,7 @@
 //! | `P{d:NS}:idx`             | zset   | every stored key, score 0: ordered by ZRANGEBYLEX  |
 //! | `P{d:NS}:ttl`             | zset   | keys with a TTL, scored by expiry (µs)             |
 //! | `P{d:NS}:rev`             | string | write counter; survives drops (transaction stamps) |
+//! | `P{ev}:generation`        | string | `<unix ms>-<random>`: data-loss marker (`generation.rs`) |
 //! | `P{ev}:head`              | string | last global position                               |
 //! | `P{ev}:log`               | hash   | position -> encoded event                          |
 //! | `P{ev}:s:STREAM`          | list   | positions of the stream (version v at index v-1)   |
@@ -18,7 +19,7 @@
 //! | `P{ev}:snap:STREAM`       | string | latest snapshot                                    |
 //! | `P{ev}:notify`            | channel| pub/sub wake-up carrying the new head              |
 //! | `P{l:KEY}:holder`         | string | current lease `token:fence`, with PX expiry        |
-//! | `P{l:KEY}:fence`          | string | fencing counter, never deleted                     |
+//! | `P{l:KEY}:fence`          | string | fencing counter, never deleted, seeded from the clock |
 //! | `P{r:KEY}`                | string | GCRA theoretical arrival time (µs), with PX expiry |
 
 /// Key builders for one prefix.
@@ -96,6 +97,12 @@ impl KeySpace {
 
     fn events_base(&self) -> String {
         format!("{}{{ev}}", self.prefix)
+    }
+
+    /// The generation marker (see `generation.rs`), in the events' slot so the append script
+    /// checks it atomically.
+    pub(crate) fn generation(&self) -> String {
+        format!("{}:generation", self.events_base())
     }
 
     pub(crate) fn head(&self) -> String {

@@ -41,6 +41,7 @@ mod config;
 mod driver;
 mod error;
 mod events;
+mod generation;
 mod keys;
 mod lock;
 mod rate_limit;

@@ -28,6 +28,7 @@ fn holder_value(lease: &Lease) -> String {
 impl Lock for RedisDriver {
     async fn try_acquire(&self, key: &str, ttl: Duration) -> Result<Option<Lease>> {
         validate_lease_request(key, ttl)?;
+        self.verify_generation("try_acquire", false).await?;
         let token = Uuid::new_v4().simple().to_string();
         let keys = self.inner.keys.lock(key).to_vec();
         let reply = self
@@ -55,6 +56,7 @@ impl Lock for RedisDriver {
 
     async fn release(&self, lease: &Lease) -> Result<()> {
         kernel_core::validate::lock_key(&lease.key)?;
+        self.verify_generation("release", false).await?;
         let [holder, _] = self.inner.keys.lock(&lease.key);
         let reply = self
             .run(
@@ -74,6 +76,7 @@ impl Lock for RedisDriver {
     async fn extend(&self, lease: &Lease, ttl: Duration) -> Result<Lease> {
         kernel_core::validate::lock_key(&lease.key)?;
         validate_ttl(&lease.key, ttl)?;
+        self.verify_generation("extend", false).await?;
         let [holder, _] = self.inner.keys.lock(&lease.key);
         let reply = self
             .run(

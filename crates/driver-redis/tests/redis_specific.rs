@@ -128,6 +128,14 @@ async fn scripts_are_reloaded_after_script_flush() {
     d.shutdown().await.unwrap();
 }
 
+/// The test's keys without the generation marker every driver creates on connect.
+async fn keys_but_the_marker(server: &RedisTestServer) -> Vec<String> {
+    let marker = format!("{}{{ev}}:generation", server.prefix());
+    let keys = server.keys().await;
+    assert!(keys.contains(&marker), "the driver keeps a marker: {keys:?}");
+    keys.into_iter().filter(|k| *k != marker).collect()
+}
+
 #[tokio::test]
 async fn a_namespace_lives_under_the_prefix_in_one_slot() {
     let server = RedisTestServer::start().await;
@@ -141,7 +149,7 @@ async fn a_namespace_lives_under_the_prefix_in_one_slot() {
     )
     .await
     .unwrap();
-    let keys = server.keys().await;
+    let keys = keys_but_the_marker(&server).await;
     let base = format!("{}{{d:{ns}}}", server.prefix());
     let expected: Vec<String> = ["data", "idx", "meta", "rev", "ttl"]
         .iter()
@@ -249,7 +257,7 @@ async fn fencing_counter_survives_release_and_expiry() {
     d.release(&b).await.unwrap();
     let fence = format!("{}{{l:{key}}}:fence", server.prefix());
     let holder = format!("{}{{l:{key}}}:holder", server.prefix());
-    assert_eq!(server.keys().await, vec![fence]);
+    assert_eq!(keys_but_the_marker(&server).await, vec![fence]);
     let c = d
         .try_acquire(&key, Duration::from_secs(5))
         .await
@@ -438,4 +446,166 @@ async fn a_write_that_lost_its_answer_may_have_been_applied() {
         "a get whose answer is lost",
     );
     assert_eq!(err.status(), ErrorStatus::Temporary, "{err}");
+}
+
+/// A Redis that lost the lock's counter (an empty restart, FLUSHALL) still hands out a larger
+/// fencing token than before: a new counter starts from the clock, not from 1, so a resource
+/// that checks tokens refuses the holder from before the loss.
+#[tokio::test]
+async fn fencing_tokens_keep_increasing_after_the_counters_are_lost() {
+    let server = RedisTestServer::start().await;
+    let d = driver(&server).await;
+    let key = unique("fence");
+    let ttl = Duration::from_secs(30);
+    let before =
+        expect_ok(d.try_acquire(&key, ttl).await, "acquire").expect("a free lock is taken");
+    // The lock's keys gone, as after an empty restart (the generation marker is kept here:
+    // `a_data_loss_is_noticed_by_lock_operations` covers the whole loss).
+    let raw = server.raw_client().await;
+    let lost: Vec<String> = server
+        .keys()
+        .await
+        .into_iter()
+        .filter(|k| k.ends_with(":fence") || k.ends_with(":holder"))
+        .collect();
+    assert!(
+        lost.iter().any(|k| k.ends_with(":fence")),
+        "the counter lives in Redis: {lost:?}"
+    );
+    let removed: i64 = raw.del(lost).await.expect("delete the test's keys");
+    assert!(removed >= 2, "holder and counter removed");
+    tokio::time::sleep(Duration::from_millis(2)).await;
+    let after = expect_ok(d.try_acquire(&key, ttl).await, "acquire after the loss")
+        .expect("the lock is free after the loss");
+    assert!(
+        after.fencing_token > before.fencing_token,
+        "tokens never go backwards: {} after {}",
+        after.fencing_token,
+        before.fencing_token
+    );
+}
+
+/// Deletes every key of the test's prefix: what an empty restart or FLUSHALL leaves.
+async fn lose_everything(server: &RedisTestServer) {
+    let keys = server.keys().await;
+    assert!(!keys.is_empty(), "there was data to lose");
+    let removed: i64 = server
+        .raw_client()
+        .await
+        .del(keys)
+        .await
+        .expect("delete the test's keys");
+    assert!(removed > 0);
+}
+
+/// A Redis that lost the kernel's data (simulated: every key under the prefix deleted, as an
+/// empty restart leaves it) is noticed, not served: the next append is refused atomically (no
+/// position 1 handed out again), lock operations are refused, `status()` is unhealthy with the
+/// reason, a live subscription ends with the error instead of waiting for positions that will
+/// never come; after `acknowledge_data_loss` appends go on, positions starting over.
+#[tokio::test]
+async fn a_data_loss_is_noticed_and_refused_until_acknowledged() {
+    let server = RedisTestServer::start().await;
+    let d = driver(&server).await;
+    let (_, stream) = kernel_testkit::unique_stream("order", "1");
+    let event = |i: i64| NewEvent::new("Placed", json!({"i": i}));
+    d.append(&stream, ExpectedVersion::Any, (0..3).map(event).collect())
+        .await
+        .unwrap();
+    let mut sub = d.subscribe(0, EventFilter::all()).await.unwrap();
+    for _ in 0..3 {
+        within(STEP_TIMEOUT, "catch-up", sub.next())
+            .await
+            .expect("the subscription ended")
+            .expect("the subscription failed");
+    }
+    let before = d.status().await.unwrap();
+    assert!(before.healthy, "{before:?}");
+
+    lose_everything(&server).await;
+    // At once, without waiting for a periodic check: the append script checks the marker.
+    let e = expect_err(
+        d.append(&stream, ExpectedVersion::Any, vec![event(3)])
+            .await,
+        ErrorCode::Corrupted,
+        "append after the data was lost",
+    );
+    assert!(!e.is_retryable(), "{e}");
+    let text = e.to_string();
+    assert!(
+        text.contains("lost the kernel's data") && text.contains("acknowledge"),
+        "{text}"
+    );
+    assert_eq!(e.context_value("stream"), Some(stream.as_str()), "{e}");
+    assert!(
+        server.keys().await.is_empty(),
+        "nothing was written after the loss"
+    );
+    expect_err(
+        d.try_acquire(&unique("lock"), Duration::from_secs(5)).await,
+        ErrorCode::Corrupted,
+        "lock after the data was lost",
+    );
+    let status = d.status().await.unwrap();
+    assert!(!status.healthy, "{status:?}");
+    assert!(
+        status.details["error"].contains("generation marker"),
+        "{status:?}"
+    );
+    let ended = within(STEP_TIMEOUT, "the subscription ends", sub.next())
+        .await
+        .expect("the subscription yields the error before it ends");
+    assert_eq!(
+        ended.expect_err("the subscription fails").code(),
+        ErrorCode::Corrupted
+    );
+
+    let marker = d.acknowledge_data_loss().await.unwrap();
+    assert!(d.data_loss().is_none());
+    assert!(d.status().await.unwrap().healthy);
+    let after = d
+        .append(&stream, ExpectedVersion::Any, vec![event(3)])
+        .await
+        .unwrap();
+    assert_eq!(
+        after.positions,
+        vec![1],
+        "positions start over after the loss"
+    );
+    // Another driver connecting now adopts the same marker and works.
+    let other = driver(&server).await;
+    assert!(other.status().await.unwrap().healthy);
+    assert_eq!(other.status().await.unwrap().details["generation"], marker);
+}
+
+/// A driver that only takes locks notices the loss too, within about a second.
+#[tokio::test]
+async fn a_data_loss_is_noticed_by_lock_operations() {
+    let server = RedisTestServer::start().await;
+    let d = driver(&server).await;
+    let key = unique("lock");
+    let lease = d
+        .try_acquire(&key, Duration::from_secs(30))
+        .await
+        .unwrap()
+        .unwrap();
+    lose_everything(&server).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    expect_err(
+        d.release(&lease).await,
+        ErrorCode::Corrupted,
+        "release after the data was lost",
+    );
+    expect_err(
+        d.try_acquire(&key, Duration::from_secs(30)).await,
+        ErrorCode::Corrupted,
+        "acquire after the data was lost",
+    );
+    d.acknowledge_data_loss().await.unwrap();
+    let again = d
+        .try_acquire(&key, Duration::from_secs(30))
+        .await
+        .unwrap()
+        .expect("free after the loss");
+    assert!(again.fencing_token > lease.fencing_token);
 }

@@ -67,7 +67,10 @@ impl Lock for SqliteDriver {
                 {
                     return Ok(None);
                 }
-                let fencing = row.map_or(0, |r| r.fencing) + 1;
+                // A key without a row starts from the clock, so a deleted or replaced file
+                // never hands out a token below one given before.
+                let fencing =
+                    row.map_or_else(kernel_core::lock::fencing_seed_now, |r| r.fencing) + 1;
                 let token = Uuid::new_v4().to_string();
                 let expires_at = now.saturating_add(ttl_micros(ttl));
                 ctx.conn

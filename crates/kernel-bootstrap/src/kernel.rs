@@ -213,8 +213,13 @@ fn status_probe(name: String, store: Arc<dyn StorageDriver>) -> Probe {
             if status.healthy {
                 Ok(())
             } else {
-                Err(Error::unavailable("backend reports itself unhealthy")
-                    .with_context("backend", name))
+                // The driver's reason (a lost connection, a data loss) is what an operator
+                // reading the health report needs.
+                let reason = status.details.get("error").map_or_else(
+                    || "backend reports itself unhealthy".to_owned(),
+                    |e| format!("backend reports itself unhealthy: {e}"),
+                );
+                Err(Error::unavailable(reason).with_context("backend", name))
             }
         })
     })

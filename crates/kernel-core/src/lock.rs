@@ -29,13 +29,54 @@ pub struct Lease {
     pub expires_at: SystemTime,
 }
 
+/// Milliseconds from the Unix epoch to 2020-01-01T00:00:00Z: the origin of [`fencing_seed`].
+pub const FENCING_EPOCH_UNIX_MS: u64 = 1_577_836_800_000;
+
+/// Fencing tokens a lock key can be handed per millisecond before its counter runs ahead of the
+/// clock: the factor of [`fencing_seed`].
+pub const FENCING_TOKENS_PER_MS: u64 = 1024;
+
+/// The fencing counter a lock key starts from when the backend has none for it (a key never
+/// seen, or one whose counter the backend lost: an empty Redis restart, a new in-process
+/// driver, a deleted SQLite file): `(unix_ms - 2020-01-01) × 1024`.
+///
+/// Seeding from the clock keeps tokens increasing across such losses: a token handed out
+/// before the loss is at most `1024 ×` the milliseconds between that key's seeding and its
+/// last acquisition larger than its seed, so a seed taken later is larger as long as a key is
+/// taken fewer than about a million times a second and the clock does not go back. Every
+/// driver uses this formula (PostgreSQL and Redis compute it on the server, from the server's
+/// clock); the value stays below 2^53 until the year 2290, so Lua's numbers hold it exactly.
+///
+/// ```
+/// use kernel_core::lock::{fencing_seed, FENCING_EPOCH_UNIX_MS};
+///
+/// assert_eq!(fencing_seed(FENCING_EPOCH_UNIX_MS + 1), 1024);
+/// assert!(fencing_seed(1_800_000_000_000) < 1 << 53);
+/// assert_eq!(fencing_seed(0), 0, "a clock before 2020 seeds at zero");
+/// ```
+pub fn fencing_seed(unix_ms: u64) -> u64 {
+    unix_ms
+        .saturating_sub(FENCING_EPOCH_UNIX_MS)
+        .saturating_mul(FENCING_TOKENS_PER_MS)
+}
+
+/// [`fencing_seed`] of the local clock.
+pub fn fencing_seed_now() -> u64 {
+    let ms = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    fencing_seed(ms)
+}
+
 /// Distributed leases.
 ///
 /// # Contract
 ///
 /// * `try_acquire` takes the lock if nobody holds a live lease on the key, else returns `None`.
 /// * Every successful acquisition gets a fencing token greater than every earlier one for that
-///   key, whoever held it and however it ended (release or expiry).
+///   key, whoever held it and however it ended (release or expiry). A key the backend has no
+///   counter for starts from [`fencing_seed`] of the clock, so tokens keep increasing even when
+///   a backend loses its counters.
 /// * After the TTL a lease lapses and another caller can take the lock.
 /// * `release` and `extend` succeed only with the current, unexpired lease; otherwise
 ///   `LockNotHeld`. Extending keeps the fencing token and sets the expiry to now + `ttl`.

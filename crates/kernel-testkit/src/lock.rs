@@ -20,6 +20,7 @@ macro_rules! __lock_behaviours {
             release_then_reacquire
             fencing_tokens_increase
             fencing_increases_after_expiry_takeover
+            fencing_tokens_start_from_the_clock
             lock_expires_after_ttl
             release_by_non_holder_is_lock_not_held
             changed_fencing_token_is_forged
@@ -237,6 +238,31 @@ pub async fn release_by_non_holder_is_lock_not_held<L: Lock + ?Sized + 'static>(
         "a failed release leaves the lock held"
     );
     expect_ok(l.release(&lease).await, "release by the holder");
+}
+
+/// A key the lock has never seen starts its fencing tokens from the clock
+/// ([`kernel_core::lock::fencing_seed`]), so tokens keep increasing even when a backend loses
+/// its counters (an empty restart, a new in-process driver). The bounds allow ten minutes of
+/// difference between this machine's clock and the server's.
+pub async fn fencing_tokens_start_from_the_clock<L: Lock + ?Sized + 'static>(lock: Arc<L>) {
+    fn now_ms() -> u64 {
+        SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    }
+    const SKEW_MS: u64 = 600_000;
+    let l = &*lock;
+    let key = unique("lock");
+    let low = kernel_core::lock::fencing_seed(now_ms().saturating_sub(SKEW_MS));
+    let lease = take(l, &key, LONG).await;
+    let high = kernel_core::lock::fencing_seed(now_ms() + SKEW_MS);
+    assert!(
+        lease.fencing_token > low && lease.fencing_token <= high + 1,
+        "the first fencing token of {key} ({}) is seeded from the clock: expected in ({low}, {}]",
+        lease.fencing_token,
+        high + 1
+    );
+    expect_ok(l.release(&lease).await, "release");
 }
 
 /// A lease whose fencing token was changed (same key, same secret token) is forged: release and

@@ -1,13 +1,19 @@
 -- Appends events to a stream under an expected version, assigning global positions. Redis runs
 -- scripts one at a time, so positions are gapless and visible in order.
--- KEYS: head, log, stream positions, stream ids
+-- KEYS: head, log, stream positions, stream ids, generation marker
 -- ARGV: notify channel, expected ('any' | 'none' | 'exists' | 'exact'), expected version, n,
---       then per event 2 values: id, body JSON
+--       then per event 2 values: id, body JSON, then the generation marker the driver expects
+-- A marker that changed or is gone means the data was lost (generation.rs): nothing is written
+-- and the error reply is 'KERNEL_DATA_LOSS <marker found or missing>'.
 -- An event is stored as POSITION:VERSION:RECORDED_US:<body JSON>.
 -- Returns {'ok', recorded_us, version before the append, positions...},
 --         {'conflict', current version},
 --         or, when an id is already in the stream, {'seen', current version, then per event its
 --         stored version and position, or false, false} for the caller's idempotency rule.
+local generation = redis.call('GET', KEYS[5])
+if generation ~= ARGV[#ARGV] then
+  return redis.error_reply('KERNEL_DATA_LOSS ' .. (generation or 'missing'))
+end
 local n = tonumber(ARGV[4])
 local stored = {}
 local seen = false

@@ -1,13 +1,20 @@
 -- Takes a lease if nobody holds one: the holder key keeps "token:fence" with a PX expiry, the
 -- fence from a counter that is never deleted, so it keeps increasing across releases and
--- expiries. Release and extend compare both parts: a lease with a changed fencing token is
--- forged, not the holder's.
+-- expiries. A key without a counter (never taken, or lost with the data: an empty restart,
+-- FLUSHALL) starts from the clock, kernel_core::lock::fencing_seed: (ms since 2020) * 1024, so
+-- tokens keep increasing across such a loss. Release and extend compare both parts: a lease with
+-- a changed fencing token is forged, not the holder's.
 -- KEYS: holder, fence
 -- ARGV: token, ttl in milliseconds
 -- Returns false when held, else {fencing token, now_us}.
 if redis.call('EXISTS', KEYS[1]) == 1 then
   return false
 end
+local now = now_us()
+if redis.call('EXISTS', KEYS[2]) == 0 then
+  local ms = math.floor(now / 1000)
+  redis.call('SET', KEYS[2], fmt(math.max(0, ms - 1577836800000) * 1024))
+end
 local fence = redis.call('INCR', KEYS[2])
-redis.call('SET', KEYS[1], ARGV[1] .. ':' .. fence, 'PX', ARGV[2])
-return { fence, fmt(now_us()) }
+redis.call('SET', KEYS[1], ARGV[1] .. ':' .. fmt(fence), 'PX', ARGV[2])
+return { fence, fmt(now) }
