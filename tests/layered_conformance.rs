@@ -120,6 +120,8 @@ macro_rules! storage_suite_in_a_tenant {
             delete_then_put_restarts_version
             special_keys_round_trip
             json_values_round_trip
+            edge_numbers_round_trip
+            negative_zero_is_refused
             if_absent_creates_then_rejects_live_key
             if_absent_succeeds_over_expired_entry
             if_version_succeeds_on_match

@@ -69,28 +69,15 @@ impl DocState {
     ) -> Result<Entry> {
         check_put_condition(current, ns, key, options.condition)?;
         let expires_at = options.ttl.map(|ttl| now + ttl);
-        Ok(match current {
-            Some(cur) => Entry {
-                namespace: ns.to_owned(),
-                key: key.to_owned(),
-                value,
-                metadata: options.metadata.unwrap_or_else(|| cur.metadata.clone()),
-                version: cur.version + 1,
-                created_at: cur.created_at,
-                updated_at: now,
-                expires_at,
-            },
-            None => Entry {
-                namespace: ns.to_owned(),
-                key: key.to_owned(),
-                value,
-                metadata: options.metadata.unwrap_or_default(),
-                version: 1,
-                created_at: now,
-                updated_at: now,
-                expires_at,
-            },
-        })
+        Ok(Entry::after_put(
+            current,
+            ns,
+            key,
+            value,
+            options.metadata,
+            now,
+            expires_at,
+        ))
     }
 
     pub(crate) fn ensure_namespace(&mut self, ns: &str, now: SystemTime) -> &mut NsState {

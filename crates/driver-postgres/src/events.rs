@@ -24,6 +24,7 @@ use kernel_core::{
 use crate::PostgresDriver;
 use crate::codes::ExpectedKind;
 use crate::error::{self, pg};
+use crate::jsonb::Jsonb;
 use crate::rows::{self, EVENT_COLUMNS, limit_i64, to_i64};
 use crate::writer::{AppendRequest, Staged};
 
@@ -301,7 +302,7 @@ impl EventStore for PostgresDriver {
             .await
             .map_err(pg)?;
         let row = client
-            .query_one(&stmt, &[&stream, &to_i64(version), &state])
+            .query_one(&stmt, &[&stream, &to_i64(version), &Jsonb(&state)])
             .await
             .map_err(|e| error::pg_write(e).with_context("stream", stream))?;
         let current = rows::version(row.try_get(0).map_err(pg)?)?;

@@ -33,6 +33,7 @@ pub mod codes;
 mod config;
 mod error;
 mod events;
+mod jsonb;
 mod listener;
 mod lock;
 pub mod migrations;

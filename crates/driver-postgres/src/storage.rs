@@ -17,6 +17,7 @@ use tokio_postgres::types::Type;
 use crate::PostgresDriver;
 use crate::codes::{KernelSqlState, PutCode};
 use crate::error::{BACKEND, kernel_state, pg, pg_write};
+use crate::jsonb::Jsonb;
 use crate::rows::{self, ENTRY_COLUMNS, LIVE, entry, limit_i64, micros, to_i64};
 use crate::sql::SqlBuilder;
 use crate::transaction::PgTransaction;
@@ -28,8 +29,8 @@ const PUT: &str = "SELECT o_key, o_metadata, o_version, o_created_at, o_updated_
 #[derive(Default)]
 struct PutArrays {
     keys: Vec<String>,
-    values: Vec<Value>,
-    metadata: Vec<Option<Value>>,
+    values: Vec<Jsonb<Value>>,
+    metadata: Vec<Option<Jsonb<Value>>>,
     ttl_us: Vec<Option<i64>>,
     cond: Vec<i16>,
     cond_version: Vec<Option<i64>>,
@@ -39,8 +40,9 @@ impl PutArrays {
     fn push(&mut self, key: String, value: Value, options: PutOptions) -> Result<()> {
         let (cond, version) = PutCode::of(options.condition)?;
         self.keys.push(key);
-        self.values.push(value);
-        self.metadata.push(options.metadata.map(Value::Object));
+        self.values.push(Jsonb(value));
+        self.metadata
+            .push(options.metadata.map(|m| Jsonb(Value::Object(m))));
         self.ttl_us.push(options.ttl.map(micros));
         self.cond.push(cond.code());
         self.cond_version.push(version);
@@ -114,7 +116,7 @@ impl PostgresDriver {
                 Ok(Entry {
                     namespace: namespace.to_owned(),
                     key: row.try_get(0).map_err(pg)?,
-                    value,
+                    value: value.0,
                     metadata: rows::metadata(row.try_get(1).map_err(pg)?)?,
                     version: rows::version(row.try_get(2).map_err(pg)?)?,
                     created_at: row.try_get(3).map_err(pg)?,
@@ -182,11 +184,14 @@ impl StorageDriver for PostgresDriver {
     async fn status(&self) -> Result<Status> {
         let started = Instant::now();
         let client = self.client().await?;
+        // O(1) in the data size: health probes call this every few seconds, and a count(*) over
+        // a large table would turn a healthy server into a false 503. The planner's estimates
+        // (`reltuples`, refreshed by autovacuum / ANALYZE; -1 before the first) stand in.
         let row = client
             .query_one(
                 "SELECT current_setting('server_version'), \
-                 (SELECT count(*) FROM kernel_namespaces), \
-                 (SELECT count(*) FROM kernel_documents d WHERE (d.expires_at IS NULL OR d.expires_at > clock_timestamp()))",
+                 (SELECT c.reltuples::bigint FROM pg_class c WHERE c.oid = 'kernel_namespaces'::regclass), \
+                 (SELECT c.reltuples::bigint FROM pg_class c WHERE c.oid = 'kernel_documents'::regclass)",
                 &[],
             )
             .await
@@ -202,9 +207,13 @@ impl StorageDriver for PostgresDriver {
         details.insert("pool_max".to_owned(), pool.max_size.to_string());
         details.insert("pool_open".to_owned(), pool.size.to_string());
         details.insert("pool_idle".to_owned(), pool.available.to_string());
+        for (column, name) in [(1, "namespaces_estimate"), (2, "documents_estimate")] {
+            let estimate: Option<i64> = row.try_get(column).map_err(pg)?;
+            if let Some(n) = estimate.filter(|n| *n >= 0) {
+                details.insert(name.to_owned(), n.to_string());
+            }
+        }
         let mut status = Status::new(BACKEND, true, latency);
-        status.namespaces = Some(rows::version(row.try_get(1).map_err(pg)?)?);
-        status.entries = Some(rows::version(row.try_get(2).map_err(pg)?)?);
         status.details = details;
         Ok(status)
     }
@@ -469,7 +478,7 @@ impl StorageDriver for PostgresDriver {
             .await
             .map_err(pg)?;
         let row = client
-            .query_opt(&stmt, &[&namespace, &Value::Object(metadata)])
+            .query_opt(&stmt, &[&namespace, &Jsonb(Value::Object(metadata))])
             .await
             .map_err(|e| pg_write(e).with_context("namespace", namespace))?;
         match row {
@@ -560,7 +569,13 @@ impl StorageDriver for PostgresDriver {
         let row = client
             .query_opt(
                 &stmt,
-                &[&namespace, &key, &merge, &remove, &Value::Object(set)],
+                &[
+                    &namespace,
+                    &key,
+                    &merge,
+                    &remove,
+                    &Jsonb(Value::Object(set)),
+                ],
             )
             .await
             .map_err(|e| {

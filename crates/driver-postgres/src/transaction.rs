@@ -23,6 +23,7 @@ use kernel_core::{
 use crate::PostgresDriver;
 use crate::codes::{KernelSqlState, TxOp};
 use crate::error::{BACKEND, kernel_state, pg, pg_write};
+use crate::jsonb::Jsonb;
 use crate::rows::{micros, to_i64};
 use crate::storage::validate_put;
 
@@ -182,8 +183,8 @@ impl Transaction for PgTransaction {
             ops.push(op.code());
             match (op, t.view) {
                 (TxOp::Put, Some(e)) => {
-                    values.push(Some(e.value));
-                    metadata.push(Some(Value::Object(e.metadata)));
+                    values.push(Some(Jsonb(e.value)));
+                    metadata.push(Some(Jsonb(Value::Object(e.metadata))));
                     versions.push(Some(to_i64(e.version)));
                 }
                 _ => {

@@ -22,10 +22,11 @@ use std::sync::Arc;
 use deadpool_postgres::Pool;
 use kernel_core::{Error, ErrorStatus, NewEvent, Result, Uuid, Value};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
-use tokio_postgres::types::{Json, ToSql};
+use tokio_postgres::types::ToSql;
 
 use crate::codes::{AppendStatus, ExpectedKind};
 use crate::error::{self, BACKEND, pg};
+use crate::jsonb::Jsonb;
 
 const BATCH: &str = "SELECT o_status, o_stream_version, o_stored, o_seqs \
      FROM kernel_append_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)";
@@ -232,7 +233,7 @@ async fn execute(
     let mut counts = Vec::with_capacity(batch.len());
     let mut ids: Vec<Uuid> = Vec::with_capacity(events);
     let mut types: Vec<&str> = Vec::with_capacity(events);
-    let mut payloads: Vec<&Value> = Vec::with_capacity(events);
+    let mut payloads: Vec<Jsonb<&Value>> = Vec::with_capacity(events);
     let mut metadata = Vec::with_capacity(events);
     let mut correlation: Vec<Option<&str>> = Vec::with_capacity(events);
     let mut causation: Vec<Option<&str>> = Vec::with_capacity(events);
@@ -246,8 +247,8 @@ async fn execute(
         for e in r.events.iter() {
             ids.push(e.id);
             types.push(e.event_type.as_str());
-            payloads.push(&e.payload);
-            metadata.push(Json(&e.metadata));
+            payloads.push(Jsonb(&e.payload));
+            metadata.push(Jsonb(&e.metadata));
             correlation.push(e.correlation_id.as_deref());
             causation.push(e.causation_id.as_deref());
         }

@@ -388,3 +388,32 @@ async fn a_write_cut_off_in_flight_may_have_been_applied() {
     }
     assert_eq!(value, json!(2), "the cut-off put landed after all");
 }
+
+/// `status()` (the health probe) does not count rows: its cost does not grow with the data.
+/// Counts are the planner's estimates, in the details, once the tables were analysed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_reads_estimates_not_counts() {
+    let (driver, db) = common::driver().await;
+    let ns = unique("status");
+    for i in 0..5 {
+        expect_ok(
+            driver
+                .put(&ns, &format!("k{i}"), json!(i), PutOptions::new())
+                .await,
+            "put",
+        );
+    }
+    let raw = common::raw_client(db.url()).await;
+    raw.batch_execute("ANALYZE kernel_documents; ANALYZE kernel_namespaces")
+        .await
+        .expect("analyze");
+    let status = expect_ok(driver.status().await, "status");
+    assert!(status.healthy);
+    assert_eq!(status.entries, None, "no count(*) behind the health probe");
+    assert_eq!(status.namespaces, None);
+    assert_eq!(
+        status.details.get("documents_estimate").map(String::as_str),
+        Some("5"),
+        "{status:?}"
+    );
+}

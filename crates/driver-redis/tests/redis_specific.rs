@@ -132,7 +132,10 @@ async fn scripts_are_reloaded_after_script_flush() {
 async fn keys_but_the_marker(server: &RedisTestServer) -> Vec<String> {
     let marker = format!("{}{{ev}}:generation", server.prefix());
     let keys = server.keys().await;
-    assert!(keys.contains(&marker), "the driver keeps a marker: {keys:?}");
+    assert!(
+        keys.contains(&marker),
+        "the driver keeps a marker: {keys:?}"
+    );
     keys.into_iter().filter(|k| *k != marker).collect()
 }
 

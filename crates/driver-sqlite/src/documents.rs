@@ -95,28 +95,15 @@ pub(crate) fn plan_put(
         let ttl_us = i64::try_from(ttl.as_micros()).unwrap_or(i64::MAX);
         from_micros(now_us.saturating_add(ttl_us.max(1)))
     });
-    Ok(match current {
-        Some(cur) => Entry {
-            namespace: ns.to_owned(),
-            key: key.to_owned(),
-            value,
-            metadata: options.metadata.unwrap_or_else(|| cur.metadata.clone()),
-            version: cur.version + 1,
-            created_at: cur.created_at,
-            updated_at: now,
-            expires_at,
-        },
-        None => Entry {
-            namespace: ns.to_owned(),
-            key: key.to_owned(),
-            value,
-            metadata: options.metadata.unwrap_or_default(),
-            version: 1,
-            created_at: now,
-            updated_at: now,
-            expires_at,
-        },
-    })
+    Ok(Entry::after_put(
+        current,
+        ns,
+        key,
+        value,
+        options.metadata,
+        now,
+        expires_at,
+    ))
 }
 
 fn json_text(v: &impl serde::Serialize, what: &str) -> Result<String> {

@@ -31,6 +31,52 @@ pub struct Entry {
     pub expires_at: Option<SystemTime>,
 }
 
+impl Entry {
+    /// The entry a put leaves, given the live entry it replaces (`None`: it creates the key):
+    /// the version goes up by one (1 on create), `created_at` stays on replace, `metadata`
+    /// `None` keeps the current metadata (empty on create). For drivers that compute entries
+    /// in Rust; the put's condition is checked before.
+    ///
+    /// ```
+    /// use std::time::SystemTime;
+    /// use kernel_core::{Entry, json};
+    ///
+    /// let now = SystemTime::now();
+    /// let first = Entry::after_put(None, "ns", "k", json!(1), None, now, None);
+    /// assert_eq!(first.version, 1);
+    /// let second = Entry::after_put(Some(&first), "ns", "k", json!(2), None, now, None);
+    /// assert_eq!((second.version, second.created_at), (2, first.created_at));
+    /// ```
+    pub fn after_put(
+        current: Option<&Entry>,
+        namespace: &str,
+        key: &str,
+        value: Value,
+        metadata: Option<crate::Metadata>,
+        now: SystemTime,
+        expires_at: Option<SystemTime>,
+    ) -> Entry {
+        let (metadata, version, created_at) = match current {
+            Some(cur) => (
+                metadata.unwrap_or_else(|| cur.metadata.clone()),
+                cur.version + 1,
+                cur.created_at,
+            ),
+            None => (metadata.unwrap_or_default(), 1, now),
+        };
+        Entry {
+            namespace: namespace.to_owned(),
+            key: key.to_owned(),
+            value,
+            metadata,
+            version,
+            created_at,
+            updated_at: now,
+            expires_at,
+        }
+    }
+}
+
 /// When a put may write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]

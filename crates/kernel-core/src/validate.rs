@@ -255,8 +255,12 @@ pub fn metadata(metadata: &Metadata, limits: &Limits) -> Result<()> {
             size += 1;
         }
         size += json_len_str(k) + 1;
-        if depth(v) + 1 > limits.max_depth {
+        let (d, negative_zero) = shape(v);
+        if d + 1 > limits.max_depth {
             return Err(too_deep("metadata", limits));
+        }
+        if negative_zero {
+            return Err(negative_zero_refused("metadata"));
         }
         size = size.saturating_add(json_len(v)?);
     }
@@ -268,8 +272,12 @@ pub fn metadata(metadata: &Metadata, limits: &Limits) -> Result<()> {
 
 fn check_json(v: &Value, limits: &Limits, what: &'static str) -> Result<()> {
     // Depth first: it is cheap and guards the recursive size walk.
-    if depth(v) > limits.max_depth {
+    let (d, negative_zero) = shape(v);
+    if d > limits.max_depth {
         return Err(too_deep(what, limits));
+    }
+    if negative_zero {
+        return Err(negative_zero_refused(what));
     }
     let size = json_len(v)?;
     if size > limits.max_value_bytes {
@@ -292,10 +300,25 @@ fn too_big(what: &str, size: usize, limits: &Limits) -> Error {
     ))
 }
 
+/// Refuses `-0.0`: PostgreSQL's `jsonb` stores numbers as `numeric`, which has no negative
+/// zero, so it would come back as `0.0` there and as `-0.0` elsewhere. One rule on every driver
+/// beats a value that changes with the backend.
+fn negative_zero_refused(what: &str) -> Error {
+    Error::invalid_input(format!(
+        "{what} holds the number -0.0, which not every backend can store (PostgreSQL keeps it as          0): store 0.0 instead"
+    ))
+}
+
 /// Nesting depth: a scalar is 0, `[]` and `{}` are 1. Iterative so hostile input cannot
 /// overflow the stack.
 pub fn depth(v: &Value) -> usize {
+    shape(v).0
+}
+
+/// Depth, and whether a number is `-0.0`, in one walk.
+fn shape(v: &Value) -> (usize, bool) {
     let mut max = 0;
+    let mut negative_zero = false;
     let mut stack = vec![(v, 0usize)];
     while let Some((v, d)) = stack.pop() {
         match v {
@@ -307,10 +330,16 @@ pub fn depth(v: &Value) -> usize {
                 max = max.max(d + 1);
                 stack.extend(map.values().map(|i| (i, d + 1)));
             }
+            Value::Number(n) => {
+                max = max.max(d);
+                negative_zero |= n
+                    .as_f64()
+                    .is_some_and(|f| f == 0.0 && f.is_sign_negative() && n.is_f64());
+            }
             _ => max = max.max(d),
         }
     }
-    max
+    (max, negative_zero)
 }
 
 /// Length of the compact JSON serialization, without allocating it.

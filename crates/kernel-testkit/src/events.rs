@@ -27,6 +27,7 @@ macro_rules! __event_behaviours {
     ($callback:ident ! ($($args:tt)*)) => {
         $crate::$callback! { ($($args)*)
             append_to_new_stream
+            edge_numbers_in_events_round_trip
             versions_are_one_based_and_consecutive
             expected_no_stream
             expected_stream_exists
@@ -108,6 +109,54 @@ macro_rules! event_suite {
 
 fn ev(event_type: &str, n: u64) -> NewEvent {
     NewEvent::new(event_type, json!({ "n": n }))
+}
+
+/// The numbers of [`crate::storage::edge_numbers`] come back exactly in event payloads,
+/// metadata and snapshots; `-0.0` is refused before any I/O.
+pub async fn edge_numbers_in_events_round_trip<E: EventStore + ?Sized + 'static>(store: Arc<E>) {
+    let e = &*store;
+    let (_, stream) = unique_stream("order", "1");
+    let numbers = crate::storage::edge_numbers();
+    let events: Vec<NewEvent> = numbers
+        .iter()
+        .map(|n| {
+            let mut ev = NewEvent::new("Measured", json!({"n": n, "list": [n]}));
+            ev.metadata.insert("n".into(), n.clone());
+            ev
+        })
+        .collect();
+    append(e, &stream, ExpectedVersion::NoStream, events).await;
+    let read = expect_ok(e.read_stream(&stream, ReadStream::forward()).await, "read");
+    assert_eq!(read.len(), numbers.len());
+    for (got, n) in read.iter().zip(&numbers) {
+        assert_eq!(
+            got.payload,
+            json!({"n": n, "list": [n]}),
+            "payload keeps {n}"
+        );
+        assert_eq!(got.metadata.get("n"), Some(n), "metadata keeps {n}");
+    }
+    let state = json!({"numbers": numbers});
+    expect_ok(
+        e.save_snapshot(&stream, read.len() as u64, state.clone())
+            .await,
+        "save_snapshot",
+    );
+    let snapshot = expect_ok(e.load_snapshot(&stream).await, "load_snapshot").expect("saved");
+    assert_eq!(
+        snapshot.state, state,
+        "the snapshot keeps every number exactly"
+    );
+    expect_err(
+        e.append(
+            &stream,
+            ExpectedVersion::Any,
+            vec![NewEvent::new("Measured", json!({"n": -0.0}))],
+        )
+        .await,
+        ErrorCode::InvalidInput,
+        "a payload holding -0.0",
+    );
 }
 
 fn evs(event_type: &str, ns: std::ops::RangeInclusive<u64>) -> Vec<NewEvent> {

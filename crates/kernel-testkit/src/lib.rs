@@ -47,6 +47,8 @@ pub mod events;
 pub mod lock;
 #[cfg(feature = "postgres")]
 pub mod postgres;
+pub mod private;
+pub mod properties;
 pub mod proxy;
 pub mod rate_limit;
 #[cfg(feature = "redis")]

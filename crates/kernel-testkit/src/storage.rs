@@ -38,6 +38,8 @@ macro_rules! __storage_behaviours {
             delete_then_put_restarts_version
             special_keys_round_trip
             json_values_round_trip
+            edge_numbers_round_trip
+            negative_zero_is_refused
             if_absent_creates_then_rejects_live_key
             if_absent_succeeds_over_expired_entry
             if_version_succeeds_on_match
@@ -315,6 +317,119 @@ fn nested(levels: usize) -> Value {
 
 // ---------------------------------------------------------------------------------------------
 // Basics
+
+/// Numbers at the edges of what JSON and `f64` hold, each as it must come back: the largest and
+/// smallest floats, subnormals, long decimals, integral floats beyond 2^53 (floats, not
+/// integers), integers beyond i64 and up to u64.
+pub fn edge_numbers() -> Vec<serde_json::Value> {
+    vec![
+        json!(1.7e308),
+        json!(f64::MAX),
+        json!(-f64::MAX),
+        json!(f64::MIN_POSITIVE),
+        json!(5e-324),
+        json!(-5e-324),
+        json!(2.225_073_858_507_201e-308),
+        json!(0.1 + 0.2),
+        json!(123_456_789.123_456_78),
+        json!(1e16),
+        json!(1e19),
+        json!(-1e20),
+        json!(18_446_744_073_709_551_616.0),
+        json!(9_007_199_254_740_993_u64),
+        json!(u64::MAX),
+        json!(i64::MIN),
+        json!(i64::MAX),
+        json!(0.0),
+        json!(3.0),
+        json!(-1.5e-300),
+    ]
+}
+
+/// Every number of [`edge_numbers`] comes back exactly (same value, same integer / float kind)
+/// from `put`, `get`, `get_many`, `list` and `query`, in values and in metadata, and one such
+/// value never makes the rest of the namespace unreadable.
+pub async fn edge_numbers_round_trip<S: StorageDriver + ?Sized + 'static>(store: Arc<S>) {
+    let s = &*store;
+    let ns = unique("ns");
+    let numbers = edge_numbers();
+    let mut keys = Vec::new();
+    for (i, n) in numbers.iter().enumerate() {
+        let key = format!("n{i:02}");
+        let value = json!({"n": n, "list": [n, {"deep": n}]});
+        let metadata = meta(json!({"n": n}));
+        let written = put_with(
+            s,
+            &ns,
+            &key,
+            value.clone(),
+            PutOptions::new().metadata(metadata.clone()),
+        )
+        .await;
+        assert_eq!(written.value, value, "put returns {n}");
+        let got = expect_ok(s.get(&ns, &key).await, "get").expect("stored");
+        assert_eq!(got.value, value, "get returns {n} exactly");
+        assert_eq!(got.metadata, metadata, "metadata keeps {n} exactly");
+        keys.push(key);
+    }
+    let many = expect_ok(s.get_many(&ns, &keys).await, "get_many");
+    let listed = expect_ok(s.list(&ns, &ListOptions::default()).await, "list");
+    let queried = expect_ok(s.query(&ns, &Query::default()).await, "query");
+    assert_eq!(
+        listed.entries.len(),
+        numbers.len(),
+        "list reads every entry"
+    );
+    assert_eq!(queried.len(), numbers.len(), "query reads every entry");
+    for (i, n) in numbers.iter().enumerate() {
+        let expected = json!({"n": n, "list": [n, {"deep": n}]});
+        let from_many = many[i].as_ref().map(|e| &e.value);
+        assert_eq!(from_many, Some(&expected), "get_many returns {n} exactly");
+        let key = &keys[i];
+        let from_list = listed
+            .entries
+            .iter()
+            .find(|e| &e.key == key)
+            .map(|e| &e.value);
+        assert_eq!(from_list, Some(&expected), "list returns {n} exactly");
+        let from_query = queried.iter().find(|e| &e.key == key).map(|e| &e.value);
+        assert_eq!(from_query, Some(&expected), "query returns {n} exactly");
+    }
+}
+
+/// `-0.0` is refused before any I/O, in a value and in metadata, on every driver alike: one
+/// backend (PostgreSQL's `numeric`) cannot keep its sign.
+pub async fn negative_zero_is_refused<S: StorageDriver + ?Sized + 'static>(store: Arc<S>) {
+    let s = &*store;
+    let ns = unique("ns");
+    let e = expect_err(
+        s.put(&ns, "k", json!({"x": [1, -0.0]}), PutOptions::new())
+            .await,
+        ErrorCode::InvalidInput,
+        "put of -0.0",
+    );
+    assert!(
+        e.to_string().contains("-0.0"),
+        "the error names the rule: {e}"
+    );
+    expect_err(
+        s.put(
+            &ns,
+            "k",
+            json!(1),
+            PutOptions::new().metadata(meta(json!({"x": -0.0}))),
+        )
+        .await,
+        ErrorCode::InvalidInput,
+        "metadata holding -0.0",
+    );
+    assert!(
+        expect_ok(s.get(&ns, "k").await, "get").is_none(),
+        "nothing was written"
+    );
+    // Zero itself is fine.
+    put_with(s, &ns, "k", json!({"x": 0.0}), PutOptions::new()).await;
+}
 
 /// A put returns, and a get reads back, the value, metadata, version 1 and plausible
 /// timestamps, without expiry.

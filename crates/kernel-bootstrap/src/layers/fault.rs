@@ -87,8 +87,9 @@ impl FaultInjector {
         p.code = code;
     }
 
-    /// The next `n` calls reach the inner store (and take effect), then report a retryable
-    /// `Unavailable` as if the connection dropped before the answer came back.
+    /// The next `n` calls reach the inner store (and take effect), then report `Unavailable`
+    /// as if the connection dropped before the answer came back: `MaybeApplied` for a write
+    /// (as the drivers report it), `Temporary` for a read.
     pub fn apply_then_fail_next(&self, n: u32) {
         self.plan().lose_answers = n;
     }
@@ -143,9 +144,13 @@ impl Interceptor for FaultInjector {
                     tokio::time::sleep(delay).await;
                     // The outcome is discarded on purpose: this fault is "applied, answer lost".
                     let _applied = call(Attempt::Final).await;
-                    Err(op.annotate(Error::unavailable(
+                    let lost = Error::unavailable(
                         "injected fault: the answer was lost after the call was applied",
-                    )))
+                    );
+                    Err(op.annotate(match op.access {
+                        crate::layers::Access::Write => lost.after_sending_write(),
+                        crate::layers::Access::Read => lost,
+                    }))
                 }
                 Fate::Run(delay) => {
                     tokio::time::sleep(delay).await;

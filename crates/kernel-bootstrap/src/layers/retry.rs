@@ -134,6 +134,9 @@ impl Interceptor for RetryPolicy {
         Box::pin(async move {
             let started = Instant::now();
             let mut attempt = 1u32;
+            // Whether an earlier attempt may have been applied: then so may the call, whatever
+            // the last attempt says (a later "cannot connect" does not undo a landed write).
+            let mut maybe_applied = false;
             loop {
                 let last = attempt >= self.max_attempts;
                 let outcome = call(if last { Attempt::Final } else { Attempt::Again }).await;
@@ -149,8 +152,9 @@ impl Interceptor for RetryPolicy {
                     return Err(named_attempts(error, attempt));
                 }
                 if last {
-                    return Err(exhausted(named_attempts(error, attempt)));
+                    return Err(exhausted(named_attempts(error, attempt), maybe_applied));
                 }
+                maybe_applied |= error.status() == ErrorStatus::MaybeApplied;
                 let wait = self.backoff(attempt);
                 if started.elapsed() + wait > self.max_elapsed {
                     return Err(exhausted(
@@ -161,6 +165,7 @@ impl Interceptor for RetryPolicy {
                                 self.max_elapsed.as_millis()
                             ),
                         ),
+                        maybe_applied,
                     ));
                 }
                 tracing::warn!(
@@ -186,13 +191,17 @@ impl Interceptor for RetryPolicy {
 }
 
 /// Marks a transient error the layer gave up on: `Temporary` becomes `RetriesExhausted`;
-/// `MaybeApplied` stays, because "the write may have landed" matters more to the caller than
-/// "do not retry at once".
-fn exhausted(error: Error) -> Error {
-    if error.status() == ErrorStatus::Temporary {
-        error.with_status(ErrorStatus::RetriesExhausted)
-    } else {
-        error
+/// `MaybeApplied` stays, and so does an earlier attempt's (`earlier_maybe_applied`), because
+/// "the write may have landed" matters more to the caller than "do not retry at once".
+fn exhausted(error: Error, earlier_maybe_applied: bool) -> Error {
+    match error.status() {
+        ErrorStatus::MaybeApplied => error,
+        _ if earlier_maybe_applied => error.with_status(ErrorStatus::MaybeApplied).with_context(
+            "outcome",
+            "unknown (an earlier attempt was sent and may have been applied)",
+        ),
+        ErrorStatus::Temporary => error.with_status(ErrorStatus::RetriesExhausted),
+        _ => error,
     }
 }
 
@@ -299,6 +308,53 @@ mod tests {
         assert_eq!(e.status(), ErrorStatus::MaybeApplied, "{e}");
         assert_eq!(e.context_value("attempts"), Some("2"));
         assert_eq!(inner.faults().calls(), 2);
+    }
+
+    /// Attempt 1 is applied and its answer lost (`MaybeApplied`); every later attempt cannot
+    /// reach the backend (`Temporary`).
+    #[derive(Debug, Default)]
+    struct LandsThenUnreachable {
+        calls: std::sync::atomic::AtomicU32,
+    }
+
+    impl super::Interceptor for LandsThenUnreachable {
+        fn around<'a, R: Send + 'a>(
+            &'a self,
+            op: super::Op<'a>,
+            mut call: super::Call<'a, R>,
+        ) -> futures::future::BoxFuture<'a, kernel_core::Result<R>> {
+            let n = self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Box::pin(async move {
+                if n == 0 {
+                    let _applied = call(super::Attempt::Final).await;
+                    Err(op.annotate(Error::unavailable("answer lost").after_sending_write()))
+                } else {
+                    Err(op.annotate(Error::unavailable("connection refused")))
+                }
+            })
+        }
+    }
+
+    /// An attempt that may have landed keeps the call `MaybeApplied`, even when the attempts
+    /// after it fail with "cannot connect" (`Temporary`): the fault suite found the caller
+    /// told `RetriesExhausted` about an append that had landed.
+    #[tokio::test]
+    async fn an_earlier_unknown_outcome_survives_later_temporary_failures() {
+        let memory = Arc::new(MemoryDriver::new());
+        let faulty = Layered::new(memory.clone(), LandsThenUnreachable::default());
+        let store = Layered::new(Arc::new(faulty), fast(3));
+        let e = store
+            .put("r", "k", json!(1), PutOptions::new())
+            .await
+            .unwrap_err();
+        assert_eq!(e.status(), ErrorStatus::MaybeApplied, "{e}");
+        assert!(e.to_string().contains("outcome=unknown"), "{e}");
+        assert_eq!(e.context_value("attempts"), Some("3"), "{e}");
+        assert_eq!(
+            memory.get("r", "k").await.unwrap().map(|e| e.value),
+            Some(json!(1)),
+            "the first attempt landed"
+        );
     }
 
     #[tokio::test]
