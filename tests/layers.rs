@@ -296,7 +296,7 @@ async fn unsafe_operations_are_not_retried_by_the_standard_stack() {
     let (raw, stores) = flaky_stores();
     let stores = stores.layer(&layers);
     // Applied, but the answer was lost: a CAS retry would report Conflict for a write that
-    // succeeded, so the caller gets the transient error and can check.
+    // succeeded, so the caller gets the `MaybeApplied` error and reads before retrying.
     stores
         .storage
         .put("u", "k", json!(1), PutOptions::new())
@@ -309,6 +309,7 @@ async fn unsafe_operations_are_not_retried_by_the_standard_stack() {
         .await
         .unwrap_err();
     assert_eq!(e.code(), ErrorCode::Unavailable);
+    assert_eq!(e.status(), ErrorStatus::MaybeApplied, "{e}");
     assert_eq!(
         stores.storage.get("u", "k").await.unwrap().unwrap().version,
         2
