@@ -20,8 +20,8 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use kernel_bootstrap::{Kernel, KernelConfig};
 use kernel_core::{
-    Entry, Error, ErrorCode, ErrorStatus, EventFilter, ExpectedVersion, NewEvent, PutOptions,
-    ReadStream, RecordedEvent, Uuid, Value, json,
+    Entry, Error, ErrorCode, ErrorStatus, EventFilter, ExpectedVersion, NewEvent, OperationId,
+    PutOptions, ReadStream, RecordedEvent, Uuid, Value, Write, json,
 };
 use kernel_integration_tests::vars;
 use kernel_testkit::private::{PrivatePostgres, PrivateRedis};
@@ -224,6 +224,9 @@ enum Call {
     Read,
     /// A conditional `put`: Temporary, MaybeApplied (read first), RetriesExhausted.
     ConditionalPut,
+    /// A conditional put with an operation id (`write_once`): Temporary, MaybeApplied,
+    /// RetriesExhausted — each answered by repeating the same request.
+    WriteOnce,
 }
 
 impl Call {
@@ -232,6 +235,7 @@ impl Call {
             Call::Append => "append",
             Call::Read => "read",
             Call::ConditionalPut => "cas_put",
+            Call::WriteOnce => "write_once",
         }
     }
 
@@ -243,7 +247,7 @@ impl Call {
     fn allows(self, error: &Error) -> bool {
         let code = matches!(error.code(), ErrorCode::Unavailable | ErrorCode::Timeout);
         let status = match self {
-            Call::Append | Call::ConditionalPut => matches!(
+            Call::Append | Call::ConditionalPut | Call::WriteOnce => matches!(
                 error.status(),
                 ErrorStatus::Temporary | ErrorStatus::MaybeApplied | ErrorStatus::RetriesExhausted
             ),
@@ -1422,6 +1426,109 @@ async fn cas_worker(
     report
 }
 
+/// Increments the shared counter with `get` + `write_once(put if_version)` until `stop`, each
+/// increment named by its own operation id. After any transient error the worker repeats the
+/// very same request (docs/contract.md, "Operation ids"): the answer is the first outcome if an
+/// earlier attempt landed (`replayed`), or the write applied now. Only a `Conflict` (another
+/// worker won the version; nothing recorded) makes it read again and build a new request. No
+/// reading first, no history: the id is the whole protocol.
+async fn cas_worker_with_ids(
+    kernel: Arc<Kernel>,
+    stop: Arc<AtomicBool>,
+    errors: Arc<Errors>,
+    progress: Arc<Progress>,
+) -> CasReport {
+    let storage = kernel.storage();
+    let mut report = CasReport::default();
+    while !stop.load(Ordering::SeqCst) {
+        let id = OperationId::random();
+        let mut stopped_at: Option<Instant> = None;
+        'increment: loop {
+            let current = read_until_ok(&errors, "get counter", || {
+                storage.get(COUNTER_NS, COUNTER_KEY)
+            })
+            .await;
+            let Some(current) = current else {
+                errors.violation("the counter disappeared".to_owned());
+                return report;
+            };
+            let n = current.value["n"].as_u64().unwrap_or(0);
+            let value = json!({"n": n + 1, "last_op": id.as_str(), "recent": []});
+            let write = Write::put(
+                COUNTER_KEY,
+                value,
+                PutOptions::new().if_version(current.version),
+            );
+            loop {
+                if stop.load(Ordering::SeqCst) {
+                    let since = *stopped_at.get_or_insert_with(Instant::now);
+                    if since.elapsed() > SETTLE {
+                        errors.violation(format!("increment {id} could not be settled"));
+                        return report;
+                    }
+                }
+                match storage.write_once(COUNTER_NS, &id, write.clone()).await {
+                    Ok(applied) => {
+                        progress.success();
+                        let version = applied
+                            .outcome
+                            .into_entry()
+                            .map(|e| e.version)
+                            .unwrap_or_default();
+                        if version != current.version + 1 {
+                            errors.violation(format!(
+                                "write_once at if_version({}) answered version {version}",
+                                current.version
+                            ));
+                        }
+                        report.applied += 1;
+                        if applied.replayed {
+                            report.maybe_landed += 1;
+                        }
+                        break 'increment;
+                    }
+                    Err(e)
+                        if e.code() == ErrorCode::Conflict
+                            && e.status() == ErrorStatus::Permanent =>
+                    {
+                        // A compare-and-set conflict carries the current version; a reused id
+                        // does not.
+                        if !e.has_current_version() {
+                            errors.violation(format!(
+                                "the id of increment {id} was reported as used for another \
+                                 request, but the request only changes after a Conflict: {e}"
+                            ));
+                            return report;
+                        }
+                        report.conflicts += 1;
+                        continue 'increment;
+                    }
+                    Err(e) => {
+                        errors.record(Call::WriteOnce, &e);
+                        if e.status() == ErrorStatus::MaybeApplied {
+                            report.maybe_not_landed += 1;
+                        }
+                        if !transient(&e) {
+                            return report;
+                        }
+                        tokio::time::sleep(RETRY_PAUSE).await;
+                    }
+                }
+            }
+        }
+    }
+    report
+}
+
+/// How the counter's workers make their increments safe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CasMode {
+    /// Plain conditional puts; after an error, read first ([`cas_worker`]).
+    ReadFirst,
+    /// `write_once` with an operation id; after an error, repeat ([`cas_worker_with_ids`]).
+    OperationIds,
+}
+
 /// The figures of a counter scenario.
 #[derive(Debug)]
 struct CasFigures {
@@ -1442,7 +1549,12 @@ struct CasFigures {
     violation_samples: Vec<String>,
 }
 
-async fn cas_scenario<F, Fut>(scenario: &str, kernel: Arc<Kernel>, fault: F) -> CasFigures
+async fn cas_scenario<F, Fut>(
+    scenario: &str,
+    mode: CasMode,
+    kernel: Arc<Kernel>,
+    fault: F,
+) -> CasFigures
 where
     F: FnOnce(Arc<Progress>) -> Fut,
     Fut: Future<Output = FaultWindow>,
@@ -1463,12 +1575,18 @@ where
     let stop = Arc::new(AtomicBool::new(false));
     let workers: Vec<JoinHandle<CasReport>> = (0..CAS_WORKERS)
         .map(|_| {
-            tokio::spawn(cas_worker(
+            let (kernel, stop, errors, progress) = (
                 kernel.clone(),
                 stop.clone(),
                 errors.clone(),
                 progress.clone(),
-            ))
+            );
+            match mode {
+                CasMode::ReadFirst => tokio::spawn(cas_worker(kernel, stop, errors, progress)),
+                CasMode::OperationIds => {
+                    tokio::spawn(cas_worker_with_ids(kernel, stop, errors, progress))
+                }
+            }
         })
         .collect();
     let window = fault(progress.clone()).await;
@@ -1568,9 +1686,12 @@ async fn cas_counter_on_postgres_killed_counts_exactly() {
         let mut server = PrivatePostgres::start().await;
         let kernel = postgres_kernel(server.url()).await;
         let crashable = &mut server;
-        let figures = cas_scenario("cas_postgres_killed", kernel, |progress| async move {
-            kill_and_restart(crashable, &progress).await
-        })
+        let figures = cas_scenario(
+            "cas_postgres_killed",
+            CasMode::ReadFirst,
+            kernel,
+            |progress| async move { kill_and_restart(crashable, &progress).await },
+        )
         .await;
         figures.assert_sound();
     })
@@ -1585,7 +1706,7 @@ async fn cas_counter_on_redis_cut_and_unanswered_counts_exactly() {
             .await
             .unwrap_or_else(|e| panic!("cannot start a proxy in front of the test Redis: {e}"));
         let kernel = redis_kernel(&url, redis.prefix()).await;
-        let figures = cas_scenario("cas_redis_cut", kernel, |progress| {
+        let figures = cas_scenario("cas_redis_cut", CasMode::ReadFirst, kernel, |progress| {
             let proxy = &proxy;
             async move { cut_repeatedly(proxy, &progress, true).await }
         })
@@ -1597,6 +1718,61 @@ async fn cas_counter_on_redis_cut_and_unanswered_counts_exactly() {
              without its answer (MaybeApplied) and been found by reading first"
         );
         drop(redis);
+    })
+    .await;
+}
+
+/// The counter with operation ids, its Redis connections cut and its answers swallowed: every
+/// increment is applied exactly once with no reading first, and the increments whose answer
+/// was lost come back as replays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cas_counter_with_operation_ids_on_redis_cut_counts_exactly() {
+    bounded("cas_ids_redis_cut", async {
+        let redis = kernel_testkit::redis::RedisTestServer::start().await;
+        let (proxy, url) = FaultProxy::in_front_of(redis.url(), 6379)
+            .await
+            .unwrap_or_else(|e| panic!("cannot start a proxy in front of the test Redis: {e}"));
+        let kernel = redis_kernel(&url, redis.prefix()).await;
+        let figures = cas_scenario(
+            "cas_ids_redis_cut",
+            CasMode::OperationIds,
+            kernel,
+            |progress| {
+                let proxy = &proxy;
+                async move { cut_repeatedly(proxy, &progress, true).await }
+            },
+        )
+        .await;
+        figures.assert_sound();
+        assert_eq!(
+            figures.found_by_reading, 0,
+            "with ids nothing is settled by reading first"
+        );
+        drop(redis);
+    })
+    .await;
+}
+
+/// The same on PostgreSQL, connections cut and answers swallowed through a proxy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cas_counter_with_operation_ids_on_postgres_cut_counts_exactly() {
+    bounded("cas_ids_postgres_cut", async {
+        let db = kernel_testkit::postgres::fresh_database().await;
+        let (proxy, url) = FaultProxy::in_front_of(db.url(), 5432)
+            .await
+            .unwrap_or_else(|e| panic!("cannot start a proxy in front of the test database: {e}"));
+        let kernel = postgres_kernel(&url).await;
+        let figures = cas_scenario(
+            "cas_ids_postgres_cut",
+            CasMode::OperationIds,
+            kernel,
+            |progress| {
+                let proxy = &proxy;
+                async move { cut_repeatedly(proxy, &progress, true).await }
+            },
+        )
+        .await;
+        figures.assert_sound();
     })
     .await;
 }

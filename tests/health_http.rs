@@ -1,5 +1,5 @@
-//! `examples/health_server.rs` over real HTTP: 200 with the JSON report when healthy, 503 when
-//! not.
+//! `kernel_bootstrap::http::router` (what `examples/health_server.rs` serves) over real HTTP: 200
+//! with the JSON report when healthy, 503 when not.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -12,11 +12,6 @@ use serde_json::Value;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 
-// The example's own router and server, compiled into this test; its `main` is not used here.
-#[allow(dead_code)]
-#[path = "../examples/health_server.rs"]
-mod health_server;
-
 /// Serves the example on an ephemeral port; the server stops when the sender drops.
 async fn start(kernel: Arc<Kernel>) -> (SocketAddr, oneshot::Sender<()>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -27,7 +22,11 @@ async fn start(kernel: Arc<Kernel>) -> (SocketAddr, oneshot::Sender<()>) {
             // Either a send or the sender dropping means stop.
             let _ = stopped.await;
         };
-        if let Err(e) = health_server::serve(listener, kernel, stop).await {
+        let app = kernel_bootstrap::http::router(kernel, None);
+        if let Err(e) = axum::serve(listener, app)
+            .with_graceful_shutdown(stop)
+            .await
+        {
             panic!("health server failed: {e}");
         }
     });

@@ -2,10 +2,13 @@
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
 use kernel_core::glob::prefix_upper_bound;
+use kernel_core::operation::{
+    Applied, DEFAULT_OPERATION_WINDOW, OperationId, Outcome, Record, Write,
+};
 use kernel_core::validate::{self, MAX_BATCH_SIZE, escape};
 use kernel_core::{
     BatchDelete, BatchPut, Capabilities, DeleteCondition, Entry, Error, Filter, Isolation,
@@ -36,11 +39,27 @@ pub(crate) struct NsState {
     pub(crate) entries: BTreeMap<String, Stored>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct DocState {
     pub(crate) namespaces: BTreeMap<String, NsState>,
     pub(crate) stamp: u64,
     writes_since_purge: u64,
+    /// Operation-id records by (namespace, id), each with the time it is forgotten. Behind the
+    /// same lock as the documents, so the check, the write and the record are one step.
+    operations: BTreeMap<(String, String), (Record, SystemTime)>,
+    pub(crate) operation_window: Duration,
+}
+
+impl Default for DocState {
+    fn default() -> Self {
+        DocState {
+            namespaces: BTreeMap::new(),
+            stamp: 0,
+            writes_since_purge: 0,
+            operations: BTreeMap::new(),
+            operation_window: DEFAULT_OPERATION_WINDOW,
+        }
+    }
 }
 
 /// A write decided against the current state, ready to apply.
@@ -117,6 +136,7 @@ impl DocState {
 
     pub(crate) fn purge_expired(&mut self, now: SystemTime) -> usize {
         self.writes_since_purge = 0;
+        self.operations.retain(|_, (_, until)| *until > now);
         let mut removed = 0;
         for state in self.namespaces.values_mut() {
             let before = state.entries.len();
@@ -124,6 +144,91 @@ impl DocState {
             removed += before - state.entries.len();
         }
         removed
+    }
+
+    fn put_locked(
+        &mut self,
+        ns: &str,
+        key: &str,
+        value: Value,
+        options: PutOptions,
+        now: SystemTime,
+    ) -> Result<Entry> {
+        let current = self.live(ns, key, now).map(|s| &s.entry);
+        let entry = DocState::plan_put(current, ns, key, value, options, now)?;
+        self.apply(ns, key, Planned::Put(entry.clone()), now);
+        Ok(entry)
+    }
+
+    fn delete_locked(
+        &mut self,
+        ns: &str,
+        key: &str,
+        condition: DeleteCondition,
+        now: SystemTime,
+    ) -> Result<bool> {
+        let current = self.live(ns, key, now).map(|s| &s.entry);
+        check_delete_condition(current, ns, key, condition)?;
+        let existed = current.is_some();
+        self.apply(ns, key, Planned::Delete, now);
+        Ok(existed)
+    }
+
+    fn put_many_locked(
+        &mut self,
+        ns: &str,
+        items: Vec<BatchPut>,
+        now: SystemTime,
+    ) -> Result<Vec<Entry>> {
+        // Decide every item before applying any, so a failed condition writes nothing.
+        let mut planned = Vec::with_capacity(items.len());
+        for i in items {
+            let current = self.live(ns, &i.key, now).map(|s| &s.entry);
+            let entry = DocState::plan_put(current, ns, &i.key, i.value, i.options, now)?;
+            planned.push(entry);
+        }
+        for entry in &planned {
+            self.apply(ns, &entry.key, Planned::Put(entry.clone()), now);
+        }
+        Ok(planned)
+    }
+
+    fn delete_many_locked(
+        &mut self,
+        ns: &str,
+        items: &[BatchDelete],
+        now: SystemTime,
+    ) -> Result<u64> {
+        let mut removed = 0;
+        for i in items {
+            let current = self.live(ns, &i.key, now).map(|s| &s.entry);
+            check_delete_condition(current, ns, &i.key, i.condition)?;
+            removed += u64::from(current.is_some());
+        }
+        for i in items {
+            self.apply(ns, &i.key, Planned::Delete, now);
+        }
+        Ok(removed)
+    }
+
+    /// The live record of operation `id` in `ns`.
+    pub(crate) fn operation(&self, ns: &str, id: &OperationId, now: SystemTime) -> Option<&Record> {
+        self.operations
+            .get(&(ns.to_owned(), id.as_str().to_owned()))
+            .filter(|(_, until)| *until > now)
+            .map(|(record, _)| record)
+    }
+
+    pub(crate) fn record_operation(
+        &mut self,
+        ns: &str,
+        id: &OperationId,
+        record: Record,
+        now: SystemTime,
+    ) {
+        let until = now + self.operation_window;
+        self.operations
+            .insert((ns.to_owned(), id.as_str().to_owned()), (record, until));
     }
 
     fn live_entries<'a>(
@@ -201,22 +306,17 @@ impl StorageDriver for MemoryDriver {
     async fn put(&self, ns: &str, key: &str, value: Value, options: PutOptions) -> Result<Entry> {
         validate::put(ns, key, &value, &options, &self.inner.limits)?;
         let now = SystemTime::now();
-        let mut docs = self.inner.docs_write()?;
-        let current = docs.live(ns, key, now).map(|s| &s.entry);
-        let entry = DocState::plan_put(current, ns, key, value, options, now)?;
-        docs.apply(ns, key, Planned::Put(entry.clone()), now);
-        Ok(entry)
+        self.inner
+            .docs_write()?
+            .put_locked(ns, key, value, options, now)
     }
 
     async fn delete(&self, ns: &str, key: &str, condition: DeleteCondition) -> Result<bool> {
         validate::document(ns, key)?;
         let now = SystemTime::now();
-        let mut docs = self.inner.docs_write()?;
-        let current = docs.live(ns, key, now).map(|s| &s.entry);
-        check_delete_condition(current, ns, key, condition)?;
-        let existed = current.is_some();
-        docs.apply(ns, key, Planned::Delete, now);
-        Ok(existed)
+        self.inner
+            .docs_write()?
+            .delete_locked(ns, key, condition, now)
     }
 
     async fn exists(&self, ns: &str, key: &str) -> Result<bool> {
@@ -241,34 +341,13 @@ impl StorageDriver for MemoryDriver {
             validate::put(ns, &i.key, &i.value, &i.options, &self.inner.limits)?;
         }
         let now = SystemTime::now();
-        let mut docs = self.inner.docs_write()?;
-        // Decide every item before applying any, so a failed condition writes nothing.
-        let mut planned = Vec::with_capacity(items.len());
-        for i in items {
-            let current = docs.live(ns, &i.key, now).map(|s| &s.entry);
-            let entry = DocState::plan_put(current, ns, &i.key, i.value, i.options, now)?;
-            planned.push(entry);
-        }
-        for entry in &planned {
-            docs.apply(ns, &entry.key, Planned::Put(entry.clone()), now);
-        }
-        Ok(planned)
+        self.inner.docs_write()?.put_many_locked(ns, items, now)
     }
 
     async fn delete_many(&self, ns: &str, items: Vec<BatchDelete>) -> Result<u64> {
         validate::batch(ns, items.iter().map(|i| i.key.as_str()), true)?;
         let now = SystemTime::now();
-        let mut docs = self.inner.docs_write()?;
-        let mut removed = 0;
-        for i in &items {
-            let current = docs.live(ns, &i.key, now).map(|s| &s.entry);
-            check_delete_condition(current, ns, &i.key, i.condition)?;
-            removed += u64::from(current.is_some());
-        }
-        for i in &items {
-            docs.apply(ns, &i.key, Planned::Delete, now);
-        }
-        Ok(removed)
+        self.inner.docs_write()?.delete_many_locked(ns, &items, now)
     }
 
     async fn list(&self, ns: &str, options: &ListOptions) -> Result<ListPage> {
@@ -436,6 +515,70 @@ impl StorageDriver for MemoryDriver {
 
     async fn begin(&self) -> Result<Box<dyn Transaction>> {
         Ok(Box::new(MemoryTransaction::new(self.clone())))
+    }
+
+    async fn write_once(&self, ns: &str, id: &OperationId, write: Write) -> Result<Applied> {
+        self.validate_write(ns, &write)?;
+        let fingerprint = write.fingerprint(ns);
+        let now = SystemTime::now();
+        let mut docs = self.inner.docs_write()?;
+        if let Some(record) = docs.operation(ns, id, now) {
+            return record.clone().replay(ns, id, &fingerprint);
+        }
+        let outcome = match write {
+            Write::Put {
+                key,
+                value,
+                options,
+            } => Outcome::Put(docs.put_locked(ns, &key, value, options, now)?),
+            Write::Delete { key, condition } => {
+                Outcome::Delete(docs.delete_locked(ns, &key, condition, now)?)
+            }
+            Write::PutMany(items) => Outcome::PutMany(docs.put_many_locked(ns, items, now)?),
+            Write::DeleteMany(items) => {
+                Outcome::DeleteMany(docs.delete_many_locked(ns, &items, now)?)
+            }
+            other => return Err(Error::unsupported_variant("write", &other)),
+        };
+        let record = Record {
+            fingerprint,
+            outcome: outcome.clone(),
+        };
+        docs.record_operation(ns, id, record, now);
+        Ok(Applied::fresh(outcome))
+    }
+
+    async fn operation(&self, ns: &str, id: &OperationId) -> Result<Option<Outcome>> {
+        validate::namespace(ns)?;
+        let docs = self.inner.docs_read()?;
+        Ok(docs
+            .operation(ns, id, SystemTime::now())
+            .map(|r| r.outcome.clone()))
+    }
+}
+
+impl MemoryDriver {
+    /// The checks the plain method of `write` makes before touching any state.
+    fn validate_write(&self, ns: &str, write: &Write) -> Result<()> {
+        let limits = &self.inner.limits;
+        match write {
+            Write::Put {
+                key,
+                value,
+                options,
+            } => validate::put(ns, key, value, options, limits),
+            Write::Delete { key, .. } => validate::document(ns, key),
+            Write::PutMany(items) => {
+                validate::batch(ns, items.iter().map(|i| i.key.as_str()), true)?;
+                items
+                    .iter()
+                    .try_for_each(|i| validate::put(ns, &i.key, &i.value, &i.options, limits))
+            }
+            Write::DeleteMany(items) => {
+                validate::batch(ns, items.iter().map(|i| i.key.as_str()), true)
+            }
+            other => Err(Error::unsupported_variant("write", other)),
+        }
     }
 }
 

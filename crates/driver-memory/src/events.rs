@@ -116,7 +116,7 @@ impl EventStore for MemoryDriver {
                 metadata: e.metadata,
                 correlation_id: e.correlation_id,
                 causation_id: e.causation_id,
-                recorded_at: now,
+                recorded_at: e.recorded_at.unwrap_or(now),
             });
         }
         let index = log.streams.entry(stream.to_owned()).or_default();

@@ -90,6 +90,20 @@ impl MemoryDriver {
         }
     }
 
+    /// Sets how long operation ids are remembered
+    /// ([`kernel_core::StorageDriver::write_once`]; 24 hours by default), for this driver and
+    /// its clones. Records already made keep the window they were made with.
+    pub fn with_operation_window(self, window: std::time::Duration) -> Result<MemoryDriver> {
+        if window.is_zero() {
+            return Err(Error::config(
+                "operation_window_ms",
+                "the operation window must be longer than zero",
+            ));
+        }
+        self.inner.docs_write()?.operation_window = window;
+        Ok(self)
+    }
+
     /// The value limits in force.
     pub fn limits(&self) -> Limits {
         self.inner.limits

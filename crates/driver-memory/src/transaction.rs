@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::time::SystemTime;
 
 use async_trait::async_trait;
+use kernel_core::operation::{Applied, OperationId, Outcome, Record};
 use kernel_core::validate::escape;
 use kernel_core::{DeleteCondition, Entry, Error, PutOptions, Result, Transaction, Value};
 
@@ -84,7 +85,37 @@ impl Transaction for MemoryTransaction {
 
     async fn commit(self: Box<Self>) -> Result<()> {
         let now = SystemTime::now();
-        let mut docs = self.driver.docs_write()?;
+        let driver = self.driver.clone();
+        let mut docs = driver.docs_write()?;
+        self.apply(&mut docs, now)
+    }
+
+    async fn commit_once(self: Box<Self>, ns: &str, id: &OperationId) -> Result<Applied> {
+        kernel_core::validate::namespace(ns)?;
+        let now = SystemTime::now();
+        let driver = self.driver.clone();
+        let mut docs = driver.docs_write()?;
+        // Checked under the lock the commit holds, so two transactions with one id commit once.
+        if let Some(record) = docs.operation(ns, id, now) {
+            return record.clone().replay(ns, id, "");
+        }
+        self.apply(&mut docs, now)?;
+        let record = Record {
+            fingerprint: String::new(),
+            outcome: Outcome::Commit,
+        };
+        docs.record_operation(ns, id, record, now);
+        Ok(Applied::fresh(Outcome::Commit))
+    }
+
+    async fn rollback(self: Box<Self>) -> Result<()> {
+        Ok(())
+    }
+}
+
+impl MemoryTransaction {
+    /// Validates the reads and applies the staged writes, under the caller's write lock.
+    fn apply(self, docs: &mut DocState, now: SystemTime) -> Result<()> {
         for ((ns, key), seen) in &self.reads {
             let stamp = docs.live(ns, key, now).map(|s| s.stamp);
             if stamp != *seen {
@@ -114,10 +145,6 @@ impl Transaction for MemoryTransaction {
             };
             docs.apply(&ns, &key, planned, now);
         }
-        Ok(())
-    }
-
-    async fn rollback(self: Box<Self>) -> Result<()> {
         Ok(())
     }
 }

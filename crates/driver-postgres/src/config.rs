@@ -3,6 +3,7 @@
 use std::fmt;
 use std::time::Duration;
 
+use kernel_core::operation::DEFAULT_OPERATION_WINDOW;
 use kernel_core::redact::redact_url;
 use kernel_core::settings::{duration_ms, serialize_redacted};
 use kernel_core::subscription::SubscriptionConfig;
@@ -56,11 +57,23 @@ pub struct PostgresConfig {
     /// `application_name` of the driver's sessions, as seen in `pg_stat_activity`; the listener
     /// connection adds `-listener`.
     pub application_name: String,
+    /// How long an operation id is remembered after its write
+    /// ([`kernel_core::StorageDriver::write_once`]): a repeat within it replays, a later one is
+    /// a new write (`operation_window_ms`, default 24 hours, at most
+    /// [`PostgresConfig::MAX_OPERATION_WINDOW`]).
+    #[serde(rename = "operation_window_ms", with = "duration_ms")]
+    pub operation_window: Duration,
 }
 
 impl PostgresConfig {
+    /// The longest [`PostgresConfig::operation_window`] accepted: 366 days. Records are kept
+    /// for the whole window, so a longer one is almost certainly a unit mistake (seconds given
+    /// as milliseconds...) that would grow `kernel_operations` without bound.
+    pub const MAX_OPERATION_WINDOW: Duration = Duration::from_secs(366 * 24 * 60 * 60);
+
     /// Defaults: 16 connections, 5 s connect timeout, 30 s statement timeout, 10 s pool wait,
-    /// migrations on boot, default limits, 256-event pages, 1 s poll safety net.
+    /// migrations on boot, default limits, 256-event pages, 1 s poll safety net, 24 h operation
+    /// window.
     pub fn new(url: impl Into<String>) -> PostgresConfig {
         PostgresConfig {
             url: url.into(),
@@ -72,6 +85,7 @@ impl PostgresConfig {
             limits: Limits::DEFAULT,
             subscription: SubscriptionConfig::default(),
             application_name: "kernel".to_owned(),
+            operation_window: DEFAULT_OPERATION_WINDOW,
         }
     }
 
@@ -148,6 +162,18 @@ impl PostgresConfig {
             )
             .with_context("backend", "postgres"));
         }
+        if self.operation_window.is_zero() || self.operation_window > Self::MAX_OPERATION_WINDOW {
+            return Err(Error::config(
+                "postgres.operation_window_ms",
+                format!(
+                    "the operation window must be above zero and at most {} ms (366 days); \
+                     got {} ms",
+                    Self::MAX_OPERATION_WINDOW.as_millis(),
+                    self.operation_window.as_millis()
+                ),
+            )
+            .with_context("backend", "postgres"));
+        }
         self.limits.validate()?;
         if pg.get_user().is_none() {
             // libpq's default: the operating-system user.
@@ -187,6 +213,7 @@ impl fmt::Debug for PostgresConfig {
             .field("limits", &self.limits)
             .field("subscription", &self.subscription)
             .field("application_name", &self.application_name)
+            .field("operation_window", &self.operation_window)
             .finish()
     }
 }
@@ -214,6 +241,34 @@ mod tests {
         assert_eq!(err.context_value("setting"), Some("postgres.url"));
         let shown = format!("{err} {err:?}");
         assert!(!shown.contains("hunter2"), "{shown}");
+    }
+
+    #[test]
+    fn operation_window_is_bounded_and_read_in_ms() {
+        for bad in [
+            Duration::ZERO,
+            PostgresConfig::MAX_OPERATION_WINDOW + Duration::from_secs(1),
+        ] {
+            let config = PostgresConfig {
+                operation_window: bad,
+                ..PostgresConfig::new("postgres://u@h/db")
+            };
+            let err = config.pg_config().unwrap_err();
+            assert_eq!(err.code(), kernel_core::ErrorCode::Config);
+            assert_eq!(
+                err.context_value("setting"),
+                Some("postgres.operation_window_ms")
+            );
+        }
+        let config: PostgresConfig =
+            serde_json::from_str(r#"{"url": "postgres://u@h/db", "operation_window_ms": 1500}"#)
+                .unwrap();
+        assert_eq!(config.operation_window, Duration::from_millis(1500));
+        assert!(config.validate().is_ok());
+        assert_eq!(
+            PostgresConfig::default().operation_window,
+            DEFAULT_OPERATION_WINDOW
+        );
     }
 
     #[test]

@@ -132,7 +132,7 @@ pub(crate) fn pg(err: tokio_postgres::Error) -> Error {
             let mut message = format!("postgres error {}: {}", db.code().code(), db.message());
             if [SqlState::UNDEFINED_TABLE, SqlState::UNDEFINED_FUNCTION].contains(db.code()) {
                 message.push_str(
-                    " (the kernel schema is missing or old: run `kernel-migrate up` or enable \
+                    " (the kernel schema is missing or old: run `kernelctl migrate up` or enable \
                      migrate_on_boot)",
                 );
             }
@@ -534,6 +534,6 @@ mod tests {
         let mapped = pg(err);
         assert_eq!(mapped.code(), ErrorCode::Config);
         assert_eq!(mapped.context_value("sqlstate"), Some("42P01"));
-        assert!(mapped.message().contains("kernel-migrate"), "{mapped}");
+        assert!(mapped.message().contains("kernelctl migrate"), "{mapped}");
     }
 }

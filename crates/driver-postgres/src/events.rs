@@ -24,6 +24,7 @@ use kernel_core::{
 use crate::PostgresDriver;
 use crate::codes::ExpectedKind;
 use crate::error::{self, pg};
+use crate::generation::Generation;
 use crate::jsonb::Jsonb;
 use crate::rows::{self, EVENT_COLUMNS, limit_i64, to_i64};
 use crate::writer::{AppendRequest, Staged};
@@ -42,15 +43,23 @@ pub(crate) struct LogReader {
     pool: Pool,
     pool_size: usize,
     shutdown: tokio::sync::watch::Receiver<bool>,
+    generation: Arc<Generation>,
 }
 
 impl LogReader {
+    /// Reads a page of the log; `guard` names the operation (a subscription) that must first
+    /// pass the data-loss check.
     pub(crate) async fn read(
         &self,
         after: u64,
         filter: &EventFilter,
         limit: usize,
+        guard: Option<&'static str>,
     ) -> Result<Vec<RecordedEvent>> {
+        let due = match guard {
+            Some(operation) => self.generation.due(operation, false)?,
+            None => false,
+        };
         if limit == 0 {
             return Ok(Vec::new());
         }
@@ -59,6 +68,9 @@ impl LogReader {
             .get()
             .await
             .map_err(|e| error::pool(e, self.pool_size))?;
+        if let (true, Some(operation)) = (due, guard) {
+            self.generation.verify(&client, operation).await?;
+        }
         let stmt = client
             .prepare_cached(&format!(
                 "SELECT {EVENT_COLUMNS} FROM kernel_event_log l {LOG_TO_EVENT} \
@@ -89,16 +101,28 @@ impl LogReader {
             )
             .await
             .map_err(|e| pg(e).with_operation("read_all"))?;
-        rows.iter().map(rows::event).collect()
+        let events = rows.iter().map(rows::event).collect::<Result<Vec<_>>>()?;
+        if let Some(last) = events.last() {
+            self.generation.saw(last.position);
+        }
+        Ok(events)
     }
 }
 
 impl PostgresDriver {
+    /// Remembers the highest of `positions` for the data-loss check.
+    fn note_positions(&self, positions: &[u64]) {
+        if let Some(max) = positions.iter().max() {
+            self.inner.generation.saw(*max);
+        }
+    }
+
     fn log_reader(&self) -> LogReader {
         LogReader {
             pool: self.inner.pool.clone(),
             pool_size: self.inner.config.pool_size,
             shutdown: self.inner.shutdown.subscribe(),
+            generation: self.inner.generation.clone(),
         }
     }
 }
@@ -118,6 +142,9 @@ impl EventStore for PostgresDriver {
                     .with_context("event_id", e.id)
             })?;
         }
+        self.guard(None, "append")
+            .await
+            .map_err(|e| e.with_context("stream", stream))?;
         let n = events.len();
         let (kind, version) = ExpectedKind::of(expected);
         let events = Arc::new(events);
@@ -138,12 +165,14 @@ impl EventStore for PostgresDriver {
                 positions: Some(positions),
                 ..
             } if positions.len() == n => {
+                let positions: Vec<u64> = positions
+                    .into_iter()
+                    .map(rows::version)
+                    .collect::<Result<_>>()?;
+                self.note_positions(&positions);
                 return Ok(AppendResult {
                     stream_version: rows::version(stream_version)?,
-                    positions: positions
-                        .into_iter()
-                        .map(rows::version)
-                        .collect::<Result<_>>()?,
+                    positions,
                     written: true,
                 });
             }
@@ -198,6 +227,7 @@ impl EventStore for PostgresDriver {
                 .await?;
             check_same_content(stream, &events, &stored)?;
         }
+        self.note_positions(&positions);
         Ok(AppendResult {
             stream_version,
             positions,
@@ -233,7 +263,11 @@ impl EventStore for PostgresDriver {
             .query(&stmt, &[&stream, &from, &limit])
             .await
             .map_err(|e| pg(e).with_context("stream", stream))?;
-        rows.iter().map(rows::event).collect()
+        let events = rows.iter().map(rows::event).collect::<Result<Vec<_>>>()?;
+        if let Some(max) = events.iter().map(|e| e.position).max() {
+            self.inner.generation.saw(max);
+        }
+        Ok(events)
     }
 
     async fn read_all(
@@ -243,7 +277,7 @@ impl EventStore for PostgresDriver {
         limit: usize,
     ) -> Result<Vec<RecordedEvent>> {
         filter.validate()?;
-        self.log_reader().read(after, filter, limit).await
+        self.log_reader().read(after, filter, limit, None).await
     }
 
     async fn head_position(&self) -> Result<u64> {
@@ -253,7 +287,9 @@ impl EventStore for PostgresDriver {
             .await
             .map_err(pg)?;
         let row = client.query_one(&stmt, &[]).await.map_err(pg)?;
-        rows::version(row.try_get(0).map_err(pg)?)
+        let head = rows::version(row.try_get(0).map_err(pg)?)?;
+        self.inner.generation.saw(head);
+        Ok(head)
     }
 
     async fn subscribe(&self, after: u64, filter: EventFilter) -> Result<EventSubscription> {
@@ -274,7 +310,9 @@ impl EventStore for PostgresDriver {
                     if *reader.shutdown.borrow() {
                         return Ok(Vec::new());
                     }
-                    reader.read(after, &filter, limit).await
+                    // After a data loss positions may start over: end the subscription saying
+                    // so instead of waiting for positions that will never come.
+                    reader.read(after, &filter, limit, Some("subscribe")).await
                 }
                 .boxed()
             }),

@@ -4,8 +4,8 @@
 //! [`StorageDriver`](kernel_core::StorageDriver), [`EventStore`](kernel_core::EventStore),
 //! [`Lock`](kernel_core::Lock) and [`RateLimiter`](kernel_core::RateLimiter) over one
 //! deadpool-postgres pool, with the schema and its SQL functions in this crate's `migrations/`
-//! folder (embedded, run by [`migrations::Migrator`] or the `kernel-migrate` binary, which also
-//! run an application's own migrations in a version space of their own).
+//! folder (embedded, run by [`migrations::Migrator`] or `kernelctl migrate`, which also run
+//! an application's own migrations in a version space of their own).
 //!
 //! * Documents: one table keyed `(namespace, key)` under `COLLATE "C"`, JSONB values; writes
 //!   and batches are single calls of SQL functions (atomic, one round trip); queries are
@@ -16,6 +16,11 @@
 //!   `docs/postgres.md`). Subscriptions pull pages and wake on LISTEN/NOTIFY received on a
 //!   dedicated connection that reconnects by itself.
 //! * Locks: a lease table with a per-key fencing counter. Rate limits: GCRA in SQL.
+//! * Operation ids (`write_once`, `commit_once`): a record per id in `kernel_operations`,
+//!   claimed first and written in the same transaction as the write.
+//! * Data-loss detection: a generation marker row and the highest position seen; a database
+//!   that was replaced or went back refuses appends, locks and subscriptions until
+//!   [`PostgresDriver::acknowledge_data_loss`].
 //!
 //! ```no_run
 //! # async fn demo() -> kernel_core::Result<()> {
@@ -33,10 +38,12 @@ pub mod codes;
 mod config;
 mod error;
 mod events;
+mod generation;
 mod jsonb;
 mod listener;
 mod lock;
 pub mod migrations;
+mod operations;
 mod rate_limit;
 mod rows;
 mod sequencer;
@@ -46,6 +53,7 @@ mod transaction;
 mod writer;
 
 use std::fmt;
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 
 use deadpool_postgres::{
@@ -79,6 +87,10 @@ struct Inner {
     listener: Mutex<Option<JoinHandle<()>>>,
     sequencer: sequencer::Sequencer,
     writer: writer::AppendWriter,
+    /// Operations recorded by this driver, which paces the purge of expired ones.
+    operations: AtomicU64,
+    /// The marker and head this driver expects: data-loss detection.
+    generation: Arc<generation::Generation>,
 }
 
 impl Drop for Inner {
@@ -142,7 +154,15 @@ impl PostgresDriver {
         } else if !migrator.is_current(&client).await? {
             tracing::warn!(
                 url = %config.redacted_url(),
-                "the postgres schema is not up to date and migrate_on_boot is off: run `kernel-migrate up`"
+                "the postgres schema is not up to date and migrate_on_boot is off: run `kernelctl migrate up`"
+            );
+        }
+        let generation = Arc::new(generation::Generation::default());
+        if generation.adopt(&client).await?.is_none() {
+            tracing::warn!(
+                url = %config.redacted_url(),
+                "the postgres schema has no kernel_generation table: data-loss detection is off \
+                 until `kernelctl migrate up` runs and the driver reconnects"
             );
         }
         drop(client);
@@ -175,6 +195,8 @@ impl PostgresDriver {
                 head,
                 shutdown,
                 listener: Mutex::new(Some(listener)),
+                operations: AtomicU64::new(0),
+                generation,
             }),
         })
     }
@@ -214,6 +236,67 @@ impl PostgresDriver {
     /// The connection pool, for SQL of your own next to the kernel's tables.
     pub fn pool(&self) -> &Pool {
         &self.inner.pool
+    }
+
+    /// The loss of data this driver found and nobody acknowledged yet, if any: while there is
+    /// one, appends, lock operations and subscriptions fail with it (`Corrupted`) and
+    /// `status()` reports the backend unhealthy. See `docs/postgres.md`, "Data-loss detection".
+    pub fn data_loss(&self) -> Option<Error> {
+        self.inner.generation.lost()
+    }
+
+    /// Accepts a loss of data this driver found: adopts the database's current generation
+    /// marker (creating one if there is none) and its current event head, and lets appends,
+    /// lock operations and new subscriptions through again. Global positions continue from the
+    /// database's head, which may be below positions handed out before the loss: tell
+    /// consumers that keep positions outside the database to reset them. Harmless without a
+    /// loss.
+    ///
+    /// Returns the marker now expected; `Config` if the schema has no `kernel_generation`
+    /// table (run the migrations).
+    pub async fn acknowledge_data_loss(&self) -> Result<String> {
+        let client = self
+            .client()
+            .await
+            .map_err(|e| e.with_operation("acknowledge_data_loss"))?;
+        let lost = self.data_loss();
+        let marker = self
+            .inner
+            .generation
+            .adopt(&client)
+            .await
+            .map_err(|e| e.with_operation("acknowledge_data_loss"))?
+            .ok_or_else(|| {
+                Error::config(
+                    "migrations",
+                    "the postgres schema has no kernel_generation table: run `kernelctl migrate up`",
+                )
+                .with_context("backend", BACKEND)
+                .with_operation("acknowledge_data_loss")
+            })?;
+        if let Some(lost) = lost {
+            tracing::warn!(generation = %marker, loss = %lost, "PostgreSQL data loss acknowledged");
+        }
+        Ok(marker)
+    }
+
+    /// Fails with a recorded loss, or checks the generation when the last check is older than
+    /// [`generation::RECHECK`] (on `client`, or one from the pool).
+    pub(crate) async fn guard(
+        &self,
+        client: Option<&Object>,
+        operation: &'static str,
+    ) -> Result<()> {
+        if !self.inner.generation.due(operation, false)? {
+            return Ok(());
+        }
+        match client {
+            Some(c) => self.inner.generation.verify(c, operation).await,
+            None => {
+                let c = self.client().await?;
+                self.inner.generation.verify(&c, operation).await
+            }
+        }
     }
 
     pub(crate) async fn client(&self) -> Result<Object> {

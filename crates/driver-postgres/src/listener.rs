@@ -11,7 +11,7 @@
 //! every subscription: each re-reads from its last position, so events committed while no one
 //! listened are delivered, none twice. The tick also runs a sequencer pass when events wait
 //! for positions (an appender that died between commit and numbering), and sweeps expired
-//! documents and lapsed rate-limit rows now and then.
+//! documents, lapsed rate-limit rows and expired operation ids now and then.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -202,7 +202,8 @@ async fn sequence(pool: &Pool, pool_size: usize) -> bool {
     }
 }
 
-/// Deletes expired documents and lapsed rate-limit rows, a bounded batch at a time.
+/// Deletes expired documents, lapsed rate-limit rows and expired operation ids, a bounded batch
+/// at a time.
 async fn sweep(s: &ListenerSetup) {
     let client = match s.pool.get().await {
         Ok(c) => c,
@@ -221,5 +222,17 @@ async fn sweep(s: &ListenerSetup) {
         .await;
     if let Err(e) = result {
         tracing::warn!(error = %error::pg(e), "sweep of expired rows failed");
+    }
+    // On its own: a database still without 0003's table must not stop the sweep above. Rows a
+    // write_once is taking over right now are skipped, not waited for.
+    let result = client
+        .batch_execute(
+            "DELETE FROM kernel_operations WHERE ctid = ANY (ARRAY( \
+               SELECT ctid FROM kernel_operations WHERE expires_at <= now() \
+               ORDER BY expires_at LIMIT 10000 FOR UPDATE SKIP LOCKED))",
+        )
+        .await;
+    if let Err(e) = result {
+        tracing::warn!(error = %error::pg(e), "sweep of expired operation ids failed");
     }
 }

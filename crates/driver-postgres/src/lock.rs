@@ -25,6 +25,7 @@ impl Lock for PostgresDriver {
         validate_lease_request(key, ttl)?;
         let token = Uuid::new_v4().simple().to_string();
         let client = self.client().await?;
+        self.guard(Some(&client), "try_acquire").await?;
         // A new key's counter starts from kernel_core::lock::fencing_seed of the server's
         // clock (the same formula), so tokens keep increasing even after the table lost rows.
         let stmt = client
@@ -59,6 +60,7 @@ impl Lock for PostgresDriver {
     async fn release(&self, lease: &Lease) -> Result<()> {
         validate::lock_key(&lease.key)?;
         let client = self.client().await?;
+        self.guard(Some(&client), "release").await?;
         let stmt = client
             .prepare_cached(
                 "UPDATE kernel_locks SET token = NULL, expires_at = clock_timestamp() \
@@ -80,6 +82,7 @@ impl Lock for PostgresDriver {
         validate::lock_key(&lease.key)?;
         validate_ttl(&lease.key, ttl)?;
         let client = self.client().await?;
+        self.guard(Some(&client), "extend").await?;
         let stmt = client
             .prepare_cached(
                 "UPDATE kernel_locks SET expires_at = clock_timestamp() + $4::bigint * interval '1 microsecond' \

@@ -143,6 +143,24 @@ pub const MIGRATIONS: &[Migration] = &[
         include_str!("../migrations/0002_event_txid.up.sql"),
         include_str!("../migrations/0002_event_txid.down.sql"),
     ),
+    Migration::new(
+        3,
+        "operations",
+        include_str!("../migrations/0003_operations.up.sql"),
+        include_str!("../migrations/0003_operations.down.sql"),
+    ),
+    Migration::new(
+        4,
+        "generation",
+        include_str!("../migrations/0004_generation.up.sql"),
+        include_str!("../migrations/0004_generation.down.sql"),
+    ),
+    Migration::new(
+        5,
+        "event_recorded_at",
+        include_str!("../migrations/0005_event_recorded_at.up.sql"),
+        include_str!("../migrations/0005_event_recorded_at.down.sql"),
+    ),
 ];
 
 /// Where one migration stands on a database.

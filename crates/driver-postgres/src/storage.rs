@@ -8,11 +8,12 @@ use kernel_core::document::already_exists;
 use kernel_core::glob::prefix_upper_bound;
 use kernel_core::validate::{self, MAX_BATCH_SIZE};
 use kernel_core::{
-    BatchDelete, BatchPut, Capabilities, DeleteCondition, Entry, Error, Filter, Isolation,
-    ListOptions, ListPage, Metadata, MetadataMode, NamespaceInfo, PutOptions, Query, Result,
-    Status, StorageDriver, Transaction, Value,
+    Applied, BatchDelete, BatchPut, Capabilities, DeleteCondition, Entry, Error, Filter, Isolation,
+    ListOptions, ListPage, Metadata, MetadataMode, NamespaceInfo, OperationId, Outcome, PutOptions,
+    Query, Result, Status, StorageDriver, Transaction, Value, Write,
 };
-use tokio_postgres::types::Type;
+use tokio_postgres::Row;
+use tokio_postgres::types::{ToSql, Type};
 
 use crate::PostgresDriver;
 use crate::codes::{KernelSqlState, PutCode};
@@ -22,12 +23,16 @@ use crate::rows::{self, ENTRY_COLUMNS, LIVE, entry, limit_i64, micros, to_i64};
 use crate::sql::SqlBuilder;
 use crate::transaction::PgTransaction;
 
-const PUT: &str = "SELECT o_key, o_metadata, o_version, o_created_at, o_updated_at, o_expires_at \
+/// One call of `kernel_put`: every put, single or batched, plain or with an operation id.
+pub(crate) const PUT: &str = "SELECT o_key, o_metadata, o_version, o_created_at, o_updated_at, o_expires_at \
      FROM kernel_put($1, $2, $3, $4, $5, $6, $7)";
+
+/// One call of `kernel_delete`: every delete, single or batched, plain or with an operation id.
+pub(crate) const DELETE: &str = "SELECT kernel_delete($1, $2, $3)";
 
 /// Parallel arrays for one call of `kernel_put`.
 #[derive(Default)]
-struct PutArrays {
+pub(crate) struct PutArrays {
     keys: Vec<String>,
     values: Vec<Jsonb<Value>>,
     metadata: Vec<Option<Jsonb<Value>>>,
@@ -47,6 +52,128 @@ impl PutArrays {
         self.cond.push(cond.code());
         self.cond_version.push(version);
         Ok(())
+    }
+
+    /// A validated single put.
+    pub(crate) fn one(
+        driver: &PostgresDriver,
+        namespace: &str,
+        key: &str,
+        value: Value,
+        options: PutOptions,
+    ) -> Result<PutArrays> {
+        validate_put(driver, namespace, key, &value, &options)?;
+        let mut arrays = PutArrays::default();
+        arrays.push(key.to_owned(), value, options)?;
+        Ok(arrays)
+    }
+
+    /// A validated batch of puts (possibly empty).
+    pub(crate) fn many(
+        driver: &PostgresDriver,
+        namespace: &str,
+        items: Vec<BatchPut>,
+    ) -> Result<PutArrays> {
+        validate::batch(namespace, items.iter().map(|i| i.key.as_str()), true)?;
+        for item in &items {
+            validate_put(driver, namespace, &item.key, &item.value, &item.options)?;
+        }
+        let mut arrays = PutArrays::default();
+        for item in items {
+            arrays.push(item.key, item.value, item.options)?;
+        }
+        Ok(arrays)
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    /// The parameters of [`PUT`].
+    pub(crate) fn params<'a>(&'a self, namespace: &'a &'a str) -> [&'a (dyn ToSql + Sync); 7] {
+        [
+            namespace,
+            &self.keys,
+            &self.values,
+            &self.metadata,
+            &self.ttl_us,
+            &self.cond,
+            &self.cond_version,
+        ]
+    }
+
+    /// The entries [`PUT`] wrote, from its rows (one per key, in order).
+    pub(crate) fn entries(self, namespace: &str, rows: &[Row]) -> Result<Vec<Entry>> {
+        if rows.len() != self.keys.len() {
+            return Err(Error::internal(format!(
+                "kernel_put returned {} rows for {} keys",
+                rows.len(),
+                self.keys.len()
+            ))
+            .with_context("namespace", namespace));
+        }
+        rows.iter()
+            .zip(self.values)
+            .map(|(row, value)| {
+                Ok(Entry {
+                    namespace: namespace.to_owned(),
+                    key: row.try_get(0).map_err(pg)?,
+                    value: value.0,
+                    metadata: rows::metadata(row.try_get(1).map_err(pg)?)?,
+                    version: rows::version(row.try_get(2).map_err(pg)?)?,
+                    created_at: row.try_get(3).map_err(pg)?,
+                    updated_at: row.try_get(4).map_err(pg)?,
+                    expires_at: row.try_get(5).map_err(pg)?,
+                })
+            })
+            .collect()
+    }
+}
+
+/// Parallel arrays for one call of `kernel_delete`.
+pub(crate) struct DeleteArrays {
+    keys: Vec<String>,
+    versions: Vec<Option<i64>>,
+}
+
+impl DeleteArrays {
+    /// A validated single delete.
+    pub(crate) fn one(
+        namespace: &str,
+        key: &str,
+        condition: DeleteCondition,
+    ) -> Result<DeleteArrays> {
+        validate::document(namespace, key)?;
+        Ok(DeleteArrays {
+            versions: vec![delete_version(condition)?],
+            keys: vec![key.to_owned()],
+        })
+    }
+
+    /// A validated batch of deletes (possibly empty).
+    pub(crate) fn many(namespace: &str, items: Vec<BatchDelete>) -> Result<DeleteArrays> {
+        validate::batch(namespace, items.iter().map(|i| i.key.as_str()), true)?;
+        let mut keys = Vec::with_capacity(items.len());
+        let mut versions = Vec::with_capacity(items.len());
+        for item in items {
+            versions.push(delete_version(item.condition)?);
+            keys.push(item.key);
+        }
+        Ok(DeleteArrays { keys, versions })
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    /// The parameters of [`DELETE`].
+    pub(crate) fn params<'a>(&'a self, namespace: &'a &'a str) -> [&'a (dyn ToSql + Sync); 3] {
+        [namespace, &self.keys, &self.versions]
+    }
+
+    /// How many live entries [`DELETE`] removed, from its row.
+    pub(crate) fn count(row: &Row) -> Result<u64> {
+        rows::version(row.try_get(0).map_err(pg)?)
     }
 }
 
@@ -68,6 +195,17 @@ pub(crate) fn validate_put(
 
 /// Turns a `KR001` / `KR002` raised by the write functions into the kernel's error.
 pub(crate) fn write_error(err: tokio_postgres::Error, namespace: &str) -> Error {
+    write_error_with(err, namespace, pg_write)
+}
+
+/// [`write_error`], with `other` mapping every error that is not the kernel's own: `pg_write`
+/// for a statement that commits by itself, `pg` for one inside a transaction not yet
+/// committed (a broken connection there rolls it back, so nothing was applied).
+pub(crate) fn write_error_with(
+    err: tokio_postgres::Error,
+    namespace: &str,
+    other: fn(tokio_postgres::Error) -> Error,
+) -> Error {
     match kernel_state(&err) {
         Some(s) if s.state == KernelSqlState::AlreadyExists => {
             already_exists(namespace, &s.detail).with_context("backend", BACKEND)
@@ -79,7 +217,7 @@ pub(crate) fn write_error(err: tokio_postgres::Error, namespace: &str) -> Error 
                 .with_context("backend", BACKEND)
                 .with_current_version(s.current_version())
         }
-        _ => pg_write(err).with_context("namespace", namespace),
+        _ => other(err).with_context("namespace", namespace),
     }
 }
 
@@ -88,61 +226,20 @@ impl PostgresDriver {
         let client = self.client().await?;
         let stmt = client.prepare_cached(PUT).await.map_err(pg)?;
         let rows = client
-            .query(
-                &stmt,
-                &[
-                    &namespace,
-                    &arrays.keys,
-                    &arrays.values,
-                    &arrays.metadata,
-                    &arrays.ttl_us,
-                    &arrays.cond,
-                    &arrays.cond_version,
-                ],
-            )
+            .query(&stmt, &arrays.params(&namespace))
             .await
             .map_err(|e| write_error(e, namespace))?;
-        if rows.len() != arrays.keys.len() {
-            return Err(Error::internal(format!(
-                "kernel_put returned {} rows for {} keys",
-                rows.len(),
-                arrays.keys.len()
-            ))
-            .with_context("namespace", namespace));
-        }
-        rows.iter()
-            .zip(arrays.values)
-            .map(|(row, value)| {
-                Ok(Entry {
-                    namespace: namespace.to_owned(),
-                    key: row.try_get(0).map_err(pg)?,
-                    value: value.0,
-                    metadata: rows::metadata(row.try_get(1).map_err(pg)?)?,
-                    version: rows::version(row.try_get(2).map_err(pg)?)?,
-                    created_at: row.try_get(3).map_err(pg)?,
-                    updated_at: row.try_get(4).map_err(pg)?,
-                    expires_at: row.try_get(5).map_err(pg)?,
-                })
-            })
-            .collect()
+        arrays.entries(namespace, &rows)
     }
 
-    async fn delete_batch(
-        &self,
-        namespace: &str,
-        keys: Vec<String>,
-        versions: Vec<Option<i64>>,
-    ) -> Result<u64> {
+    async fn delete_batch(&self, namespace: &str, arrays: DeleteArrays) -> Result<u64> {
         let client = self.client().await?;
-        let stmt = client
-            .prepare_cached("SELECT kernel_delete($1, $2, $3)")
-            .await
-            .map_err(pg)?;
+        let stmt = client.prepare_cached(DELETE).await.map_err(pg)?;
         let row = client
-            .query_one(&stmt, &[&namespace, &keys, &versions])
+            .query_one(&stmt, &arrays.params(&namespace))
             .await
             .map_err(|e| write_error(e, namespace))?;
-        rows::version(row.try_get(0).map_err(pg)?)
+        DeleteArrays::count(&row)
     }
 
     /// Reads live entries of `keys` (any order).
@@ -213,6 +310,24 @@ impl StorageDriver for PostgresDriver {
                 details.insert(name.to_owned(), n.to_string());
             }
         }
+        if let Some(marker) = self.inner.generation.expected() {
+            details.insert("generation".to_owned(), marker);
+        }
+        // At once, not at most once a second: a health probe must see a loss when it happens.
+        let checked = match self.inner.generation.due("status", true) {
+            Ok(true) => self.inner.generation.verify(&client, "status").await,
+            Ok(false) => Ok(()),
+            Err(lost) => Err(lost),
+        };
+        if let Err(lost) = checked {
+            if lost.code() != kernel_core::ErrorCode::Corrupted {
+                return Err(lost);
+            }
+            details.insert("error".to_owned(), lost.to_string());
+            let mut status = Status::new(BACKEND, false, latency);
+            status.details = details;
+            return Ok(status);
+        }
         let mut status = Status::new(BACKEND, true, latency);
         status.details = details;
         Ok(status)
@@ -246,9 +361,7 @@ impl StorageDriver for PostgresDriver {
         value: Value,
         options: PutOptions,
     ) -> Result<Entry> {
-        validate_put(self, namespace, key, &value, &options)?;
-        let mut arrays = PutArrays::default();
-        arrays.push(key.to_owned(), value, options)?;
+        let arrays = PutArrays::one(self, namespace, key, value, options)?;
         let mut entries = self.put_batch(namespace, arrays).await?;
         entries.pop().ok_or_else(|| {
             Error::internal("kernel_put returned no row").with_context("namespace", namespace)
@@ -256,12 +369,8 @@ impl StorageDriver for PostgresDriver {
     }
 
     async fn delete(&self, namespace: &str, key: &str, condition: DeleteCondition) -> Result<bool> {
-        validate::document(namespace, key)?;
-        let version = delete_version(condition)?;
-        let n = self
-            .delete_batch(namespace, vec![key.to_owned()], vec![version])
-            .await?;
-        Ok(n > 0)
+        let arrays = DeleteArrays::one(namespace, key, condition)?;
+        Ok(self.delete_batch(namespace, arrays).await? > 0)
     }
 
     async fn exists(&self, namespace: &str, key: &str) -> Result<bool> {
@@ -315,32 +424,19 @@ impl StorageDriver for PostgresDriver {
     }
 
     async fn put_many(&self, namespace: &str, items: Vec<BatchPut>) -> Result<Vec<Entry>> {
-        validate::batch(namespace, items.iter().map(|i| i.key.as_str()), true)?;
-        for item in &items {
-            validate_put(self, namespace, &item.key, &item.value, &item.options)?;
-        }
-        if items.is_empty() {
+        let arrays = PutArrays::many(self, namespace, items)?;
+        if arrays.is_empty() {
             return Ok(Vec::new());
-        }
-        let mut arrays = PutArrays::default();
-        for item in items {
-            arrays.push(item.key, item.value, item.options)?;
         }
         self.put_batch(namespace, arrays).await
     }
 
     async fn delete_many(&self, namespace: &str, items: Vec<BatchDelete>) -> Result<u64> {
-        validate::batch(namespace, items.iter().map(|i| i.key.as_str()), true)?;
-        if items.is_empty() {
+        let arrays = DeleteArrays::many(namespace, items)?;
+        if arrays.is_empty() {
             return Ok(0);
         }
-        let mut keys = Vec::with_capacity(items.len());
-        let mut versions = Vec::with_capacity(items.len());
-        for item in items {
-            versions.push(delete_version(item.condition)?);
-            keys.push(item.key);
-        }
-        self.delete_batch(namespace, keys, versions).await
+        self.delete_batch(namespace, arrays).await
     }
 
     async fn list(&self, namespace: &str, options: &ListOptions) -> Result<ListPage> {
@@ -593,6 +689,14 @@ impl StorageDriver for PostgresDriver {
 
     async fn begin(&self) -> Result<Box<dyn Transaction>> {
         Ok(Box::new(PgTransaction::new(self.clone())))
+    }
+
+    async fn write_once(&self, namespace: &str, id: &OperationId, write: Write) -> Result<Applied> {
+        self.apply_once(namespace, id, write).await
+    }
+
+    async fn operation(&self, namespace: &str, id: &OperationId) -> Result<Option<Outcome>> {
+        self.recorded_operation(namespace, id).await
     }
 }
 

@@ -8,6 +8,9 @@
 //! validating every touched key at commit makes the outcome serializable; a lost race is a
 //! retryable `Conflict`. Holding no connection means a forgotten or slow transaction cannot
 //! block other writers or exhaust the pool, and dropping it is the rollback.
+//!
+//! `commit_once` sends the same call inside the transaction that claims and records the
+//! operation id (`crate::operations`), so the commit and its record are one atomic unit.
 
 use std::collections::BTreeMap;
 use std::time::SystemTime;
@@ -16,9 +19,10 @@ use async_trait::async_trait;
 use kernel_core::document::{already_exists, version_conflict};
 use kernel_core::validate;
 use kernel_core::{
-    DeleteCondition, Entry, Error, Metadata, PutCondition, PutOptions, Result, StorageDriver,
-    Transaction, Value,
+    Applied, DeleteCondition, Entry, Error, Metadata, OperationId, PutCondition, PutOptions,
+    Result, StorageDriver, Transaction, Value,
 };
+use tokio_postgres::types::ToSql;
 
 use crate::PostgresDriver;
 use crate::codes::{KernelSqlState, TxOp};
@@ -47,7 +51,101 @@ pub(crate) struct PgTransaction {
     touched: BTreeMap<(String, String), Touched>,
 }
 
+/// One call of `kernel_tx_commit`.
+pub(crate) const COMMIT: &str = "SELECT kernel_tx_commit($1, $2, $3, $4, $5, $6, $7, $8)";
+
+/// The parallel arrays of one call of [`COMMIT`]: every key the transaction touched.
+pub(crate) struct CommitArrays {
+    ns: Vec<String>,
+    keys: Vec<String>,
+    seen: Vec<Option<i64>>,
+    ops: Vec<i16>,
+    values: Vec<Option<Jsonb<Value>>>,
+    metadata: Vec<Option<Jsonb<Value>>>,
+    versions: Vec<Option<i64>>,
+    ttls: Vec<Option<i64>>,
+}
+
+impl CommitArrays {
+    /// The parameters of [`COMMIT`].
+    pub(crate) fn params(&self) -> [&(dyn ToSql + Sync); 8] {
+        [
+            &self.ns,
+            &self.keys,
+            &self.seen,
+            &self.ops,
+            &self.values,
+            &self.metadata,
+            &self.versions,
+            &self.ttls,
+        ]
+    }
+}
+
+/// Maps a failed [`COMMIT`]: a lost race (`KR003`) is a retryable `Conflict` naming the key;
+/// anything else goes through `other` (`pg_write` when the call commits by itself, `pg` inside
+/// a transaction not yet committed).
+pub(crate) fn commit_error(
+    e: tokio_postgres::Error,
+    other: fn(tokio_postgres::Error) -> Error,
+) -> Error {
+    match kernel_state(&e) {
+        Some(s) if s.state == KernelSqlState::TransactionConflict => {
+            let (namespace, key) = s.detail.split_once('/').unwrap_or(("", &s.detail));
+            Error::conflict(
+                "transaction lost a race: a key it used was changed by another writer \
+                 before commit; nothing was written",
+            )
+            .with_context("namespace", namespace)
+            .with_context("key", validate::escape(key))
+            .with_context("backend", BACKEND)
+            .with_retryable(true)
+        }
+        _ => other(e).with_operation("commit"),
+    }
+}
+
 impl PgTransaction {
+    /// The arrays [`COMMIT`] takes, from the staged writes.
+    fn into_arrays(self) -> CommitArrays {
+        let n = self.touched.len();
+        let mut a = CommitArrays {
+            ns: Vec::with_capacity(n),
+            keys: Vec::with_capacity(n),
+            seen: Vec::with_capacity(n),
+            ops: Vec::with_capacity(n),
+            values: Vec::with_capacity(n),
+            metadata: Vec::with_capacity(n),
+            versions: Vec::with_capacity(n),
+            ttls: Vec::with_capacity(n),
+        };
+        for ((namespace, key), t) in self.touched {
+            let (op, ttl) = match (&t.staged, &t.view) {
+                (Staged::Read, _) => (TxOp::Read, None),
+                (Staged::Put { ttl_us }, Some(_)) => (TxOp::Put, *ttl_us),
+                (Staged::Delete, _) | (Staged::Put { .. }, None) => (TxOp::Delete, None),
+            };
+            a.ns.push(namespace);
+            a.keys.push(key);
+            a.seen.push(t.seen.map(to_i64));
+            a.ops.push(op.code());
+            match (op, t.view) {
+                (TxOp::Put, Some(e)) => {
+                    a.values.push(Some(Jsonb(e.value)));
+                    a.metadata.push(Some(Jsonb(Value::Object(e.metadata))));
+                    a.versions.push(Some(to_i64(e.version)));
+                }
+                _ => {
+                    a.values.push(None);
+                    a.metadata.push(None);
+                    a.versions.push(None);
+                }
+            }
+            a.ttls.push(ttl);
+        }
+        a
+    }
+
     pub(crate) fn new(driver: PostgresDriver) -> PgTransaction {
         PgTransaction {
             driver,
@@ -162,67 +260,21 @@ impl Transaction for PgTransaction {
         if self.touched.is_empty() {
             return Ok(());
         }
-        let n = self.touched.len();
-        let mut ns = Vec::with_capacity(n);
-        let mut keys = Vec::with_capacity(n);
-        let mut seen = Vec::with_capacity(n);
-        let mut ops: Vec<i16> = Vec::with_capacity(n);
-        let mut values = Vec::with_capacity(n);
-        let mut metadata = Vec::with_capacity(n);
-        let mut versions = Vec::with_capacity(n);
-        let mut ttls = Vec::with_capacity(n);
-        for ((namespace, key), t) in self.touched {
-            let (op, ttl) = match (&t.staged, &t.view) {
-                (Staged::Read, _) => (TxOp::Read, None),
-                (Staged::Put { ttl_us }, Some(_)) => (TxOp::Put, *ttl_us),
-                (Staged::Delete, _) | (Staged::Put { .. }, None) => (TxOp::Delete, None),
-            };
-            ns.push(namespace);
-            keys.push(key);
-            seen.push(t.seen.map(to_i64));
-            ops.push(op.code());
-            match (op, t.view) {
-                (TxOp::Put, Some(e)) => {
-                    values.push(Some(Jsonb(e.value)));
-                    metadata.push(Some(Jsonb(Value::Object(e.metadata))));
-                    versions.push(Some(to_i64(e.version)));
-                }
-                _ => {
-                    values.push(None);
-                    metadata.push(None);
-                    versions.push(None);
-                }
-            }
-            ttls.push(ttl);
-        }
-        let client = self.driver.client().await?;
-        let stmt = client
-            .prepare_cached("SELECT kernel_tx_commit($1, $2, $3, $4, $5, $6, $7, $8)")
-            .await
-            .map_err(pg)?;
+        let driver = self.driver.clone();
+        let arrays = (*self).into_arrays();
+        let client = driver.client().await?;
+        let stmt = client.prepare_cached(COMMIT).await.map_err(pg)?;
         client
-            .execute(
-                &stmt,
-                &[
-                    &ns, &keys, &seen, &ops, &values, &metadata, &versions, &ttls,
-                ],
-            )
+            .execute(&stmt, &arrays.params())
             .await
-            .map_err(|e| match kernel_state(&e) {
-                Some(s) if s.state == KernelSqlState::TransactionConflict => {
-                    let (namespace, key) = s.detail.split_once('/').unwrap_or(("", &s.detail));
-                    Error::conflict(
-                        "transaction lost a race: a key it used was changed by another writer \
-                         before commit; nothing was written",
-                    )
-                    .with_context("namespace", namespace)
-                    .with_context("key", validate::escape(key))
-                    .with_context("backend", BACKEND)
-                    .with_retryable(true)
-                }
-                _ => pg_write(e).with_operation("commit"),
-            })?;
+            .map_err(|e| commit_error(e, pg_write))?;
         Ok(())
+    }
+
+    async fn commit_once(self: Box<Self>, namespace: &str, id: &OperationId) -> Result<Applied> {
+        let driver = self.driver.clone();
+        let arrays = (!self.touched.is_empty()).then(|| (*self).into_arrays());
+        driver.commit_once(namespace, id, arrays).await
     }
 
     async fn rollback(self: Box<Self>) -> Result<()> {

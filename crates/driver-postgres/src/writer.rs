@@ -29,7 +29,7 @@ use crate::error::{self, BACKEND, pg};
 use crate::jsonb::Jsonb;
 
 const BATCH: &str = "SELECT o_status, o_stream_version, o_stored, o_seqs \
-     FROM kernel_append_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)";
+     FROM kernel_append_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)";
 const LAST_POSITIONS: &str = "SELECT o_seq, o_position FROM kernel_last_append_positions()";
 
 /// A batch stops growing at this many appends...
@@ -237,6 +237,7 @@ async fn execute(
     let mut metadata = Vec::with_capacity(events);
     let mut correlation: Vec<Option<&str>> = Vec::with_capacity(events);
     let mut causation: Vec<Option<&str>> = Vec::with_capacity(events);
+    let mut recorded: Vec<Option<std::time::SystemTime>> = Vec::with_capacity(events);
     for pending in batch {
         let r = &pending.request;
         streams.push(r.stream.as_str());
@@ -251,6 +252,7 @@ async fn execute(
             metadata.push(Jsonb(&e.metadata));
             correlation.push(e.correlation_id.as_deref());
             causation.push(e.causation_id.as_deref());
+            recorded.push(e.recorded_at);
         }
     }
     let client = target
@@ -260,7 +262,7 @@ async fn execute(
         .map_err(|e| error::pool(e, target.pool_size))?;
     let stmt = client.prepare_cached(BATCH).await.map_err(pg)?;
     let last = client.prepare_cached(LAST_POSITIONS).await.map_err(pg)?;
-    let params: [&(dyn ToSql + Sync); 11] = [
+    let params: [&(dyn ToSql + Sync); 12] = [
         &streams,
         &kinds,
         &expected,
@@ -271,6 +273,7 @@ async fn execute(
         &metadata,
         &correlation,
         &causation,
+        &recorded,
         &wait,
     ];
     // Both go out before either answer comes back; the server runs the pass after the batch

@@ -38,7 +38,7 @@ async fn up_status_rollback_round_trip() {
         applied,
         MIGRATIONS.iter().map(|m| m.version).collect::<Vec<_>>()
     );
-    assert_eq!(tables(&client).await, 7, "every kernel table");
+    assert_eq!(tables(&client).await, 9, "every kernel table");
     assert!(
         expect_ok(m.up(&client).await, "second up").is_empty(),
         "up is idempotent"
@@ -60,12 +60,18 @@ async fn up_status_rollback_round_trip() {
         recorded,
         vec![
             (1, "init".to_owned(), 64, true),
-            (2, "event_txid".to_owned(), 64, true)
+            (2, "event_txid".to_owned(), 64, true),
+            (3, "operations".to_owned(), 64, true),
+            (4, "generation".to_owned(), 64, true),
+            (5, "event_recorded_at".to_owned(), 64, true)
         ],
         "version, name, sha-256 hex, time"
     );
 
-    let reverted = expect_ok(m.rollback(&client, 1).await, "rollback 1");
+    let reverted = expect_ok(m.rollback(&client, 3).await, "rollback 3");
+    assert_eq!(reverted, vec![5, 4, 3]);
+    assert_eq!(tables(&client).await, 7, "0002's tables");
+    let reverted = expect_ok(m.rollback(&client, 1).await, "rollback 1 more");
     assert_eq!(reverted, vec![2]);
     assert_eq!(
         tables(&client).await,
@@ -76,7 +82,10 @@ async fn up_status_rollback_round_trip() {
     assert_eq!(reverted, vec![1]);
     assert_eq!(tables(&client).await, 0, "down removes every kernel table");
     assert!(expect_ok(m.rollback(&client, 1).await, "rollback of nothing").is_empty());
-    assert_eq!(expect_ok(m.up(&client).await, "up again"), vec![1, 2]);
+    assert_eq!(
+        expect_ok(m.up(&client).await, "up again"),
+        vec![1, 2, 3, 4, 5]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -133,7 +142,7 @@ async fn concurrent_migrators_are_serialised() {
     applied.sort_unstable();
     assert_eq!(
         applied,
-        vec![1, 2],
+        vec![1, 2, 3, 4, 5],
         "exactly one runner applied each migration"
     );
     let client = common::raw_client(db.url()).await;
@@ -142,7 +151,7 @@ async fn concurrent_migrators_are_serialised() {
         .await
         .unwrap_or_else(|e| panic!("count: {e}"))
         .get(0);
-    assert_eq!(n, 2);
+    assert_eq!(n, 5);
 }
 
 /// `connect` migrates on boot by default; with it off, a missing schema shows up as a `Config`
@@ -162,7 +171,7 @@ async fn boot_migrates_when_asked() {
         ErrorCode::Config,
         "get without schema",
     );
-    assert!(err.to_string().contains("kernel-migrate"), "{err}");
+    assert!(err.to_string().contains("kernelctl migrate"), "{err}");
     bare.shutdown().await;
     config.migrate_on_boot = true;
     let driver = expect_ok(
@@ -171,65 +180,6 @@ async fn boot_migrates_when_asked() {
     );
     assert!(expect_ok(driver.get("ns", "k").await, "get").is_none());
     driver.shutdown().await;
-}
-
-/// The command-line runner.
-#[test]
-fn kernel_migrate_cli() {
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => panic!("runtime: {e}"),
-    };
-    let db = rt.block_on(fresh_database());
-    let bin = env!("CARGO_BIN_EXE_kernel-migrate");
-    let run = |args: &[&str]| {
-        let out = std::process::Command::new(bin)
-            .args(args)
-            .env("DATABASE_URL", db.url())
-            .output()
-            .unwrap_or_else(|e| panic!("run kernel-migrate: {e}"));
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    };
-    let (code, out, _) = run(&["status"]);
-    assert_eq!(code, Some(0));
-    assert!(
-        out.contains("0001_init") && out.contains("pending"),
-        "{out}"
-    );
-    let (code, out, _) = run(&["up"]);
-    assert_eq!((code, out.trim()), (Some(0), "applied 0001\napplied 0002"));
-    let (_, out, _) = run(&["status"]);
-    assert!(
-        out.contains("applied") && out.contains("0002_event_txid"),
-        "{out}"
-    );
-    let (code, out, _) = run(&["rollback", "2"]);
-    assert_eq!(
-        (code, out.trim()),
-        (Some(0), "reverted 0002\nreverted 0001")
-    );
-    let (code, _, err) = run(&["sideways"]);
-    assert_eq!(code, Some(2), "usage error: {err}");
-    let out = std::process::Command::new(bin)
-        .arg("up")
-        .env("DATABASE_URL", "postgres://u:hunter2@127.0.0.1:1/nope")
-        .output()
-        .unwrap_or_else(|e| panic!("run kernel-migrate: {e}"));
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1));
-    assert!(
-        err.contains("cannot connect") && !err.contains("hunter2"),
-        "{err}"
-    );
-    drop(db);
-    drop(rt);
 }
 
 /// Events carried across 0002 both ways: numbered ones keep their positions, and ones still
@@ -242,8 +192,8 @@ async fn event_txid_migration_carries_waiting_events_both_ways() {
     let m = Migrator::new();
     expect_ok(m.up(&client).await, "up");
     assert_eq!(
-        expect_ok(m.rollback(&client, 1).await, "down to 0001"),
-        vec![2]
+        expect_ok(m.rollback(&client, 4).await, "down to 0001"),
+        vec![5, 4, 3, 2]
     );
 
     let append = |stream: &'static str, ty: &'static str| {
@@ -315,7 +265,10 @@ async fn event_txid_migration_carries_waiting_events_both_ways() {
     assert_eq!(log().await, numbered(&["A", "B"]));
 
     // Up to 0002: the waiting two are numbered next, then new appends after them.
-    assert_eq!(expect_ok(m.up(&client).await, "up to 0002"), vec![2]);
+    assert_eq!(
+        expect_ok(m.up(&client).await, "up to 0002"),
+        vec![2, 3, 4, 5]
+    );
     let waiting: i64 = client
         .query_one("SELECT kernel_events_unpositioned()", &[])
         .await
@@ -330,8 +283,8 @@ async fn event_txid_migration_carries_waiting_events_both_ways() {
     // Down again with one waiting: 0001's sequencer numbers it next.
     append("order-4", "F").await;
     assert_eq!(
-        expect_ok(m.rollback(&client, 1).await, "down again"),
-        vec![2]
+        expect_ok(m.rollback(&client, 4).await, "down again"),
+        vec![5, 4, 3, 2]
     );
     sequence().await;
     append("order-4", "G").await;
@@ -439,7 +392,10 @@ async fn the_kernels_old_record_table_is_adopted() {
         records(&client).await,
         vec![
             record("kernel", 1, "init", true),
-            record("kernel", 2, "event_txid", true)
+            record("kernel", 2, "event_txid", true),
+            record("kernel", 3, "operations", true),
+            record("kernel", 4, "generation", true),
+            record("kernel", 5, "event_recorded_at", true)
         ],
         "rows moved with their original times"
     );
@@ -448,37 +404,35 @@ async fn the_kernels_old_record_table_is_adopted() {
     drop(db);
 
     // Migrated up to 0001 only, and an application's runner comes first: it adopts, and the
-    // kernel's runner then applies just 0002.
+    // kernel's runner then applies just 0002 and later.
     let db = fresh_database().await;
     let client = common::raw_client(db.url()).await;
     legacy_install(&client, 1).await;
     let status = expect_ok(m.status(&client).await, "status");
     assert!(
-        matches!(
-            status.as_slice(),
-            [
-                driver_postgres::migrations::MigrationStatus {
-                    state: MigrationState::Applied { .. },
-                    ..
-                },
-                driver_postgres::migrations::MigrationStatus {
-                    state: MigrationState::Pending,
-                    ..
-                }
-            ]
-        ),
+        status.len() == MIGRATIONS.len()
+            && matches!(status[0].state, MigrationState::Applied { .. })
+            && status[1..]
+                .iter()
+                .all(|s| s.state == MigrationState::Pending),
         "{status:?}"
     );
     let app = expect_ok(Migrator::embedded("app", APP), "embedded");
     assert_eq!(expect_ok(app.up(&client).await, "app up"), vec![1]);
     assert!(!table_exists(&client, "schema_migrations").await);
-    assert_eq!(expect_ok(m.up(&client).await, "kernel up"), vec![2]);
+    assert_eq!(
+        expect_ok(m.up(&client).await, "kernel up"),
+        vec![2, 3, 4, 5]
+    );
     assert_eq!(
         records(&client).await,
         vec![
             record("app", 1, "accounts", false),
             record("kernel", 1, "init", true),
-            record("kernel", 2, "event_txid", false)
+            record("kernel", 2, "event_txid", false),
+            record("kernel", 3, "operations", false),
+            record("kernel", 4, "generation", false),
+            record("kernel", 5, "event_recorded_at", false)
         ]
     );
 }
@@ -552,13 +506,20 @@ async fn a_foreign_schema_migrations_is_left_alone() {
             status.iter().all(|s| s.state == MigrationState::Pending),
             "{case}: {status:?}"
         );
-        assert_eq!(expect_ok(m.up(&client).await, case), vec![1, 2], "{case}");
+        assert_eq!(
+            expect_ok(m.up(&client).await, case),
+            vec![1, 2, 3, 4, 5],
+            "{case}"
+        );
         assert_eq!(snapshot().await, before, "{case}: untouched");
         assert_eq!(
             records(&client).await,
             vec![
                 record("kernel", 1, "init", false),
-                record("kernel", 2, "event_txid", false)
+                record("kernel", 2, "event_txid", false),
+                record("kernel", 3, "operations", false),
+                record("kernel", 4, "generation", false),
+                record("kernel", 5, "event_recorded_at", false)
             ],
             "{case}"
         );
@@ -680,7 +641,7 @@ async fn app_migrations_run_in_their_own_space() {
     );
     assert_eq!(
         expect_ok(Migrator::new().up(&client).await, "kernel up"),
-        vec![1, 2]
+        vec![1, 2, 3, 4, 5]
     );
     static REPORTS: &[Migration] = &[Migration::new(
         1,
@@ -697,6 +658,9 @@ async fn app_migrations_run_in_their_own_space() {
             record("billing", 2, "balance", false),
             record("kernel", 1, "init", false),
             record("kernel", 2, "event_txid", false),
+            record("kernel", 3, "operations", false),
+            record("kernel", 4, "generation", false),
+            record("kernel", 5, "event_recorded_at", false),
             record("reports", 1, "reports", false),
         ]
     );
@@ -836,7 +800,10 @@ async fn runners_of_several_spaces_are_serialised() {
         vec![
             ("app".to_owned(), 1),
             ("kernel".to_owned(), 1),
-            ("kernel".to_owned(), 2)
+            ("kernel".to_owned(), 2),
+            ("kernel".to_owned(), 3),
+            ("kernel".to_owned(), 4),
+            ("kernel".to_owned(), 5)
         ]
     );
 }
@@ -943,62 +910,4 @@ fn bad_folders_are_refused_naming_the_file() {
     check(&dir, "kernel", "kernel");
     check(&dir, "Bad Space", "Bad Space");
     check(&dir, "", "space");
-}
-
-/// `kernel-migrate --dir PATH --space NAME` runs an application folder.
-#[test]
-fn kernel_migrate_cli_runs_an_app_folder() {
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => panic!("runtime: {e}"),
-    };
-    let db = rt.block_on(fresh_database());
-    let dir = billing_folder();
-    let folder = dir.path().display().to_string();
-    let bin = env!("CARGO_BIN_EXE_kernel-migrate");
-    let run = |args: &[&str]| {
-        let out = std::process::Command::new(bin)
-            .args(args)
-            .env("DATABASE_URL", db.url())
-            .output()
-            .unwrap_or_else(|e| panic!("run kernel-migrate: {e}"));
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    };
-    let (code, out, err) = run(&["--dir", &folder, "--space", "billing", "status"]);
-    assert_eq!(code, Some(0), "{err}");
-    assert!(
-        out.contains("0001_accounts") && out.contains("pending"),
-        "{out}"
-    );
-    let (code, out, err) = run(&["--dir", &folder, "--space", "billing", "up"]);
-    assert_eq!(
-        (code, out.trim()),
-        (Some(0), "applied 0001\napplied 0002"),
-        "{err}"
-    );
-    let (code, out, _) = run(&["up"]);
-    assert_eq!((code, out.trim()), (Some(0), "applied 0001\napplied 0002"));
-    let (code, out, _) = run(&[&format!("--dir={folder}"), "--space=billing", "rollback"]);
-    assert_eq!((code, out.trim()), (Some(0), "reverted 0002"));
-    let (_, out, _) = run(&["status"]);
-    assert!(
-        !out.contains("pending"),
-        "the kernel's space is untouched: {out}"
-    );
-
-    let (code, _, err) = run(&["--dir", &folder, "up"]);
-    assert_eq!(code, Some(2), "--dir without --space: {err}");
-    dir.write("0003_orphan.up.sql", "SELECT 1;");
-    let (code, _, err) = run(&["--dir", &folder, "--space", "billing", "up"]);
-    assert_eq!(code, Some(1));
-    assert!(err.contains("0003_orphan.up.sql"), "{err}");
-    drop(db);
-    drop(rt);
 }

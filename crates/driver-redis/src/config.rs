@@ -3,6 +3,7 @@
 use std::fmt;
 use std::time::Duration;
 
+use kernel_core::operation::DEFAULT_OPERATION_WINDOW;
 use kernel_core::redact::redact_url;
 use kernel_core::settings::{duration_ms, serialize_redacted};
 use kernel_core::{Error, Limits, Result};
@@ -10,6 +11,10 @@ use serde::{Deserialize, Serialize};
 
 /// Longest key prefix accepted: every Redis key carries it, so it should stay short.
 pub const MAX_KEY_PREFIX_LEN: usize = 256;
+
+/// Longest operation window accepted (366 days): every record is a Redis key holding a copy of
+/// its outcome for the whole window, so a longer one is a configuration mistake.
+pub const MAX_OPERATION_WINDOW: Duration = Duration::from_secs(366 * 24 * 60 * 60);
 
 /// Settings of a [`crate::RedisDriver`].
 ///
@@ -44,6 +49,12 @@ pub struct RedisConfig {
     /// Put before every Redis key, so several applications (and tests) share one server.
     /// At most [`MAX_KEY_PREFIX_LEN`] bytes, without `{` or `}` (they would break hash tags).
     pub key_prefix: String,
+    /// How long an operation id is remembered after its write
+    /// ([`kernel_core::StorageDriver::write_once`], `operation_window_ms`): Redis expires each
+    /// record (`PX`) this long after it was made. At least 1 ms, at most
+    /// [`MAX_OPERATION_WINDOW`]; 24 hours by default.
+    #[serde(rename = "operation_window_ms", with = "duration_ms")]
+    pub operation_window: Duration,
     /// Value and metadata size / depth limits. Not part of the `[redis]` table: the bootstrap
     /// sets it from `[limits]`, shared by every driver.
     #[serde(skip)]
@@ -52,7 +63,7 @@ pub struct RedisConfig {
 
 impl RedisConfig {
     /// Defaults around `url`: 4 connections, 5 s connect and operation timeouts, prefix
-    /// `kernel:`, default limits.
+    /// `kernel:`, a 24-hour operation window, default limits.
     pub fn new(url: impl Into<String>) -> RedisConfig {
         RedisConfig {
             url: url.into(),
@@ -60,6 +71,7 @@ impl RedisConfig {
             connect_timeout: Duration::from_secs(5),
             operation_timeout: Duration::from_secs(5),
             key_prefix: "kernel:".to_owned(),
+            operation_window: DEFAULT_OPERATION_WINDOW,
             limits: Limits::DEFAULT,
         }
     }
@@ -110,6 +122,24 @@ impl RedisConfig {
                 "must not contain '{' or '}': they would move keys out of their hash-tag slot",
             ));
         }
+        // Records expire with PX, which counts whole milliseconds and refuses 0.
+        if self.operation_window < Duration::from_millis(1) {
+            return Err(Error::config(
+                "redis.operation_window_ms",
+                "must be at least 1 ms",
+            ));
+        }
+        if self.operation_window > MAX_OPERATION_WINDOW {
+            return Err(Error::config(
+                "redis.operation_window_ms",
+                format!(
+                    "is {} ms; the limit is {} ms (366 days): every record keeps a copy of its \
+                     outcome in Redis for the whole window",
+                    self.operation_window.as_millis(),
+                    MAX_OPERATION_WINDOW.as_millis()
+                ),
+            ));
+        }
         self.limits.validate()?;
         Ok(())
     }
@@ -130,6 +160,7 @@ impl fmt::Debug for RedisConfig {
             .field("connect_timeout_ms", &self.connect_timeout)
             .field("operation_timeout_ms", &self.operation_timeout)
             .field("key_prefix", &self.key_prefix)
+            .field("operation_window_ms", &self.operation_window)
             .field("limits", &self.limits)
             .finish()
     }
@@ -173,5 +204,33 @@ mod tests {
             c.validate().unwrap_err().context_value("setting"),
             Some("redis.operation_timeout_ms")
         );
+        for window in [
+            Duration::ZERO,
+            Duration::from_micros(999),
+            MAX_OPERATION_WINDOW + Duration::from_millis(1),
+        ] {
+            c = RedisConfig::new("redis://127.0.0.1:6379");
+            c.operation_window = window;
+            assert_eq!(
+                c.validate().unwrap_err().context_value("setting"),
+                Some("redis.operation_window_ms"),
+                "{window:?}"
+            );
+        }
+        c.operation_window = MAX_OPERATION_WINDOW;
+        assert!(c.validate().is_ok());
+    }
+
+    #[test]
+    fn the_operation_window_reads_as_milliseconds() {
+        let c: RedisConfig =
+            serde_json::from_str(r#"{"url": "redis://h", "operation_window_ms": 1500}"#).unwrap();
+        assert_eq!(c.operation_window, Duration::from_millis(1500));
+        assert_eq!(
+            RedisConfig::default().operation_window,
+            DEFAULT_OPERATION_WINDOW
+        );
+        let shown = serde_json::to_value(&c).unwrap();
+        assert_eq!(shown["operation_window_ms"], 1500);
     }
 }

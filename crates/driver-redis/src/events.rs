@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::UNIX_EPOCH;
 
 use async_trait::async_trait;
 use fred::interfaces::{HashesInterface, KeysInterface};
@@ -103,7 +104,7 @@ impl RedisDriver {
             ExpectedVersion::Exact(0) => ("none", String::new()),
             ExpectedVersion::Exact(v) => ("exact", v.to_string()),
         };
-        let mut args: Vec<RedisValue> = Vec::with_capacity(5 + events.len() * 2);
+        let mut args: Vec<RedisValue> = Vec::with_capacity(5 + events.len() * 3);
         args.push(self.inner.keys.notify_channel().into());
         args.push(kind.into());
         args.push(version.into());
@@ -120,6 +121,15 @@ impl RedisDriver {
             };
             args.push(e.id.to_string().into());
             args.push(to_json(&body)?.into());
+            // An import's original time, at the stored precision (microseconds).
+            let recorded = e
+                .recorded_at
+                .map(|t| crate::codec::micros(t.duration_since(UNIX_EPOCH).unwrap_or_default()));
+            args.push(
+                recorded
+                    .map_or_else(String::new, |us| us.to_string())
+                    .into(),
+            );
         }
         args.push(self.expected_generation().into());
         let reply = self

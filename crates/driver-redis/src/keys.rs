@@ -11,6 +11,7 @@
 //! | `P{d:NS}:idx`             | zset   | every stored key, score 0: ordered by ZRANGEBYLEX  |
 //! | `P{d:NS}:ttl`             | zset   | keys with a TTL, scored by expiry (µs)             |
 //! | `P{d:NS}:rev`             | string | write counter; survives drops (transaction stamps) |
+//! | `P{d:NS}:op:ID`           | string | operation id record (`operation.rs`), with PX expiry |
 //! | `P{ev}:generation`        | string | `<unix ms>-<random>`: data-loss marker (`generation.rs`) |
 //! | `P{ev}:head`              | string | last global position                               |
 //! | `P{ev}:log`               | hash   | position -> encoded event                          |
@@ -81,6 +82,13 @@ impl KeySpace {
             ttl: format!("{base}:ttl"),
             rev: format!("{base}:rev"),
         }
+    }
+
+    /// The record of operation `id` in namespace `ns`: in the namespace's slot, so the script
+    /// that writes the namespace checks and writes the record too. An id may hold braces, but
+    /// the tag is the first `{...}`, which is the namespace's.
+    pub(crate) fn operation(&self, ns: &str, id: &str) -> String {
+        format!("{}{{d:{ns}}}:op:{id}", self.prefix)
     }
 
     /// SCAN pattern matching every namespace's `meta` key.
@@ -164,6 +172,16 @@ mod tests {
         let slot = redis_keyslot(ns.meta.as_bytes());
         for k in ns.all() {
             assert_eq!(redis_keyslot(k.as_bytes()), slot, "{k}");
+        }
+        for id in ["op-1", "a}b", "{x}", "x}:meta"] {
+            let record = ks.operation("users", id);
+            assert_eq!(redis_keyslot(record.as_bytes()), slot, "{record}");
+            // A record is never taken for a namespace by list_namespaces' scan.
+            assert!(
+                ks.namespace_of_meta_key(&record)
+                    .is_none_or(|ns| kernel_core::validate::namespace(ns).is_err()),
+                "{record}"
+            );
         }
         assert_eq!(ks.namespace_of_meta_key(&ns.meta), Some("users"));
         assert_eq!(ks.namespace_of_meta_key("other:{d:users}:meta"), None);

@@ -27,10 +27,14 @@
 //!   depend on client clocks. An expired document is invisible at once and purged lazily.
 //! * **Transactions** are optimistic: reads record a per-namespace write stamp, and the commit
 //!   script re-checks every stamp before applying the writes ([`Isolation::OptimisticWatch`]).
+//! * **Operation ids** ([`StorageDriver::write_once`]): the write script is wrapped by one that
+//!   looks up and writes the id's record (`P{d:NS}:op:ID`, expiring with
+//!   [`RedisConfig::operation_window`]) in the same script, so an id is applied at most once.
 //! * **Queries** scan the namespace and use the shared evaluator
 //!   (`capabilities().native_query == false`).
 //!
 //! [`StorageDriver`]: kernel_core::StorageDriver
+//! [`StorageDriver::write_once`]: kernel_core::StorageDriver::write_once
 //! [`EventStore`]: kernel_core::EventStore
 //! [`Lock`]: kernel_core::Lock
 //! [`RateLimiter`]: kernel_core::RateLimiter
@@ -44,11 +48,12 @@ mod events;
 mod generation;
 mod keys;
 mod lock;
+mod operation;
 mod rate_limit;
 mod scripts;
 mod storage;
 mod transaction;
 
-pub use config::{MAX_KEY_PREFIX_LEN, RedisConfig};
+pub use config::{MAX_KEY_PREFIX_LEN, MAX_OPERATION_WINDOW, RedisConfig};
 pub use driver::RedisDriver;
 pub use kernel_core::redact::redact_url;

@@ -17,6 +17,21 @@ macro_rules! lua {
     };
 }
 
+/// A document script wrapped by `once.lua`: the same write, applied at most once per operation
+/// id. The plain script becomes a function, so its early returns (a failed condition) reach the
+/// wrapper, which records only an `ok`.
+macro_rules! lua_once {
+    ($file:literal) => {
+        concat!(
+            include_str!("lua/common.lua"),
+            "\nlocal function apply()\n",
+            include_str!(concat!("lua/", $file)),
+            "\nend\n",
+            include_str!("lua/once.lua")
+        )
+    };
+}
+
 /// One of the driver's scripts and whether it changes data, which decides what a lost answer
 /// means: a read can be repeated, a write may have been applied.
 pub(crate) struct Lua {
@@ -52,6 +67,9 @@ pub(crate) struct Scripts {
     pub(crate) ns_drop: Lua,
     pub(crate) set_meta: Lua,
     pub(crate) commit: Lua,
+    pub(crate) put_once: Lua,
+    pub(crate) delete_once: Lua,
+    pub(crate) commit_once: Lua,
     pub(crate) append: Lua,
     pub(crate) read_stream: Lua,
     pub(crate) snapshot_save: Lua,
@@ -74,6 +92,9 @@ impl Scripts {
             ns_drop: Lua::writes(lua!("ns_drop.lua")),
             set_meta: Lua::writes(lua!("set_meta.lua")),
             commit: Lua::writes(lua!("commit.lua")),
+            put_once: Lua::writes(lua_once!("put.lua")),
+            delete_once: Lua::writes(lua_once!("delete.lua")),
+            commit_once: Lua::writes(lua_once!("commit.lua")),
             append: Lua::writes(lua!("append.lua")),
             read_stream: Lua::reads(lua!("read_stream.lua")),
             snapshot_save: Lua::writes(lua!("snapshot_save.lua")),
@@ -86,7 +107,7 @@ impl Scripts {
     }
 
     /// Every script, for loading them all up front.
-    pub(crate) fn all(&self) -> [&Script; 17] {
+    pub(crate) fn all(&self) -> [&Script; 20] {
         [
             &self.put.script,
             &self.delete.script,
@@ -98,6 +119,9 @@ impl Scripts {
             &self.ns_drop.script,
             &self.set_meta.script,
             &self.commit.script,
+            &self.put_once.script,
+            &self.delete_once.script,
+            &self.commit_once.script,
             &self.append.script,
             &self.read_stream.script,
             &self.snapshot_save.script,

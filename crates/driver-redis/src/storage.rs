@@ -11,9 +11,10 @@ use kernel_core::document::{already_exists, version_conflict};
 use kernel_core::glob::prefix_upper_bound;
 use kernel_core::validate::{self, MAX_BATCH_SIZE, escape};
 use kernel_core::{
-    BatchDelete, BatchPut, Capabilities, DeleteCondition, Entry, Error, ErrorCode, Filter, Glob,
-    Isolation, ListOptions, ListPage, Metadata, MetadataMode, NamespaceInfo, PutCondition,
-    PutOptions, Query, Result, Status, StorageDriver, Transaction, Value,
+    Applied, BatchDelete, BatchPut, Capabilities, DeleteCondition, Entry, Error, ErrorCode, Filter,
+    Glob, Isolation, ListOptions, ListPage, Metadata, MetadataMode, NamespaceInfo, OperationId,
+    Outcome, PutCondition, PutOptions, Query, Result, Status, StorageDriver, Transaction, Value,
+    Write,
 };
 
 use crate::RedisDriver;
@@ -68,141 +69,23 @@ impl RedisDriver {
     /// Puts a batch in one script call; returns the entries as written.
     async fn put_batch(&self, ns: &str, items: Vec<BatchPut>) -> Result<Vec<Entry>> {
         let nk = self.inner.keys.namespace(ns);
-        let mut args: Vec<RedisValue> = Vec::with_capacity(1 + items.len() * 7);
-        args.push(RedisValue::from(items.len() as i64));
-        for item in &items {
-            let (cond, version) = match item.options.condition {
-                PutCondition::Always => ("a", String::new()),
-                PutCondition::IfAbsent => ("n", String::new()),
-                PutCondition::IfVersion(v) => ("v", v.to_string()),
-                other => {
-                    return Err(Error::unsupported_variant("put condition", &other)
-                        .with_context("namespace", ns)
-                        .with_context("key", escape(&item.key)));
-                }
-            };
-            args.push(item.key.as_str().into());
-            args.push(cond.into());
-            args.push(version.into());
-            args.push(ttl_arg(item.options.ttl).into());
-            match &item.options.metadata {
-                Some(m) => {
-                    args.push("1".into());
-                    args.push(to_json(m)?.into());
-                }
-                None => {
-                    args.push("0".into());
-                    args.push("".into());
-                }
-            }
-            args.push(to_json(&item.value)?.into());
-        }
+        let args = put_args(ns, &items)?;
         let reply = self
             .run(&self.inner.scripts.put, "put", nk.all(), args)
             .await
             .map_err(|e| e.with_context("namespace", ns))?;
-        let mut reply = Reply::new(reply, "put");
-        match reply.string()?.as_str() {
-            "ok" => {}
-            "exists" => {
-                let i = self.item_index(&mut reply, items.len(), "put")?;
-                return Err(already_exists(ns, &items[i].key));
-            }
-            "conflict" => {
-                let i = self.item_index(&mut reply, items.len(), "put")?;
-                let current = reply.opt_u64()?;
-                let expected = match items[i].options.condition {
-                    PutCondition::IfVersion(v) => v,
-                    _ => 0,
-                };
-                return Err(version_conflict(ns, &items[i].key, expected, current));
-            }
-            other => {
-                return Err(crate::error::bad_reply(
-                    "put",
-                    format!("unknown status {other:?}"),
-                ));
-            }
-        }
-        let now = from_micros(reply.u64()?);
-        let mut out = Vec::with_capacity(items.len());
-        for item in items {
-            let version = reply.u64()?;
-            let created = reply.u64()?;
-            let expires = reply.opt_u64()?;
-            let meta_raw = reply.bytes()?;
-            let metadata = match item.options.metadata {
-                Some(m) => m,
-                None => serde_json::from_slice(&meta_raw).map_err(|e| {
-                    Error::corrupted("stored metadata is not a JSON object")
-                        .with_context("namespace", ns)
-                        .with_context("key", escape(&item.key))
-                        .with_source(e)
-                })?,
-            };
-            out.push(Entry {
-                namespace: ns.to_owned(),
-                key: item.key,
-                value: item.value,
-                metadata,
-                version,
-                created_at: from_micros(created),
-                updated_at: now,
-                expires_at: expires.map(from_micros),
-            });
-        }
-        Ok(out)
-    }
-
-    fn item_index(&self, reply: &mut Reply, len: usize, op: &'static str) -> Result<usize> {
-        let i = reply.u64()?;
-        usize::try_from(i)
-            .ok()
-            .and_then(|i| i.checked_sub(1))
-            .filter(|i| *i < len)
-            .ok_or_else(|| crate::error::bad_reply(op, format!("item index {i} out of range")))
+        put_outcome(ns, items, Reply::new(reply, "put"))
     }
 
     /// Deletes a batch in one script call; returns how many live entries went.
     async fn delete_batch(&self, ns: &str, items: &[BatchDelete]) -> Result<u64> {
         let nk = self.inner.keys.namespace(ns);
-        let mut args: Vec<RedisValue> = Vec::with_capacity(1 + items.len() * 3);
-        args.push(RedisValue::from(items.len() as i64));
-        for item in items {
-            let (cond, version) = match item.condition {
-                DeleteCondition::Always => ("a", String::new()),
-                DeleteCondition::IfVersion(v) => ("v", v.to_string()),
-                other => {
-                    return Err(Error::unsupported_variant("delete condition", &other)
-                        .with_context("namespace", ns)
-                        .with_context("key", escape(&item.key)));
-                }
-            };
-            args.push(item.key.as_str().into());
-            args.push(cond.into());
-            args.push(version.into());
-        }
+        let args = delete_args(ns, items)?;
         let reply = self
             .run(&self.inner.scripts.delete, "delete", nk.all(), args)
             .await
             .map_err(|e| e.with_context("namespace", ns))?;
-        let mut reply = Reply::new(reply, "delete");
-        match reply.string()?.as_str() {
-            "ok" => reply.u64(),
-            "conflict" => {
-                let i = self.item_index(&mut reply, items.len(), "delete")?;
-                let current = reply.opt_u64()?;
-                let expected = match items[i].condition {
-                    DeleteCondition::IfVersion(v) => v,
-                    _ => 0,
-                };
-                Err(version_conflict(ns, &items[i].key, expected, current))
-            }
-            other => Err(crate::error::bad_reply(
-                "delete",
-                format!("unknown status {other:?}"),
-            )),
-        }
+        delete_outcome(ns, items, Reply::new(reply, "delete"))
     }
 
     /// One page of live entries between two ZRANGEBYLEX bounds.
@@ -323,6 +206,145 @@ impl RedisDriver {
             metadata,
             created_at: from_micros(created),
         }))
+    }
+}
+
+/// The arguments of `put.lua` for a batch.
+pub(crate) fn put_args(ns: &str, items: &[BatchPut]) -> Result<Vec<RedisValue>> {
+    let mut args: Vec<RedisValue> = Vec::with_capacity(1 + items.len() * 7);
+    args.push(RedisValue::from(items.len() as i64));
+    for item in items {
+        let (cond, version) = match item.options.condition {
+            PutCondition::Always => ("a", String::new()),
+            PutCondition::IfAbsent => ("n", String::new()),
+            PutCondition::IfVersion(v) => ("v", v.to_string()),
+            other => {
+                return Err(Error::unsupported_variant("put condition", &other)
+                    .with_context("namespace", ns)
+                    .with_context("key", escape(&item.key)));
+            }
+        };
+        args.push(item.key.as_str().into());
+        args.push(cond.into());
+        args.push(version.into());
+        args.push(ttl_arg(item.options.ttl).into());
+        match &item.options.metadata {
+            Some(m) => {
+                args.push("1".into());
+                args.push(to_json(m)?.into());
+            }
+            None => {
+                args.push("0".into());
+                args.push("".into());
+            }
+        }
+        args.push(to_json(&item.value)?.into());
+    }
+    Ok(args)
+}
+
+/// The entries `put.lua` wrote for `items`, or the error of the condition that failed. Also
+/// reads a reply replayed from an operation record (`operation.rs`).
+pub(crate) fn put_outcome(ns: &str, items: Vec<BatchPut>, mut reply: Reply) -> Result<Vec<Entry>> {
+    match reply.string()?.as_str() {
+        "ok" => {}
+        "exists" => {
+            let i = item_index(&mut reply, items.len(), "put")?;
+            return Err(already_exists(ns, &items[i].key));
+        }
+        "conflict" => {
+            let i = item_index(&mut reply, items.len(), "put")?;
+            let current = reply.opt_u64()?;
+            let expected = match items[i].options.condition {
+                PutCondition::IfVersion(v) => v,
+                _ => 0,
+            };
+            return Err(version_conflict(ns, &items[i].key, expected, current));
+        }
+        other => {
+            return Err(crate::error::bad_reply(
+                "put",
+                format!("unknown status {other:?}"),
+            ));
+        }
+    }
+    let now = from_micros(reply.u64()?);
+    let mut out = Vec::with_capacity(items.len());
+    for item in items {
+        let version = reply.u64()?;
+        let created = reply.u64()?;
+        let expires = reply.opt_u64()?;
+        let meta_raw = reply.bytes()?;
+        let metadata = match item.options.metadata {
+            Some(m) => m,
+            None => serde_json::from_slice(&meta_raw).map_err(|e| {
+                Error::corrupted("stored metadata is not a JSON object")
+                    .with_context("namespace", ns)
+                    .with_context("key", escape(&item.key))
+                    .with_source(e)
+            })?,
+        };
+        out.push(Entry {
+            namespace: ns.to_owned(),
+            key: item.key,
+            value: item.value,
+            metadata,
+            version,
+            created_at: from_micros(created),
+            updated_at: now,
+            expires_at: expires.map(from_micros),
+        });
+    }
+    Ok(out)
+}
+
+fn item_index(reply: &mut Reply, len: usize, op: &'static str) -> Result<usize> {
+    let i = reply.u64()?;
+    usize::try_from(i)
+        .ok()
+        .and_then(|i| i.checked_sub(1))
+        .filter(|i| *i < len)
+        .ok_or_else(|| crate::error::bad_reply(op, format!("item index {i} out of range")))
+}
+
+/// The arguments of `delete.lua` for a batch.
+pub(crate) fn delete_args(ns: &str, items: &[BatchDelete]) -> Result<Vec<RedisValue>> {
+    let mut args: Vec<RedisValue> = Vec::with_capacity(1 + items.len() * 3);
+    args.push(RedisValue::from(items.len() as i64));
+    for item in items {
+        let (cond, version) = match item.condition {
+            DeleteCondition::Always => ("a", String::new()),
+            DeleteCondition::IfVersion(v) => ("v", v.to_string()),
+            other => {
+                return Err(Error::unsupported_variant("delete condition", &other)
+                    .with_context("namespace", ns)
+                    .with_context("key", escape(&item.key)));
+            }
+        };
+        args.push(item.key.as_str().into());
+        args.push(cond.into());
+        args.push(version.into());
+    }
+    Ok(args)
+}
+
+/// How many live entries `delete.lua` removed, or the error of the condition that failed.
+pub(crate) fn delete_outcome(ns: &str, items: &[BatchDelete], mut reply: Reply) -> Result<u64> {
+    match reply.string()?.as_str() {
+        "ok" => reply.u64(),
+        "conflict" => {
+            let i = item_index(&mut reply, items.len(), "delete")?;
+            let current = reply.opt_u64()?;
+            let expected = match items[i].condition {
+                DeleteCondition::IfVersion(v) => v,
+                _ => 0,
+            };
+            Err(version_conflict(ns, &items[i].key, expected, current))
+        }
+        other => Err(crate::error::bad_reply(
+            "delete",
+            format!("unknown status {other:?}"),
+        )),
     }
 }
 
@@ -698,6 +720,14 @@ impl StorageDriver for RedisDriver {
     async fn begin(&self) -> Result<Box<dyn Transaction>> {
         self.ensure_open("begin")?;
         Ok(Box::new(RedisTransaction::new(self.clone())))
+    }
+
+    async fn write_once(&self, ns: &str, id: &OperationId, write: Write) -> Result<Applied> {
+        self.write_once_impl(ns, id, write).await
+    }
+
+    async fn operation(&self, ns: &str, id: &OperationId) -> Result<Option<Outcome>> {
+        self.operation_impl(ns, id).await
     }
 }
 

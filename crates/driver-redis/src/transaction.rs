@@ -13,11 +13,13 @@ use async_trait::async_trait;
 use fred::types::Value as RedisValue;
 use kernel_core::validate::escape;
 use kernel_core::{
-    DeleteCondition, Entry, Error, PutCondition, PutOptions, Result, Transaction, Value,
+    Applied, DeleteCondition, Entry, Error, OperationId, Outcome, PutCondition, PutOptions, Result,
+    Transaction, Value,
 };
 
 use crate::RedisDriver;
 use crate::codec::{Reply, micros, to_json};
+use crate::operation::{Once, OnceCall, decode_record, with_id};
 use kernel_core::document::{already_exists, version_conflict};
 
 type Slot = (String, String);
@@ -166,26 +168,79 @@ impl Transaction for RedisTransaction {
         if self.reads.is_empty() && self.writes.is_empty() {
             return Ok(());
         }
+        let driver = self.driver.clone();
+        let call = (*self).into_call()?;
+        let reply = driver
+            .run(&driver.inner.scripts.commit, "commit", call.keys, call.args)
+            .await?;
+        commit_outcome(&call.namespaces, Reply::new(reply, "commit"))
+    }
+
+    async fn commit_once(self: Box<Self>, ns: &str, id: &OperationId) -> Result<Applied> {
+        kernel_core::validate::namespace(ns).map_err(|e| with_id(e, ns, id))?;
+        let driver = self.driver.clone();
+        // An empty transaction still runs the script: the id is checked and recorded.
+        let call = (*self).into_call().map_err(|e| with_id(e, ns, id))?;
+        let once = driver
+            .run_once(OnceCall {
+                lua: &driver.inner.scripts.commit_once,
+                operation: "commit_once",
+                namespace: ns,
+                id,
+                keys: call.keys,
+                args: call.args,
+                kept: 0,
+                fingerprint: "",
+                kind: Outcome::Commit.name(),
+            })
+            .await?;
+        match once {
+            Once::Replay(raw) => decode_record(ns, id, &raw)
+                .and_then(|record| record.replay(ns, id, ""))
+                .map_err(|e| with_id(e, ns, id)),
+            Once::Fresh(reply) => {
+                commit_outcome(&call.namespaces, reply).map_err(|e| with_id(e, ns, id))?;
+                Ok(Applied::fresh(Outcome::Commit))
+            }
+        }
+    }
+
+    async fn rollback(self: Box<Self>) -> Result<()> {
+        // Nothing reached Redis: staged writes live only in this value.
+        Ok(())
+    }
+}
+
+/// The keys and arguments of `commit.lua` for a transaction, and the namespaces in the order
+/// the script numbers them.
+struct CommitCall {
+    namespaces: Vec<String>,
+    keys: Vec<String>,
+    args: Vec<RedisValue>,
+}
+
+impl RedisTransaction {
+    fn into_call(self) -> Result<CommitCall> {
         let RedisTransaction {
             driver,
             reads,
             writes,
-        } = *self;
+        } = self;
         // Namespaces in a fixed order; each contributes its five keys.
-        let mut namespaces: Vec<&str> = reads
+        let mut namespaces: Vec<String> = reads
             .keys()
             .chain(writes.keys())
-            .map(|(ns, _)| ns.as_str())
+            .map(|(ns, _)| ns.clone())
             .collect();
         namespaces.sort_unstable();
         namespaces.dedup();
         let index = |ns: &str| {
             namespaces
-                .binary_search(&ns)
+                .binary_search_by(|n| n.as_str().cmp(ns))
                 .map(|i| (i + 1) as i64)
                 .unwrap_or(0)
         };
-        let mut keys = Vec::with_capacity(namespaces.len() * 5);
+        let mut keys = Vec::with_capacity(namespaces.len() * 5 + 1);
         for ns in &namespaces {
             keys.extend(driver.inner.keys.namespace(ns).all());
         }
@@ -224,37 +279,37 @@ impl Transaction for RedisTransaction {
                 }
             }
         }
-        let reply = driver
-            .run(&driver.inner.scripts.commit, "commit", keys, args)
-            .await?;
-        let mut reply = Reply::new(reply, "commit");
-        match reply.string()?.as_str() {
-            "ok" => Ok(()),
-            "conflict" => {
-                let i = reply.u64()?;
-                let key = reply.string()?;
-                let ns = usize::try_from(i)
-                    .ok()
-                    .and_then(|i| i.checked_sub(1))
-                    .and_then(|i| namespaces.get(i))
-                    .copied()
-                    .unwrap_or("?");
-                Err(Error::conflict(
-                    "transaction lost a race: an entry it read or wrote changed before commit",
-                )
-                .with_context("namespace", ns)
-                .with_context("key", escape(&key))
-                .with_retryable(true))
-            }
-            other => Err(crate::error::bad_reply(
-                "commit",
-                format!("unknown status {other:?}"),
-            )),
-        }
+        Ok(CommitCall {
+            namespaces,
+            keys,
+            args,
+        })
     }
+}
 
-    async fn rollback(self: Box<Self>) -> Result<()> {
-        // Nothing reached Redis: staged writes live only in this value.
-        Ok(())
+/// `Ok` for a commit that applied, the retryable `Conflict` naming the entry for one that lost
+/// a race.
+fn commit_outcome(namespaces: &[String], mut reply: Reply) -> Result<()> {
+    match reply.string()?.as_str() {
+        "ok" => Ok(()),
+        "conflict" => {
+            let i = reply.u64()?;
+            let key = reply.string()?;
+            let ns = usize::try_from(i)
+                .ok()
+                .and_then(|i| i.checked_sub(1))
+                .and_then(|i| namespaces.get(i))
+                .map_or("?", String::as_str);
+            Err(Error::conflict(
+                "transaction lost a race: an entry it read or wrote changed before commit",
+            )
+            .with_context("namespace", ns)
+            .with_context("key", escape(&key))
+            .with_retryable(true))
+        }
+        other => Err(crate::error::bad_reply(
+            "commit",
+            format!("unknown status {other:?}"),
+        )),
     }
 }

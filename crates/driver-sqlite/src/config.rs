@@ -4,6 +4,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use kernel_core::operation::DEFAULT_OPERATION_WINDOW;
 use kernel_core::settings::duration_ms;
 use kernel_core::subscription::SubscriptionConfig;
 use kernel_core::{Error, Limits, Result};
@@ -11,6 +12,10 @@ use serde::{Deserialize, Serialize};
 
 /// Most read connections accepted.
 pub const MAX_READ_CONNECTIONS: usize = 64;
+
+/// Longest operation window accepted: a year. Records are kept that long, so a longer window
+/// is far more likely a unit mistake (seconds given as milliseconds) than an intent.
+pub const MAX_OPERATION_WINDOW: Duration = Duration::from_secs(366 * 24 * 60 * 60);
 
 /// SQLite's `PRAGMA synchronous` for the writer connection: how hard a commit waits for the
 /// disk. The database always runs in WAL mode, where SQLite's documentation gives these
@@ -86,6 +91,12 @@ pub struct SqliteConfig {
     /// even without a wake-up: the safety net behind the writer's and the watcher's wake-ups
     /// (`subscription.page_size`, `subscription.poll_interval_ms`; 256 events, 1 s).
     pub subscription: SubscriptionConfig,
+    /// How long an operation id ([`kernel_core::StorageDriver::write_once`],
+    /// [`kernel_core::Transaction::commit_once`]) is remembered: a repeat within it is a replay,
+    /// a later one a new write (`operation_window_ms`; 24 h, at most
+    /// [`MAX_OPERATION_WINDOW`]).
+    #[serde(rename = "operation_window_ms", with = "duration_ms")]
+    pub operation_window: Duration,
     /// Size and depth limits for values and metadata. Not part of the `[sqlite]` table: the
     /// bootstrap sets it from `[limits]`, shared by every driver.
     #[serde(skip)]
@@ -95,7 +106,7 @@ pub struct SqliteConfig {
 impl SqliteConfig {
     /// Defaults around `path`: 5 s busy timeout, 4 read connections, 100 ms cross-process poll,
     /// `synchronous = normal`, 256-event subscription pages with a 1 s safety-net re-read,
-    /// default limits.
+    /// a 24 h operation window, default limits.
     pub fn new(path: impl Into<String>) -> SqliteConfig {
         SqliteConfig {
             path: path.into(),
@@ -104,6 +115,7 @@ impl SqliteConfig {
             poll_interval: Duration::from_millis(100),
             synchronous: Synchronous::Normal,
             subscription: SubscriptionConfig::default(),
+            operation_window: DEFAULT_OPERATION_WINDOW,
             limits: Limits::DEFAULT,
         }
     }
@@ -171,6 +183,16 @@ impl SqliteConfig {
                 "the subscription poll interval must be above zero".to_owned(),
             ));
         }
+        if self.operation_window.is_zero() || self.operation_window > MAX_OPERATION_WINDOW {
+            return Err(err(
+                "sqlite.operation_window_ms",
+                format!(
+                    "expected 1 ms ..= {} ms (a year), got {} ms",
+                    MAX_OPERATION_WINDOW.as_millis(),
+                    self.operation_window.as_millis()
+                ),
+            ));
+        }
         self.limits.validate()
     }
 }
@@ -191,6 +213,7 @@ impl fmt::Debug for SqliteConfig {
             .field("poll_interval", &self.poll_interval)
             .field("synchronous", &self.synchronous)
             .field("subscription", &self.subscription)
+            .field("operation_window", &self.operation_window)
             .field("limits", &self.limits)
             .finish()
     }
@@ -221,6 +244,20 @@ mod tests {
             ),
             (
                 SqliteConfig {
+                    operation_window: Duration::ZERO,
+                    ..SqliteConfig::new("x.db")
+                },
+                "sqlite.operation_window_ms",
+            ),
+            (
+                SqliteConfig {
+                    operation_window: MAX_OPERATION_WINDOW + Duration::from_millis(1),
+                    ..SqliteConfig::new("x.db")
+                },
+                "sqlite.operation_window_ms",
+            ),
+            (
+                SqliteConfig {
                     busy_timeout: Duration::ZERO,
                     ..SqliteConfig::new("x.db")
                 },
@@ -240,6 +277,10 @@ mod tests {
             serde_json::from_str(r#"{"path": "a.db", "synchronous": "full"}"#).unwrap();
         assert_eq!(c.synchronous, Synchronous::Full);
         assert_eq!(c.read_connections, 4);
+        assert_eq!(c.operation_window, DEFAULT_OPERATION_WINDOW);
+        let c: SqliteConfig =
+            serde_json::from_str(r#"{"path": "a.db", "operation_window_ms": 1500}"#).unwrap();
+        assert_eq!(c.operation_window, Duration::from_millis(1500));
         assert!(serde_json::from_str::<SqliteConfig>(r#"{"pathh": "a.db"}"#).is_err());
     }
 }

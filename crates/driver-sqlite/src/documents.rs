@@ -6,9 +6,9 @@ use std::time::Instant;
 use async_trait::async_trait;
 use kernel_core::validate::{self, MAX_BATCH_SIZE, escape};
 use kernel_core::{
-    BatchDelete, BatchPut, Capabilities, DeleteCondition, Entry, Error, ErrorCode, Filter,
-    Isolation, ListOptions, ListPage, Metadata, MetadataMode, NamespaceInfo, PutOptions, Query,
-    Result, Status, StorageDriver, Transaction, Value,
+    Applied, BatchDelete, BatchPut, Capabilities, DeleteCondition, Entry, Error, ErrorCode, Filter,
+    Isolation, Limits, ListOptions, ListPage, Metadata, MetadataMode, NamespaceInfo, OperationId,
+    Outcome, PutOptions, Query, Result, Status, StorageDriver, Transaction, Value, Write,
 };
 use rusqlite::types::Value as SqlValue;
 use rusqlite::{Connection, OptionalExtension, Row, params, params_from_iter};
@@ -148,6 +148,95 @@ pub(crate) fn remove(conn: &Connection, ns: &str, key: &str) -> Result<()> {
     Ok(())
 }
 
+/// The checks of `put_many`, before any I/O.
+pub(crate) fn validate_put_many(ns: &str, items: &[BatchPut], limits: &Limits) -> Result<()> {
+    validate::batch(ns, items.iter().map(|i| i.key.as_str()), true)?;
+    for i in items {
+        validate::put(ns, &i.key, &i.value, &i.options, limits)?;
+    }
+    Ok(())
+}
+
+/// The checks of `delete_many`, before any I/O.
+pub(crate) fn validate_delete_many(ns: &str, items: &[BatchDelete]) -> Result<()> {
+    validate::batch(ns, items.iter().map(|i| i.key.as_str()), true)
+}
+
+/// A put inside a writer job: the body of [`StorageDriver::put`] (and of its `write_once`).
+pub(crate) fn apply_put(
+    ctx: &mut WriteCtx<'_>,
+    ns: &str,
+    key: &str,
+    value: Value,
+    options: PutOptions,
+) -> Result<Entry> {
+    let now = unix_micros_now();
+    let current = load_live(ctx.conn, ns, key, now)?.map(|(e, _)| e);
+    let entry = plan_put(current.as_ref(), ns, key, value, options, now)?;
+    store(ctx, &entry, now)?;
+    Ok(entry)
+}
+
+/// A delete inside a writer job; `true` if a live entry was removed.
+pub(crate) fn apply_delete(
+    ctx: &mut WriteCtx<'_>,
+    ns: &str,
+    key: &str,
+    condition: DeleteCondition,
+) -> Result<bool> {
+    let now = unix_micros_now();
+    let current = load_live(ctx.conn, ns, key, now)?.map(|(e, _)| e.version);
+    condition.check(ns, key, current)?;
+    remove(ctx.conn, ns, key)?;
+    Ok(current.is_some())
+}
+
+/// A `put_many` inside a writer job: the entries as written, in request order.
+pub(crate) fn apply_put_many(
+    ctx: &mut WriteCtx<'_>,
+    ns: &str,
+    items: Vec<BatchPut>,
+) -> Result<Vec<Entry>> {
+    let now = unix_micros_now();
+    // Decide every item before writing any; a failed condition rolls the job's savepoint back
+    // anyway, so nothing of the batch is written.
+    let mut planned = Vec::with_capacity(items.len());
+    for i in items {
+        let current = load_live(ctx.conn, ns, &i.key, now)?.map(|(e, _)| e);
+        planned.push(plan_put(
+            current.as_ref(),
+            ns,
+            &i.key,
+            i.value,
+            i.options,
+            now,
+        )?);
+    }
+    for entry in &planned {
+        store(ctx, entry, now).map_err(doc_ctx(ns, &entry.key))?;
+    }
+    Ok(planned)
+}
+
+/// A `delete_many` inside a writer job: how many live entries went.
+pub(crate) fn apply_delete_many(
+    ctx: &mut WriteCtx<'_>,
+    ns: &str,
+    items: &[BatchDelete],
+) -> Result<u64> {
+    let now = unix_micros_now();
+    let mut removed = 0;
+    for i in items {
+        let current = load_live(ctx.conn, ns, &i.key, now)?.map(|(e, _)| e.version);
+        i.condition.check(ns, &i.key, current)?;
+        removed += u64::from(current.is_some());
+    }
+    for i in items {
+        remove(ctx.conn, ns, &i.key)?;
+    }
+    Ok(removed)
+}
+
 fn ensure_namespace(conn: &Connection, ns: &str, now_us: i64) -> Result<()> {
     conn.prepare_cached(
         "INSERT OR IGNORE INTO kernel_namespaces (name, metadata, created_at) VALUES (?1, '{}', ?2)",
@@ -207,7 +296,7 @@ fn prefix_upper(prefix: &[u8]) -> Option<Vec<u8>> {
     None
 }
 
-fn doc_ctx(ns: &str, key: &str) -> impl Fn(Error) -> Error {
+pub(crate) fn doc_ctx(ns: &str, key: &str) -> impl Fn(Error) -> Error {
     let ns = ns.to_owned();
     let key = escape(key);
     move |e| e.with_context("namespace", &ns).with_context("key", &key)
@@ -236,11 +325,31 @@ impl StorageDriver for SqliteDriver {
         let synchronous = self.inner.config.synchronous.as_str();
         // O(1) in the data size (health probes call it every few seconds): the schema version
         // proves the file is readable; no COUNT(*).
-        let schema = self
+        let generation = self.inner.generation.clone();
+        let checked = generation.clone();
+        let (schema, check) = self
             .inner
-            .read("status", crate::migrations::current_version)
+            .read("status", move |conn| {
+                let schema = crate::migrations::current_version(conn)?;
+                // A data-loss check reads one row and the rowid maximum: O(1) as well.
+                Ok((schema, checked.check(conn, "status", true)))
+            })
             .await?;
-        let mut status = Status::new("sqlite", true, started.elapsed());
+        let lost = generation.lost();
+        if lost.is_none() {
+            // Not a loss: the file could not be read.
+            check.map_err(|e| crate::error::with_path(e, &self.inner.path))?;
+        }
+        let mut status = Status::new("sqlite", lost.is_none(), started.elapsed());
+        status
+            .details
+            .insert("generation".to_owned(), generation.expected());
+        status
+            .details
+            .insert("seen_position".to_owned(), generation.seen().to_string());
+        if let Some(lost) = lost {
+            status.details.insert("error".to_owned(), lost.to_string());
+        }
         status.details.insert("path".to_owned(), path);
         status
             .details
@@ -269,13 +378,7 @@ impl StorageDriver for SqliteDriver {
         validate::put(ns, key, &value, &options, self.inner.limits())?;
         let (n, k) = (ns.to_owned(), key.to_owned());
         self.inner
-            .write("put", move |ctx| {
-                let now = unix_micros_now();
-                let current = load_live(ctx.conn, &n, &k, now)?.map(|(e, _)| e);
-                let entry = plan_put(current.as_ref(), &n, &k, value, options, now)?;
-                store(ctx, &entry, now)?;
-                Ok(entry)
-            })
+            .write("put", move |ctx| apply_put(ctx, &n, &k, value, options))
             .await
             .map_err(doc_ctx(ns, key))
     }
@@ -284,13 +387,7 @@ impl StorageDriver for SqliteDriver {
         validate::document(ns, key)?;
         let (n, k) = (ns.to_owned(), key.to_owned());
         self.inner
-            .write("delete", move |ctx| {
-                let now = unix_micros_now();
-                let current = load_live(ctx.conn, &n, &k, now)?.map(|(e, _)| e.version);
-                condition.check(&n, &k, current)?;
-                remove(ctx.conn, &n, &k)?;
-                Ok(current.is_some())
-            })
+            .write("delete", move |ctx| apply_delete(ctx, &n, &k, condition))
             .await
             .map_err(doc_ctx(ns, key))
     }
@@ -334,54 +431,19 @@ impl StorageDriver for SqliteDriver {
     }
 
     async fn put_many(&self, ns: &str, items: Vec<BatchPut>) -> Result<Vec<Entry>> {
-        validate::batch(ns, items.iter().map(|i| i.key.as_str()), true)?;
-        for i in &items {
-            validate::put(ns, &i.key, &i.value, &i.options, self.inner.limits())?;
-        }
+        validate_put_many(ns, &items, self.inner.limits())?;
         let n = ns.to_owned();
         self.inner
-            .write("put_many", move |ctx| {
-                let now = unix_micros_now();
-                // Decide every item before writing any; a failed condition rolls the job's
-                // savepoint back anyway, so nothing of the batch is written.
-                let mut planned = Vec::with_capacity(items.len());
-                for i in items {
-                    let current = load_live(ctx.conn, &n, &i.key, now)?.map(|(e, _)| e);
-                    planned.push(plan_put(
-                        current.as_ref(),
-                        &n,
-                        &i.key,
-                        i.value,
-                        i.options,
-                        now,
-                    )?);
-                }
-                for entry in &planned {
-                    store(ctx, entry, now).map_err(doc_ctx(&n, &entry.key))?;
-                }
-                Ok(planned)
-            })
+            .write("put_many", move |ctx| apply_put_many(ctx, &n, items))
             .await
             .map_err(|e| e.with_context("namespace", ns))
     }
 
     async fn delete_many(&self, ns: &str, items: Vec<BatchDelete>) -> Result<u64> {
-        validate::batch(ns, items.iter().map(|i| i.key.as_str()), true)?;
+        validate_delete_many(ns, &items)?;
         let n = ns.to_owned();
         self.inner
-            .write("delete_many", move |ctx| {
-                let now = unix_micros_now();
-                let mut removed = 0;
-                for i in &items {
-                    let current = load_live(ctx.conn, &n, &i.key, now)?.map(|(e, _)| e.version);
-                    i.condition.check(&n, &i.key, current)?;
-                    removed += u64::from(current.is_some());
-                }
-                for i in &items {
-                    remove(ctx.conn, &n, &i.key)?;
-                }
-                Ok(removed)
-            })
+            .write("delete_many", move |ctx| apply_delete_many(ctx, &n, &items))
             .await
             .map_err(|e| e.with_context("namespace", ns))
     }
@@ -646,6 +708,14 @@ impl StorageDriver for SqliteDriver {
             return Err(crate::error::shut_down().with_operation("begin"));
         }
         Ok(Box::new(SqliteTransaction::new(self.clone())))
+    }
+
+    async fn write_once(&self, ns: &str, id: &OperationId, write: Write) -> Result<Applied> {
+        self.write_once_impl(ns, id, write).await
+    }
+
+    async fn operation(&self, ns: &str, id: &OperationId) -> Result<Option<Outcome>> {
+        self.operation_impl(ns, id).await
     }
 }
 

@@ -22,6 +22,7 @@ use rusqlite::types::Value as SqlValue;
 use rusqlite::{Connection, OptionalExtension, Row, params, params_from_iter};
 
 use crate::error::{Db, corrupted};
+use crate::generation::Generation;
 use crate::{
     Inner, SqliteDriver, from_micros, from_sql_int, sql_int, sql_limit, to_micros_ceil,
     unix_micros_now,
@@ -57,6 +58,17 @@ fn decode(row: &Row<'_>) -> Result<RecordedEvent> {
         causation_id: row.get(8).db()?,
         recorded_at: from_micros(row.get(9).db()?),
     })
+}
+
+/// Remembers the highest position among `positions` as seen (see [`Generation`]).
+fn note_positions(generation: &Generation, positions: impl Iterator<Item = u64>) {
+    if let Some(p) = positions.max() {
+        generation.note_seen(p);
+    }
+}
+
+fn note_events(generation: &Generation, events: &[RecordedEvent]) {
+    note_positions(generation, events.iter().map(|e| e.position));
 }
 
 fn collect(mut rows: rusqlite::Rows<'_>) -> Result<Vec<RecordedEvent>> {
@@ -207,7 +219,8 @@ fn append_job(
                 metadata,
                 e.correlation_id,
                 e.causation_id,
-                now,
+                // An import keeps the event's original time (validated, so in range).
+                e.recorded_at.map_or(now, crate::to_micros),
             ])
             .db()?;
         positions.push(position);
@@ -229,11 +242,24 @@ impl EventStore for SqliteDriver {
         events: Vec<NewEvent>,
     ) -> Result<AppendResult> {
         validate_append(stream, &events, self.inner().limits())?;
+        let generation = self.inner().generation.clone();
+        generation
+            .refuse_if_lost("append")
+            .map_err(|e| e.with_context("stream", stream))?;
         let s = stream.to_owned();
-        self.inner()
-            .write("append", move |ctx| append_job(ctx, &s, expected, events))
+        let checked = generation.clone();
+        let result = self
+            .inner()
+            .write("append", move |ctx| {
+                // Every append, in its own transaction: positions are never numbered on top of
+                // a log that lost its tail.
+                checked.check(ctx.conn, "append", true)?;
+                append_job(ctx, &s, expected, events)
+            })
             .await
-            .map_err(|e| e.with_context("stream", stream))
+            .map_err(|e| e.with_context("stream", stream))?;
+        note_positions(&generation, result.positions.iter().copied());
+        Ok(result)
     }
 
     async fn read_stream(&self, stream: &str, options: ReadStream) -> Result<Vec<RecordedEvent>> {
@@ -264,6 +290,7 @@ impl EventStore for SqliteDriver {
             })
             .await
             .map_err(|e| e.with_context("stream", stream))
+            .inspect(|events| note_events(&self.inner().generation, events))
     }
 
     async fn read_all(
@@ -279,6 +306,7 @@ impl EventStore for SqliteDriver {
                 read_after(conn, after, &filter, limit)
             })
             .await
+            .inspect(|events| note_events(&self.inner().generation, events))
     }
 
     async fn head_position(&self) -> Result<u64> {
@@ -292,10 +320,12 @@ impl EventStore for SqliteDriver {
                 from_sql_int(p, "event position")
             })
             .await
+            .inspect(|head| self.inner().generation.note_seen(*head))
     }
 
     async fn subscribe(&self, after: u64, filter: EventFilter) -> Result<EventSubscription> {
         filter.validate()?;
+        self.inner().generation.refuse_if_lost("subscribe")?;
         let inner = Arc::downgrade(&self.inner);
         let filter = Arc::new(filter);
         let wake = self.inner.head.subscribe();
@@ -311,11 +341,17 @@ impl EventStore for SqliteDriver {
                 if inner.closed.load(std::sync::atomic::Ordering::Acquire) {
                     return Ok(Vec::new());
                 }
+                let generation = inner.generation.clone();
+                let checked = generation.clone();
                 inner
                     .read("subscribe", move |conn| {
+                        // After a loss positions start over: end the subscription saying so
+                        // instead of letting it wait for positions that will never come.
+                        checked.check(conn, "subscribe", false)?;
                         read_after(conn, after, &filter, limit)
                     })
                     .await
+                    .inspect(|events| note_events(&generation, events))
             }
             .boxed()
         });

@@ -56,6 +56,15 @@
 //! * **Transactions** are optimistic and serializable: reads record the stamp of the row they
 //!   saw, writes are staged, and the commit — one writer job — re-checks every stamp under the
 //!   write lock and applies everything, or fails with a retryable `Conflict`.
+//! * **Operation ids** (`write_once`, `commit_once`): the lookup of the id, the write and its
+//!   record in `kernel_operations` are one writer job, so one transaction under the file's write
+//!   lock; records past [`SqliteConfig::operation_window`] are invisible and deleted a few at a
+//!   time by later writes.
+//! * **Data-loss detection**: a generation marker in the file and the highest global position
+//!   the driver has seen; a changed or missing marker, or an event head below that position (a
+//!   restore from an older copy), stops appends, lock operations and subscriptions with a
+//!   permanent `Corrupted` error and turns `status()` unhealthy until
+//!   [`SqliteDriver::acknowledge_data_loss`].
 //! * **Migrations**: versioned SQL embedded in the crate, applied on open ([`migrations`]); a file
 //!   with a newer schema is refused with a `Config` error naming it.
 //!
@@ -68,8 +77,10 @@ mod config;
 mod documents;
 mod error;
 mod events;
+mod generation;
 mod lock;
 pub mod migrations;
+mod operations;
 mod pool;
 mod rate_limit;
 mod transaction;
@@ -84,9 +95,10 @@ use kernel_core::subscription::{HeadSender, HeadSignal, SubscriptionConfig};
 use kernel_core::{Error, ErrorCode, Limits, Result};
 use rusqlite::{Connection, OpenFlags};
 
-pub use config::{MAX_READ_CONNECTIONS, SqliteConfig, Synchronous};
+pub use config::{MAX_OPERATION_WINDOW, MAX_READ_CONNECTIONS, SqliteConfig, Synchronous};
 
 use crate::error::{Db, map_error, shut_down, with_path};
+use crate::generation::Generation;
 use crate::pool::ReadPool;
 use crate::writer::{WriteCtx, Writer};
 
@@ -105,6 +117,7 @@ pub(crate) struct Inner {
     closed: Arc<AtomicBool>,
     watcher: Watcher,
     subscription: SubscriptionConfig,
+    generation: Arc<Generation>,
 }
 
 impl std::fmt::Debug for SqliteDriver {
@@ -137,14 +150,22 @@ impl SqliteDriver {
             writer,
             readers,
             watcher,
+            marker,
+            head: last,
         } = opened;
+        let generation = Arc::new(Generation::new(marker, last));
         let (head, _) = tokio::sync::watch::channel(HeadSignal::default());
         let head = Arc::new(head);
         let closed = Arc::new(AtomicBool::new(false));
         let writer = Writer::start(writer, head.clone())
             .map_err(|e| e.with_context("path", &config.path))?;
-        let watcher = Watcher::start(watcher, head.clone(), config.poll_interval)
-            .map_err(|e| e.with_context("path", &config.path))?;
+        let watcher = Watcher::start(
+            watcher,
+            head.clone(),
+            generation.clone(),
+            config.poll_interval,
+        )
+        .map_err(|e| e.with_context("path", &config.path))?;
         let readers = ReadPool::new(readers, config.clone(), closed.clone());
         tracing::debug!(path = %config.path, "SQLite driver opened");
         Ok(SqliteDriver {
@@ -157,6 +178,7 @@ impl SqliteDriver {
                 head,
                 closed,
                 watcher,
+                generation,
             }),
         })
     }
@@ -188,7 +210,9 @@ impl SqliteDriver {
     }
 
     /// Deletes expired documents now (the writer also does it, a bounded batch at a time, as
-    /// writes go); returns how many went. Expired documents are invisible either way.
+    /// writes go); returns how many went. Expired documents are invisible either way. Spent
+    /// rate-limit state and operation-id records past the operation window go too (not
+    /// counted).
     pub async fn purge_expired(&self) -> Result<u64> {
         self.inner
             .write("purge_expired", |ctx| {
@@ -206,6 +230,7 @@ impl SqliteDriver {
                     .db()?
                     .execute([unix_micros_now()])
                     .db()?;
+                operations::purge(ctx.conn, unix_micros_now(), -1)?;
                 Ok(n as u64)
             })
             .await
@@ -260,6 +285,10 @@ struct Opened {
     writer: Connection,
     readers: Vec<Connection>,
     watcher: Connection,
+    /// The generation marker adopted.
+    marker: String,
+    /// The event log's head at open.
+    head: u64,
 }
 
 /// Checks the path, opens the writer (WAL, synchronous, migrations), the readers and the
@@ -290,6 +319,7 @@ fn open_files(config: &SqliteConfig) -> Result<Opened> {
     if !applied.is_empty() {
         tracing::info!(path = %config.path, ?applied, "applied SQLite migrations");
     }
+    let (marker, head) = generation::adopt(&writer).map_err(|e| with_path(e, &config.path))?;
     let mut readers = Vec::with_capacity(config.read_connections);
     for _ in 0..config.read_connections {
         readers.push(pool::open_reader(path, config)?);
@@ -299,6 +329,8 @@ fn open_files(config: &SqliteConfig) -> Result<Opened> {
         writer,
         readers,
         watcher,
+        marker,
+        head,
     })
 }
 
@@ -366,12 +398,17 @@ struct Watcher {
 }
 
 impl Watcher {
-    fn start(conn: Connection, head: Arc<HeadSender>, every: Duration) -> Result<Watcher> {
+    fn start(
+        conn: Connection,
+        head: Arc<HeadSender>,
+        generation: Arc<Generation>,
+        every: Duration,
+    ) -> Result<Watcher> {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let handle = std::thread::Builder::new()
             .name("kernel-sqlite-watcher".to_owned())
-            .spawn(move || watch(&conn, &head, every, &flag))
+            .spawn(move || watch(&conn, &head, &generation, every, &flag))
             .map_err(|e| {
                 Error::unavailable("cannot start the SQLite watcher thread")
                     .with_source(e)
@@ -395,7 +432,13 @@ impl Watcher {
     }
 }
 
-fn watch(conn: &Connection, head: &HeadSender, every: Duration, stop: &AtomicBool) {
+fn watch(
+    conn: &Connection,
+    head: &HeadSender,
+    generation: &Generation,
+    every: Duration,
+    stop: &AtomicBool,
+) {
     let version = |conn: &Connection| -> rusqlite::Result<i64> {
         conn.query_row("PRAGMA data_version", [], |r| r.get(0))
     };
@@ -418,6 +461,7 @@ fn watch(conn: &Connection, head: &HeadSender, every: Duration, stop: &AtomicBoo
                         |r| r.get::<_, i64>(0),
                     )
                     .map_or(0, |p| u64::try_from(p).unwrap_or(0));
+                generation.note_seen(position);
                 head.send_modify(|s| s.position = s.position.max(position));
             }
             Ok(_) => {}

@@ -3,6 +3,7 @@
 //! callers and, through SQLite's write lock, across processes; the counter is in the file, so
 //! fencing tokens keep increasing across restarts.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -12,6 +13,7 @@ use kernel_core::{Lease, Lock, Result, Uuid};
 use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::error::Db;
+use crate::generation::Generation;
 use crate::{SqliteDriver, from_micros, from_sql_int, sql_int, unix_micros_now};
 
 /// The row of a key: fencing counter, holder token, holder expiry.
@@ -52,13 +54,27 @@ fn ttl_micros(ttl: Duration) -> i64 {
     i64::try_from(ttl.as_micros()).unwrap_or(i64::MAX)
 }
 
+impl SqliteDriver {
+    /// Refuses a lock operation after a data loss (a lease could go to a second holder);
+    /// otherwise the state the job checks the file against, at most once a second.
+    fn guard(&self, op: &'static str, key: &str) -> Result<Arc<Generation>> {
+        let generation = self.inner().generation.clone();
+        generation
+            .refuse_if_lost(op)
+            .map_err(|e| e.with_context("key", escape(key)))?;
+        Ok(generation)
+    }
+}
+
 #[async_trait]
 impl Lock for SqliteDriver {
     async fn try_acquire(&self, key: &str, ttl: Duration) -> Result<Option<Lease>> {
         validate_lease_request(key, ttl)?;
+        let generation = self.guard("try_acquire", key)?;
         let k = key.to_owned();
         self.inner()
             .write("try_acquire", move |ctx| {
+                generation.check(ctx.conn, "try_acquire", false)?;
                 let now = unix_micros_now();
                 let row = load(ctx.conn, &k)?;
                 if row
@@ -95,9 +111,11 @@ impl Lock for SqliteDriver {
     }
 
     async fn release(&self, lease: &Lease) -> Result<()> {
+        let generation = self.guard("release", &lease.key)?;
         let l = lease.clone();
         self.inner()
             .write("release", move |ctx| {
+                generation.check(ctx.conn, "release", false)?;
                 let now = unix_micros_now();
                 if !holds(load(ctx.conn, &l.key)?.as_ref(), &l, now) {
                     return Err(not_held(&l));
@@ -117,9 +135,11 @@ impl Lock for SqliteDriver {
 
     async fn extend(&self, lease: &Lease, ttl: Duration) -> Result<Lease> {
         validate_ttl(&lease.key, ttl)?;
+        let generation = self.guard("extend", &lease.key)?;
         let l = lease.clone();
         self.inner()
             .write("extend", move |ctx| {
+                generation.check(ctx.conn, "extend", false)?;
                 let now = unix_micros_now();
                 if !holds(load(ctx.conn, &l.key)?.as_ref(), &l, now) {
                     return Err(not_held(&l));

@@ -24,11 +24,23 @@ pub struct Migration {
 }
 
 /// Every migration this driver knows, in order.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "init",
-    sql: include_str!("../migrations/0001_init.sql"),
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "init",
+        sql: include_str!("../migrations/0001_init.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "operations",
+        sql: include_str!("../migrations/0002_operations.sql"),
+    },
+    Migration {
+        version: 3,
+        name: "generation",
+        sql: include_str!("../migrations/0003_generation.sql"),
+    },
+];
 
 /// The newest schema version this driver knows.
 pub fn latest_version() -> i64 {

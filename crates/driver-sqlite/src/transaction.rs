@@ -7,14 +7,22 @@
 //! inside its transaction, so a write by another process to a key the transaction read is seen
 //! too. Nothing is held open between `begin` and `commit`: an abandoned transaction costs
 //! nothing.
+//!
+//! `commit_once` is the same job with the operation-id lookup in front and the record behind, so
+//! a repeat of a committed id writes nothing and a lost race records nothing.
 
 use std::collections::BTreeMap;
 
 use async_trait::async_trait;
 use kernel_core::validate::{self, escape};
-use kernel_core::{DeleteCondition, Entry, Error, PutOptions, Result, Transaction, Value};
+use kernel_core::{
+    Applied, DeleteCondition, Entry, Error, OperationId, Outcome, PutOptions, Result, Transaction,
+    Value,
+};
 
 use crate::documents::{load_live, plan_put, remove, store};
+use crate::operations::{self, op_ctx};
+use crate::writer::WriteCtx;
 use crate::{SqliteDriver, from_micros, to_micros, unix_micros_now};
 
 type Slot = (String, String);
@@ -99,43 +107,76 @@ impl Transaction for SqliteTransaction {
         }
         driver
             .inner()
-            .write("tx.commit", move |ctx| {
-                let now = unix_micros_now();
-                for ((ns, key), seen) in &reads {
-                    let stamp = load_live(ctx.conn, ns, key, now)?.map(|(_, s)| s);
-                    if stamp != *seen {
-                        return Err(Error::conflict(
-                            "transaction lost a race: an entry it read changed before commit",
-                        )
-                        .with_context("namespace", ns)
-                        .with_context("key", escape(key))
-                        .with_retryable(true));
-                    }
+            .write("tx.commit", move |ctx| apply(ctx, &reads, writes))
+            .await
+    }
+
+    async fn commit_once(self: Box<Self>, ns: &str, id: &OperationId) -> Result<Applied> {
+        validate::namespace(ns).map_err(op_ctx(ns, id))?;
+        let SqliteTransaction {
+            driver,
+            reads,
+            writes,
+        } = *self;
+        let window = driver.window_micros();
+        let (n, i) = (ns.to_owned(), id.clone());
+        // Even an empty transaction goes to the writer: its id is recorded all the same.
+        driver
+            .inner()
+            .write("tx.commit_once", move |ctx| {
+                if let Some(record) = operations::load(ctx.conn, &n, &i, unix_micros_now())? {
+                    // A transaction has no fingerprint (""): an id recorded by a transaction is
+                    // replayed, one recorded by a `write_once` is a Conflict (another request).
+                    return record.replay(&n, &i, "");
                 }
-                for ((ns, key), staged) in writes {
-                    match staged {
-                        Some(mut entry) => {
-                            // Timestamps and TTL count from the commit, when the write becomes
-                            // visible.
-                            if let Some(exp) = entry.expires_at {
-                                let ttl = to_micros(exp) - to_micros(entry.updated_at);
-                                entry.expires_at = Some(from_micros(now.saturating_add(ttl)));
-                            }
-                            if entry.version == 1 {
-                                entry.created_at = from_micros(now);
-                            }
-                            entry.updated_at = from_micros(now);
-                            store(ctx, &entry, now)?;
-                        }
-                        None => remove(ctx.conn, &ns, &key)?,
-                    }
-                }
-                Ok(())
+                apply(ctx, &reads, writes)?;
+                operations::finish(ctx, &n, &i, "", &Outcome::Commit, window)?;
+                Ok(Applied::fresh(Outcome::Commit))
             })
             .await
+            .map_err(op_ctx(ns, id))
     }
 
     async fn rollback(self: Box<Self>) -> Result<()> {
         Ok(())
     }
+}
+
+/// The commit, as a writer job: re-checks every read stamp under the write lock, then applies
+/// every staged write; a lost race is a retryable `Conflict` and nothing is applied.
+fn apply(
+    ctx: &mut WriteCtx<'_>,
+    reads: &BTreeMap<Slot, Option<i64>>,
+    writes: BTreeMap<Slot, Option<Entry>>,
+) -> Result<()> {
+    let now = unix_micros_now();
+    for ((ns, key), seen) in reads {
+        let stamp = load_live(ctx.conn, ns, key, now)?.map(|(_, s)| s);
+        if stamp != *seen {
+            return Err(Error::conflict(
+                "transaction lost a race: an entry it read changed before commit",
+            )
+            .with_context("namespace", ns)
+            .with_context("key", escape(key))
+            .with_retryable(true));
+        }
+    }
+    for ((ns, key), staged) in writes {
+        match staged {
+            Some(mut entry) => {
+                // Timestamps and TTL count from the commit, when the write becomes visible.
+                if let Some(exp) = entry.expires_at {
+                    let ttl = to_micros(exp) - to_micros(entry.updated_at);
+                    entry.expires_at = Some(from_micros(now.saturating_add(ttl)));
+                }
+                if entry.version == 1 {
+                    entry.created_at = from_micros(now);
+                }
+                entry.updated_at = from_micros(now);
+                store(ctx, &entry, now)?;
+            }
+            None => remove(ctx.conn, &ns, &key)?,
+        }
+    }
+    Ok(())
 }

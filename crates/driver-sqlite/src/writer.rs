@@ -354,7 +354,8 @@ fn group(conn: &Connection, jobs: Vec<Box<dyn Job>>, sweep: bool, head: &HeadSen
     }
 }
 
-/// Removes a bounded number of expired documents and rate-limit rows back at full burst. Expired
+/// Removes a bounded number of expired documents, rate-limit rows back at full burst and
+/// operation-id records past their window. Expired
 /// rows are invisible already; this only bounds the file's growth. Errors are logged, not fatal.
 fn sweep_expired(conn: &Connection) {
     let now = unix_micros_now();
@@ -368,6 +369,12 @@ fn sweep_expired(conn: &Connection) {
         conn.execute(
             "DELETE FROM kernel_rate_limits WHERE key IN (
                      SELECT key FROM kernel_rate_limits WHERE tat <= ?1 LIMIT ?2)",
+            rusqlite::params![now, SWEEP_LIMIT],
+        )?;
+        conn.execute(
+            "DELETE FROM kernel_operations WHERE (namespace, operation_id) IN (
+                     SELECT namespace, operation_id FROM kernel_operations
+                     WHERE expires_at <= ?1 LIMIT ?2)",
             rusqlite::params![now, SWEEP_LIMIT],
         )?;
         conn.execute_batch("RELEASE sweep")

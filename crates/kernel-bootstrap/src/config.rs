@@ -323,6 +323,13 @@ impl KernelConfig {
     /// Reads the process environment: the file named by `KERNEL_CONFIG_FILE` if set, then every
     /// variable of [`KernelConfig::settings`] (and [`ENV_ALIASES`]) on top.
     pub fn from_env() -> Result<KernelConfig> {
+        KernelConfig::from_env_with(Vec::new())
+    }
+
+    /// [`KernelConfig::from_env`] with `overrides` (variables in the same form, e.g.
+    /// `("KERNEL_CONFIG_FILE", path)` or `("KERNEL_POSTGRES_POOL_SIZE", "4")`) taking
+    /// precedence over the process environment: what a command line's flags do.
+    pub fn from_env_with(overrides: Vec<(String, String)>) -> Result<KernelConfig> {
         // Only the kernel's own names: `std::env::vars()` would panic on any variable of the
         // process that is not UTF-8, however unrelated.
         let settings = KernelConfig::settings();
@@ -344,6 +351,8 @@ impl KernelConfig {
                 }
             }
         }
+        // Later variables win (`from_vars` looks from the end).
+        vars.extend(overrides);
         KernelConfig::from_vars(vars)
     }
 

@@ -26,6 +26,9 @@
 
 pub mod config;
 mod drivers;
+#[cfg(feature = "http")]
+#[cfg_attr(docsrs, doc(cfg(feature = "http")))]
+pub mod http;
 mod kernel;
 pub mod layers;
 pub mod pipeline;

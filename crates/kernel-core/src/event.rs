@@ -33,6 +33,11 @@ pub struct NewEvent {
     /// Causation id (1..=256 bytes).
     #[serde(default)]
     pub causation_id: Option<String>,
+    /// When the event was recorded, for imports that keep an event's original time; `None`
+    /// (the default) records the time of the append. Stored at the backend's precision
+    /// (microseconds on PostgreSQL, milliseconds on Redis).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recorded_at: Option<SystemTime>,
 }
 
 impl NewEvent {
@@ -45,7 +50,15 @@ impl NewEvent {
             metadata: Metadata::new(),
             correlation_id: None,
             causation_id: None,
+            recorded_at: None,
         }
+    }
+
+    /// Keeps an original recording time (an import): see [`NewEvent::recorded_at`].
+    #[must_use]
+    pub fn with_recorded_at(mut self, at: SystemTime) -> NewEvent {
+        self.recorded_at = Some(at);
+        self
     }
 
     /// Sets the id.
@@ -419,6 +432,9 @@ pub fn validate_append(stream: &str, events: &[NewEvent], limits: &Limits) -> Re
         }
         validate::value(&e.payload, limits).map_err(ctx)?;
         validate::metadata(&e.metadata, limits).map_err(ctx)?;
+        if let Some(at) = e.recorded_at {
+            validate::recorded_at(at).map_err(ctx)?;
+        }
     }
     Ok(())
 }

@@ -9,10 +9,11 @@ use futures::FutureExt;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::document::{Entry, ListOptions, PutCondition, PutOptions};
+use crate::document::{DeleteCondition, Entry, ListOptions, PutCondition, PutOptions};
 use crate::error::{Error, ErrorCode, Result};
 use crate::event::{EventStore, ReadStream, RecordedEvent, Snapshot};
 use crate::lock::{Lease, Lock};
+use crate::operation::{OperationId, Write};
 use crate::storage::StorageDriver;
 use crate::validate;
 
@@ -55,6 +56,49 @@ pub trait StorageExt: StorageDriver {
                 .with_source(e)
         })?;
         self.put(namespace, key, value, options).await
+    }
+
+    /// A put named by an operation id ([`StorageDriver::write_once`]): the entry it wrote, or
+    /// on a repeat the entry the first call wrote.
+    ///
+    /// ```
+    /// # async fn demo(store: &dyn kernel_core::StorageDriver) -> kernel_core::Result<()> {
+    /// use kernel_core::{json, OperationId, PutOptions, StorageExt};
+    ///
+    /// let id = OperationId::new("invoice-7:paid")?;
+    /// // Safe to repeat after any error, MaybeApplied included.
+    /// let entry = store
+    ///     .put_once("invoices", "7", json!({"paid": true}), PutOptions::new().if_version(3), &id)
+    ///     .await?;
+    /// # let _ = entry; Ok(()) }
+    /// ```
+    async fn put_once(
+        &self,
+        namespace: &str,
+        key: &str,
+        value: serde_json::Value,
+        options: PutOptions,
+        id: &OperationId,
+    ) -> Result<Entry> {
+        self.write_once(namespace, id, Write::put(key, value, options))
+            .await?
+            .outcome
+            .into_entry()
+    }
+
+    /// A delete named by an operation id: whether it removed a live entry, or on a repeat what
+    /// the first call answered.
+    async fn delete_once(
+        &self,
+        namespace: &str,
+        key: &str,
+        condition: DeleteCondition,
+        id: &OperationId,
+    ) -> Result<bool> {
+        self.write_once(namespace, id, Write::delete(key, condition))
+            .await?
+            .outcome
+            .into_deleted()
     }
 
     /// The keys of one page.

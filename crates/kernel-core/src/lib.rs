@@ -24,6 +24,7 @@ pub mod event;
 pub mod ext;
 pub mod glob;
 pub mod lock;
+pub mod operation;
 pub mod query;
 pub mod rate_limit;
 pub mod redact;
@@ -44,6 +45,7 @@ pub use event::{
 pub use ext::{AggregateHistory, EventStoreExt, LockExt, StorageExt};
 pub use glob::Glob;
 pub use lock::{Lease, Lock};
+pub use operation::{Applied, OperationId, Outcome, Write};
 pub use query::{Direction, Filter, Op, Query, SortKey};
 pub use rate_limit::{Quota, RateDecision, RateLimiter};
 pub use storage::{StorageDriver, Transaction};

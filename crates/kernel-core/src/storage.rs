@@ -9,6 +9,7 @@ use crate::document::{
     MetadataMode, NamespaceInfo, PutOptions, Status,
 };
 use crate::error::Result;
+use crate::operation::{Applied, OperationId, Outcome, Write};
 use crate::query::{Filter, Query};
 
 /// Namespaced JSON documents with versions, conditions, TTL, atomic batches, ordered listing,
@@ -37,6 +38,12 @@ use crate::query::{Filter, Query};
 /// * **Listing** is byte-wise lexicographic order of the UTF-8 keys; see [`ListOptions`].
 /// * **Namespaces** are created by the first write into them or by `create_namespace`.
 /// * Reading a namespace that does not exist is not an error: it is empty.
+/// * **Operation ids** ([`StorageDriver::write_once`], [`Transaction::commit_once`]): a write
+///   named by an [`OperationId`] is applied at most once per namespace within the driver's
+///   operation window; a repeat with the same request returns the first outcome with
+///   [`Applied::replayed`] set and writes nothing, a repeat with another request is a permanent
+///   `Conflict`, and a write that failed left no record (its id may be used again). Concurrent
+///   calls with one id apply it once. See [`crate::operation`].
 #[async_trait]
 pub trait StorageDriver: Send + Sync + std::fmt::Debug {
     /// What this driver can do.
@@ -112,6 +119,27 @@ pub trait StorageDriver: Send + Sync + std::fmt::Debug {
 
     /// Starts a transaction; `Unsupported` when [`Capabilities::transactions`] is false.
     async fn begin(&self) -> Result<Box<dyn Transaction>>;
+
+    /// Applies `write` in `namespace` at most once for `id`, recording the id, the request's
+    /// [`Write::fingerprint`] and the outcome atomically with the write, for the driver's
+    /// operation window.
+    ///
+    /// * First call: the write is validated and applied exactly as the plain method would
+    ///   (same conditions, same errors); on success the outcome is recorded and returned with
+    ///   `replayed: false`. A write that fails records nothing.
+    /// * A later call with the same id and the same request, within the window: nothing is
+    ///   written; the recorded outcome is returned with `replayed: true`, whatever happened to
+    ///   the keys since.
+    /// * The same id with a different request: a permanent `Conflict` naming the id.
+    ///
+    /// So any write may be retried after any error, `MaybeApplied` included: the retry either
+    /// applies it (the first attempt did not) or returns what the first attempt did.
+    async fn write_once(&self, namespace: &str, id: &OperationId, write: Write) -> Result<Applied>;
+
+    /// The recorded outcome of operation `id` in `namespace`, or `None` if no write with that
+    /// id succeeded there within the operation window. Lets a caller ask before repeating a
+    /// whole transaction.
+    async fn operation(&self, namespace: &str, id: &OperationId) -> Result<Option<Outcome>>;
 }
 
 /// A transaction over documents: reads see its own writes; writes take effect at `commit`.
@@ -144,6 +172,15 @@ pub trait Transaction: Send {
 
     /// Applies every staged write atomically.
     async fn commit(self: Box<Self>) -> Result<()>;
+
+    /// Commits at most once for `id`, recorded in `namespace` atomically with the staged
+    /// writes. If `id` is already recorded there (a transaction with that id committed within
+    /// the operation window), nothing is written and the result is [`Outcome::Commit`] with
+    /// `replayed: true`. A transaction has no fingerprint: only the id is compared.
+    ///
+    /// Conditions staged by a repeated transaction are checked when staged, before this call;
+    /// a caller that repeats a whole transaction asks [`StorageDriver::operation`] first.
+    async fn commit_once(self: Box<Self>, namespace: &str, id: &OperationId) -> Result<Applied>;
 
     /// Discards every staged write.
     async fn rollback(self: Box<Self>) -> Result<()>;

@@ -108,6 +108,21 @@ fn check_name(name: &str, what: &str) -> Result<()> {
     Ok(())
 }
 
+/// The latest recording time an event may be given: the end of year 9999 (RFC 3339's range;
+/// every backend stores it).
+pub const MAX_RECORDED_AT_SECS: u64 = 253_402_300_799;
+
+/// A given recording time ([`crate::NewEvent::recorded_at`]): from the Unix epoch to the end
+/// of year 9999.
+pub fn recorded_at(at: std::time::SystemTime) -> Result<()> {
+    match at.duration_since(std::time::UNIX_EPOCH) {
+        Ok(d) if d.as_secs() <= MAX_RECORDED_AT_SECS => Ok(()),
+        _ => Err(Error::invalid_input(
+            "recorded_at must lie between the Unix epoch (1970) and the end of year 9999",
+        )),
+    }
+}
+
 /// A document key: 1..=1024 bytes of UTF-8 without NUL.
 pub fn key(key: &str) -> Result<()> {
     check_key(key, "key")

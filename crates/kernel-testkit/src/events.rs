@@ -27,6 +27,8 @@ macro_rules! __event_behaviours {
     ($callback:ident ! ($($args:tt)*)) => {
         $crate::$callback! { ($($args)*)
             append_to_new_stream
+            append_keeps_a_given_recorded_at
+            recorded_at_out_of_range_is_invalid
             edge_numbers_in_events_round_trip
             versions_are_one_based_and_consecutive
             expected_no_stream
@@ -329,6 +331,74 @@ pub async fn append_to_new_stream<E: EventStore + ?Sized + 'static>(store: Arc<E
     assert!(
         head(e).await >= r.positions[1],
         "head_position covers the append"
+    );
+}
+
+/// An event given a recording time (an import) is stored with that time, exactly when it is
+/// whole milliseconds (every backend's precision), in the past or in the future; an event
+/// without one gets the time of the append. The global order is still the order of appends.
+pub async fn append_keeps_a_given_recorded_at<E: EventStore + ?Sized + 'static>(store: Arc<E>) {
+    let e = &*store;
+    let (_, stream) = unique_stream("import", "1");
+    let past = SystemTime::UNIX_EPOCH + Duration::from_millis(978_307_200_123);
+    let future = SystemTime::UNIX_EPOCH + Duration::from_millis(4_102_444_800_456);
+    let before = SystemTime::now();
+    let r = append(
+        e,
+        &stream,
+        ExpectedVersion::NoStream,
+        vec![
+            ev("Old", 1).with_recorded_at(future),
+            ev("Older", 2).with_recorded_at(past),
+            ev("Now", 3),
+        ],
+    )
+    .await;
+    let after = SystemTime::now();
+    assert_increasing(
+        &r.positions,
+        "positions follow the append, not the given times",
+    );
+    let events = read(e, &stream, ReadStream::forward()).await;
+    assert_eq!(
+        events[0].recorded_at, future,
+        "a future recording time is kept"
+    );
+    assert_eq!(events[1].recorded_at, past, "a past recording time is kept");
+    assert_time_between(
+        events[2].recorded_at,
+        before,
+        after,
+        "no given time: the append's",
+    );
+}
+
+/// A recording time before 1970 or after year 9999 is `InvalidInput`, and nothing is written.
+pub async fn recorded_at_out_of_range_is_invalid<E: EventStore + ?Sized + 'static>(store: Arc<E>) {
+    let e = &*store;
+    let (_, stream) = unique_stream("import", "2");
+    for (at, what) in [
+        (
+            SystemTime::UNIX_EPOCH - Duration::from_secs(1),
+            "before 1970",
+        ),
+        (
+            SystemTime::UNIX_EPOCH + Duration::from_secs(253_402_300_800),
+            "after year 9999",
+        ),
+    ] {
+        let r = e
+            .append(
+                &stream,
+                ExpectedVersion::Any,
+                vec![ev("Ok", 1), ev("Bad", 2).with_recorded_at(at)],
+            )
+            .await;
+        expect_err(r, ErrorCode::InvalidInput, what);
+    }
+    assert!(
+        read(e, &stream, ReadStream::forward()).await.is_empty(),
+        "nothing written"
     );
 }
 

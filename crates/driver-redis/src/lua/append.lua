@@ -2,7 +2,8 @@
 -- scripts one at a time, so positions are gapless and visible in order.
 -- KEYS: head, log, stream positions, stream ids, generation marker
 -- ARGV: notify channel, expected ('any' | 'none' | 'exists' | 'exact'), expected version, n,
---       then per event 2 values: id, body JSON, then the generation marker the driver expects
+--       then per event 3 values: id, body JSON, given recording time in microseconds ('' for the
+--       time of the append), then the generation marker the driver expects
 -- A marker that changed or is gone means the data was lost (generation.rs): nothing is written
 -- and the error reply is 'KERNEL_DATA_LOSS <marker found or missing>'.
 -- An event is stored as POSITION:VERSION:RECORDED_US:<body JSON>.
@@ -18,7 +19,7 @@ local n = tonumber(ARGV[4])
 local stored = {}
 local seen = false
 for i = 1, n do
-  local v = redis.call('HGET', KEYS[4], ARGV[3 + 2 * i])
+  local v = redis.call('HGET', KEYS[4], ARGV[2 + 3 * i])
   stored[i] = v or false
   if v then
     seen = true
@@ -52,9 +53,13 @@ local out = { 'ok', now, current }
 for i = 1, n do
   local pos = first + i
   local ver = current + i
-  redis.call('HSET', KEYS[2], fmt(pos), fmt(pos) .. ':' .. fmt(ver) .. ':' .. now .. ':' .. ARGV[4 + 2 * i])
+  local recorded = ARGV[4 + 3 * i]
+  if recorded == '' then
+    recorded = now
+  end
+  redis.call('HSET', KEYS[2], fmt(pos), fmt(pos) .. ':' .. fmt(ver) .. ':' .. recorded .. ':' .. ARGV[3 + 3 * i])
   redis.call('RPUSH', KEYS[3], fmt(pos))
-  redis.call('HSET', KEYS[4], ARGV[3 + 2 * i], fmt(ver))
+  redis.call('HSET', KEYS[4], ARGV[2 + 3 * i], fmt(ver))
   out[#out + 1] = pos
 end
 redis.call('PUBLISH', ARGV[1], fmt(first + n))

@@ -13,6 +13,7 @@ use kernel_core::{
     RateLimiter, ReadStream, RecordedEvent, Result, Snapshot, Status, StorageDriver, Transaction,
     Value,
 };
+use kernel_core::{Applied, OperationId, Outcome, Write as WriteOp};
 
 use super::{Attempt, Interceptor, Op, ops};
 
@@ -252,6 +253,30 @@ impl<I: Interceptor, T: StorageDriver + ?Sized> StorageDriver for Layered<I, T> 
             inner: tx,
         }))
     }
+
+    async fn write_once(
+        &self,
+        namespace: &str,
+        id: &OperationId,
+        write: WriteOp,
+    ) -> Result<Applied> {
+        // The op borrows the key from a copy kept for it: the write itself moves into the
+        // final attempt.
+        let described = write.clone();
+        let op = ops::write_once(namespace, &described);
+        let mut args = Some(write);
+        self.around(op, move |attempt| match attempt.take(&mut args) {
+            Some(write) => self.inner.write_once(namespace, id, write),
+            None => exhausted(&op),
+        })
+        .await
+    }
+
+    async fn operation(&self, namespace: &str, id: &OperationId) -> Result<Option<Outcome>> {
+        let op = ops::operation(namespace);
+        self.around(op, move |_| self.inner.operation(namespace, id))
+            .await
+    }
 }
 
 /// A transaction handle whose every step passes through the interceptor. Steps are never
@@ -298,6 +323,14 @@ impl<I: Interceptor> Transaction for LayeredTx<I> {
         let LayeredTx { interceptor, inner } = *self;
         interceptor
             .around(op, Box::new(once(op, inner.commit())))
+            .await
+    }
+
+    async fn commit_once(self: Box<Self>, namespace: &str, id: &OperationId) -> Result<Applied> {
+        let op = ops::tx_commit_once(namespace);
+        let LayeredTx { interceptor, inner } = *self;
+        interceptor
+            .around(op, Box::new(once(op, inner.commit_once(namespace, id))))
             .await
     }
 

@@ -10,13 +10,15 @@
 //! | role | operation | access | repeatable |
 //! |---|---|---|---|
 //! | storage | `status`, `get`, `exists`, `get_many`, `list`, `query`, `count`, `list_namespaces`, `get_metadata` | read | yes |
+//! | storage | `write_once` | write | **yes**, whatever its conditions: the operation id makes a repeat return the first outcome |
+//! | storage | `operation` | read | yes |
 //! | storage | `begin` | read | yes: nothing is staged yet |
 //! | storage | `put`, `put_many` | write | only when every put is `PutCondition::Always` |
 //! | storage | `delete`, `delete_many` | write | only when every delete is `DeleteCondition::Always` |
 //! | storage | `clear`, `drop_namespace`, `set_metadata` | write | yes |
 //! | storage | `create_namespace` | write | no |
 //! | storage | `tx.get` | read | no |
-//! | storage | `tx.put`, `tx.delete`, `tx.commit`, `tx.rollback` | write | no |
+//! | storage | `tx.put`, `tx.delete`, `tx.commit`, `tx.commit_once`, `tx.rollback` | write | no |
 //! | events | `read_stream`, `read_all`, `head_position`, `subscribe`, `load_snapshot` | read | yes |
 //! | events | `append`, `save_snapshot` | write | yes |
 //! | locks | `try_acquire`, `acquire`, `release` | write | no |
@@ -42,7 +44,7 @@
 
 use std::time::Duration;
 
-use kernel_core::{BatchDelete, BatchPut, DeleteCondition, Lease, PutCondition};
+use kernel_core::{BatchDelete, BatchPut, DeleteCondition, Lease, PutCondition, Write as WriteOp};
 
 use super::Access::{Read, Write};
 use super::{Access, Op};
@@ -170,6 +172,22 @@ pub fn begin<'a>() -> Op<'a> {
     storage("begin", Read, true)
 }
 
+/// `StorageDriver::write_once`: always repeatable, conditional or not — the operation id is
+/// what makes it so (a repeat of a write that was applied in transit returns the first
+/// outcome). Names the key of a single put or delete.
+pub fn write_once<'a>(namespace: &'a str, write: &'a WriteOp) -> Op<'a> {
+    let op = storage("write_once", Write, true).namespace(namespace);
+    match write {
+        WriteOp::Put { key, .. } | WriteOp::Delete { key, .. } => op.key(key),
+        _ => op,
+    }
+}
+
+/// `StorageDriver::operation`.
+pub fn operation(namespace: &str) -> Op<'_> {
+    storage("operation", Read, true).namespace(namespace)
+}
+
 /// `Transaction::get`. Transaction steps are never repeated: a transaction is retried as a
 /// whole by its caller.
 pub fn tx_get<'a>(namespace: &'a str, key: &'a str) -> Op<'a> {
@@ -193,6 +211,12 @@ pub fn tx_delete<'a>(namespace: &'a str, key: &'a str) -> Op<'a> {
 /// `Transaction::commit`.
 pub fn tx_commit<'a>() -> Op<'a> {
     storage("tx.commit", Write, false)
+}
+
+/// `Transaction::commit_once`: never repeated by a layer (the transaction is gone after it), but
+/// safe for its caller to repeat as a whole with the same id.
+pub fn tx_commit_once(namespace: &str) -> Op<'_> {
+    storage("tx.commit_once", Write, false).namespace(namespace)
 }
 
 /// `Transaction::rollback`.
@@ -277,6 +301,7 @@ pub(crate) mod tests {
     use std::collections::BTreeSet;
     use std::time::{Duration, SystemTime};
 
+    use kernel_core::Write as WriteOp;
     use kernel_core::{
         BatchDelete, BatchPut, DeleteCondition, Lease, PutCondition, PutOptions, json,
     };
@@ -296,6 +321,12 @@ pub(crate) mod tests {
         let cas = [BatchPut::new("k", json!(1)).with_options(PutOptions::new().if_version(1))];
         let del = [BatchDelete::new("k")];
         let del_cas = [BatchDelete::if_version("k", 1)];
+        let put_once: &'static WriteOp = Box::leak(Box::new(WriteOp::put(
+            "k",
+            json!(1),
+            PutOptions::new().if_version(1),
+        )));
+        let batch_once: &'static WriteOp = Box::leak(Box::new(WriteOp::PutMany(always.to_vec())));
         vec![
             super::status(),
             super::get("n", "k"),
@@ -318,11 +349,15 @@ pub(crate) mod tests {
             super::list_namespaces(),
             super::get_metadata("n", "k"),
             super::set_metadata("n", "k"),
+            super::write_once("n", put_once),
+            super::write_once("n", batch_once),
+            super::operation("n"),
             super::begin(),
             super::tx_get("n", "k"),
             super::tx_put("n", "k"),
             super::tx_delete("n", "k"),
             super::tx_commit(),
+            super::tx_commit_once("n"),
             super::tx_rollback(),
             super::append("s-1"),
             super::read_stream("s-1"),
@@ -367,11 +402,15 @@ pub(crate) mod tests {
             (S, "list_namespaces", R, true),
             (S, "get_metadata", R, true),
             (S, "set_metadata", W, true),
+            (S, "write_once", W, true),
+            (S, "write_once", W, true),
+            (S, "operation", R, true),
             (S, "begin", R, true),
             (S, "tx.get", R, false),
             (S, "tx.put", W, false),
             (S, "tx.delete", W, false),
             (S, "tx.commit", W, false),
+            (S, "tx.commit_once", W, false),
             (S, "tx.rollback", W, false),
             (E, "append", W, true),
             (E, "read_stream", R, true),
@@ -419,11 +458,14 @@ pub(crate) mod tests {
                     "list_namespaces",
                     "get_metadata",
                     "set_metadata",
+                    "write_once",
+                    "operation",
                     "begin",
                     "tx.get",
                     "tx.put",
                     "tx.delete",
                     "tx.commit",
+                    "tx.commit_once",
                     "tx.rollback",
                 ],
             ),

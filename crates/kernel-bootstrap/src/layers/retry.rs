@@ -19,6 +19,8 @@
 //! | `delete` / `delete_many` with `IfVersion` | **no** | as for conditional puts |
 //! | `set_metadata` (replace or merge) | yes | applying the same object twice gives the same metadata |
 //! | `clear`, `drop_namespace` | yes | the namespace ends empty / gone either way; the count / `bool` may under-report |
+//! | `write_once` (any write, any condition) | **yes** | the operation id: a repeat of a write that was applied returns the first outcome (`replayed`) instead of applying it again |
+//! | `operation` | yes | a read |
 //! | `create_namespace` | **no** | an applied create makes the retry fail with `AlreadyExists` |
 //! | `begin` | yes | nothing was staged yet |
 //! | transaction steps and `commit` / `rollback` | **no** | a transaction is retried as a whole by its caller (a lost commit race is a retryable `Conflict` for that reason) |
@@ -333,6 +335,70 @@ mod tests {
                 }
             })
         }
+    }
+
+    /// Attempt 1 is applied and its answer lost (`MaybeApplied`); later attempts get through.
+    #[derive(Debug, Default)]
+    struct LandsThenAnswers {
+        calls: std::sync::atomic::AtomicU32,
+    }
+
+    impl super::Interceptor for LandsThenAnswers {
+        fn around<'a, R: Send + 'a>(
+            &'a self,
+            op: super::Op<'a>,
+            mut call: super::Call<'a, R>,
+        ) -> futures::future::BoxFuture<'a, kernel_core::Result<R>> {
+            let n = self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Box::pin(async move {
+                let outcome = call(super::Attempt::Final).await;
+                if n == 0 {
+                    drop(outcome);
+                    return Err(
+                        op.annotate(Error::unavailable("answer lost").after_sending_write())
+                    );
+                }
+                outcome
+            })
+        }
+    }
+
+    /// The reason operation ids exist: a compare-and-set whose answer was lost is not retried
+    /// as a plain put (its repeat would report `Conflict`), but is retried with an id, and the
+    /// retry reports the first success. The value is written once.
+    #[tokio::test]
+    async fn conditional_writes_with_an_operation_id_are_retried_safely() {
+        let memory = Arc::new(MemoryDriver::new());
+        memory
+            .put("r", "k", json!(0), PutOptions::new())
+            .await
+            .unwrap();
+
+        let plain = Layered::new(
+            Arc::new(Layered::new(memory.clone(), LandsThenAnswers::default())),
+            fast(3),
+        );
+        let e = plain
+            .put("r", "k", json!(1), PutOptions::new().if_version(1))
+            .await
+            .unwrap_err();
+        assert_eq!(e.status(), ErrorStatus::MaybeApplied, "not retried: {e}");
+        assert_eq!(memory.get("r", "k").await.unwrap().unwrap().version, 2);
+
+        let with_id = Layered::new(
+            Arc::new(Layered::new(memory.clone(), LandsThenAnswers::default())),
+            fast(3),
+        );
+        let id = kernel_core::OperationId::new("cas-2").unwrap();
+        let write = kernel_core::Write::put("k", json!(2), PutOptions::new().if_version(2));
+        let applied = with_id.write_once("r", &id, write).await.unwrap();
+        assert!(
+            applied.replayed,
+            "the retry found the first attempt's record"
+        );
+        assert_eq!(applied.outcome.into_entry().unwrap().version, 3);
+        let now = memory.get("r", "k").await.unwrap().unwrap();
+        assert_eq!((now.version, now.value), (3, json!(2)), "applied once");
     }
 
     /// An attempt that may have landed keeps the call `MaybeApplied`, even when the attempts

@@ -63,6 +63,7 @@ use kernel_core::{
     RateLimiter, ReadStream, RecordedEvent, Result, Snapshot, Status, StorageDriver, Transaction,
     Value,
 };
+use kernel_core::{Applied, OperationId, Outcome, Write as WriteOp};
 
 use super::{Layer, Op, ops, read_all_kept};
 use crate::config::Role;
@@ -405,6 +406,37 @@ impl<P: ScopePolicy, T: StorageDriver + ?Sized> StorageDriver for Scoped<P, T> {
             inner,
         }))
     }
+
+    async fn write_once(
+        &self,
+        namespace: &str,
+        id: &OperationId,
+        write: WriteOp,
+    ) -> Result<Applied> {
+        let op = ops::write_once(namespace, &write);
+        let ns = enter(&*self.policy, &op)?;
+        let mut applied = inner_err(&op, self.inner.write_once(&ns, id, write.clone()).await)?;
+        applied.outcome = outcome_named(applied.outcome, namespace);
+        Ok(applied)
+    }
+
+    async fn operation(&self, namespace: &str, id: &OperationId) -> Result<Option<Outcome>> {
+        let op = ops::operation(namespace);
+        let ns = enter(&*self.policy, &op)?;
+        let found = inner_err(&op, self.inner.operation(&ns, id).await)?;
+        Ok(found.map(|o| outcome_named(o, namespace)))
+    }
+}
+
+/// An outcome with its entries under the caller's namespace again.
+fn outcome_named(outcome: Outcome, namespace: &str) -> Outcome {
+    match outcome {
+        Outcome::Put(e) => Outcome::Put(named(e, namespace)),
+        Outcome::PutMany(es) => {
+            Outcome::PutMany(es.into_iter().map(|e| named(e, namespace)).collect())
+        }
+        other => other,
+    }
 }
 
 /// A transaction whose every step is checked and renamed like a call of its store.
@@ -452,6 +484,12 @@ impl<P: ScopePolicy> Transaction for ScopedTx<P> {
         // A refused commit drops the transaction, which rolls it back.
         admit(&*self.policy, &op)?;
         inner_err(&op, self.inner.commit().await)
+    }
+
+    async fn commit_once(self: Box<Self>, namespace: &str, id: &OperationId) -> Result<Applied> {
+        let op = ops::tx_commit_once(namespace);
+        let ns = enter(&*self.policy, &op)?;
+        inner_err(&op, self.inner.commit_once(&ns, id).await)
     }
 
     async fn rollback(self: Box<Self>) -> Result<()> {
@@ -676,6 +714,16 @@ mod tests {
         tx.delete("n", "t", DeleteCondition::Always).await.unwrap();
         tx.commit().await.unwrap();
         s.begin().await.unwrap().rollback().await.unwrap();
+        let id = kernel_core::OperationId::new("op").unwrap();
+        let put_once = kernel_core::Write::put("k", json!(1), PutOptions::new().if_version(1));
+        s.write_once("n", &id, put_once).await.unwrap_err();
+        let batch_once = kernel_core::Write::PutMany(vec![BatchPut::new("k", json!(1))]);
+        s.write_once("n", &id, batch_once).await.unwrap();
+        s.operation("n", &id).await.unwrap().unwrap();
+        let tx = s.begin().await.unwrap();
+        tx.commit_once("n", &kernel_core::OperationId::new("tx").unwrap())
+            .await
+            .unwrap();
         s.append(
             "s-1",
             ExpectedVersion::Any,
@@ -729,6 +777,11 @@ mod tests {
                 "tx.commit",
                 "begin",
                 "tx.rollback",
+                "write_once",
+                "write_once",
+                "operation",
+                "begin",
+                "tx.commit_once",
                 "append",
                 "read_stream",
                 "read_all",

@@ -1,0 +1,2 @@
+DROP FUNCTION kernel_append_batch(text[], smallint[], bigint[], int[], uuid[], text[], jsonb[],
+    jsonb[], text[], text[], timestamptz[], boolean);
