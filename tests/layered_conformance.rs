@@ -224,6 +224,17 @@ macro_rules! storage_suite_in_a_tenant {
             update_helper_read_modify_write
             race_compare_and_set_increments
             race_if_absent_single_winner
+            write_once_put_applies_then_replays
+            write_once_conditional_put_replays_after_key_moved
+            write_once_same_id_other_request_conflicts
+            write_once_failed_write_records_nothing
+            write_once_deletes_and_batches_replay
+            write_once_ids_are_scoped_per_namespace
+            operation_reports_the_recorded_outcome
+            write_once_validates_input
+            tx_commit_once_commits_then_replays
+            race_write_once_same_id_applies_once
+            race_compare_and_set_with_operation_ids
         );
     };
     (@tests $factory:expr; $($name:ident)*) => {

@@ -12,7 +12,7 @@
 //! | migrations | two-int | ([`KERNEL_CLASS`], 2) = [`MIGRATE`] | Rust: [`crate::migrations::Migrator`], every space | to commit of one migration step |
 //! | test templates | two-int | ([`KERNEL_CLASS`], 3) = [`TESTKIT_TEMPLATE`] | `kernel-testkit` (tests only) | session, while a template database is built |
 //! | test owners | two-int | ([`TESTKIT_OWNER_CLASS`], process token) | `kernel-testkit` (tests only) | session, for the test process's lifetime |
-//! | stream | bigint | `hashtextextended(stream, `[`STREAM_SEED`]`)` | SQL: `kernel_append_batch`, 0001's `kernel_append_stage` | to commit of the append |
+//! | stream | bigint | `hashtextextended(stream, `[`STREAM_SEED`]`)` | SQL: `kernel_append_batch`, 0001's `kernel_append_stage`, 0006's console insert trigger `kernel_events_checked_insert` | to commit of the append (or of the console transaction) |
 //! | transaction key | bigint | `hashtextextended(namespace \|\| '/' \|\| key, `[`TX_KEY_SEED`]`)` | SQL: `kernel_tx_commit` | to commit |
 //!
 //! The SQL-side ids are written out in the migrations, which are checksummed and never edited;
@@ -90,6 +90,8 @@ mod tests {
             format!("pg_advisory_xact_lock({})", stream_lock_sql("p_stream")),
             format!("pg_advisory_xact_lock({})", stream_lock_sql("p_streams[1]")),
             format!("pg_try_advisory_xact_lock({})", stream_lock_sql("t.s")),
+            // 0006's trigger on a console INSERT: the row's stream.
+            format!("pg_advisory_xact_lock({})", stream_lock_sql("NEW.stream")),
             // The sorted multi-stream form: the hash is computed in a subquery.
             "pg_advisory_xact_lock(t.h)".to_owned(),
             // kernel_tx_commit: the hash is computed in the loop header.
@@ -100,6 +102,7 @@ mod tests {
             stream_lock_sql("p_streams[1]"),
             stream_lock_sql("t.s"),
             stream_lock_sql("s"),
+            stream_lock_sql("NEW.stream"),
             format!("hashtextextended(t.ns || '/' || t.key, {TX_KEY_SEED})"),
         ];
         let mut seen_sequencer = false;

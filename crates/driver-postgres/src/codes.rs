@@ -18,6 +18,12 @@
 //! takes the expected version as one number instead (NULL any, -1 stream exists, 0 no stream,
 //! n exact); it converts to [`ExpectedKind`] itself.
 //!
+//! A plain `INSERT INTO kernel_events` from a console (migration 0006's trigger) raises the same
+//! states as `kernel_append`: `KR006` invalid input, `KR004` an explicit version that is not the
+//! stream's next (DETAIL stream, HINT its version), `KR007` an id stored with other content.
+//! UPDATE and DELETE of the event tables raise PostgreSQL's own `42501` (insufficient
+//! privilege) unless run as `kernel_maintenance`.
+//!
 //! The enums are `#[non_exhaustive]`: a later migration may add a code, never change one.
 
 use kernel_core::{ExpectedVersion, PutCondition, Result};

@@ -4,8 +4,9 @@
 //! * `kernel_events` (sent by every sequencer pass, carrying the new head): wakes the driver's
 //!   subscriptions, which then read their next page. Nothing travels in the notification that
 //!   the subscriptions rely on, so a lost one only delays them until the poll tick.
-//! * `kernel_pending` (sent by the SQL entry point `kernel_append`): runs a sequencer pass, so
-//!   events appended from psql get their positions and reach subscribers.
+//! * `kernel_pending` (sent by the SQL entry point `kernel_append`, and by 0006's trigger on a
+//!   plain `INSERT INTO kernel_events` from a console): runs a sequencer pass, so events
+//!   appended from psql get their positions and reach subscribers within milliseconds.
 //!
 //! When the connection drops, the listener reconnects with backoff, LISTENs again and wakes
 //! every subscription: each re-reads from its last position, so events committed while no one

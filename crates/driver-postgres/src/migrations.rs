@@ -161,6 +161,12 @@ pub const MIGRATIONS: &[Migration] = &[
         include_str!("../migrations/0005_event_recorded_at.up.sql"),
         include_str!("../migrations/0005_event_recorded_at.down.sql"),
     ),
+    Migration::new(
+        6,
+        "console_sql",
+        include_str!("../migrations/0006_console_sql.up.sql"),
+        include_str!("../migrations/0006_console_sql.down.sql"),
+    ),
 ];
 
 /// Where one migration stands on a database.

@@ -303,6 +303,12 @@ pub(crate) enum EventsCommand {
         /// Lines parsed before each write; a malformed line stops the import before its batch.
         #[arg(long, value_name = "N", default_value_t = 1000)]
         batch: usize,
+        /// Appends in flight at once, each on another stream. Above 1 the import is faster on
+        /// an export whose streams interleave, but the global positions of events appended
+        /// together may come out in another order than the export's (versions, ids, times and
+        /// everything else stay the same).
+        #[arg(long, value_name = "N", default_value_t = 1)]
+        parallel: usize,
     },
 
     /// Copies events from this configuration's store into another's.

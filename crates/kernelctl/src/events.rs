@@ -50,7 +50,15 @@ pub(crate) async fn run(
             input,
             skip_lines,
             batch,
-        } => import(events, input.as_deref(), skip_lines, batch, interrupt).await,
+            parallel,
+        } => {
+            let options = ImportOptions {
+                skip: skip_lines,
+                batch,
+                parallel,
+            };
+            import(events, input.as_deref(), options, interrupt).await
+        }
         EventsCommand::Copy { .. } => Err(Error::internal("copy is run by `copy`")),
     }
 }
@@ -133,7 +141,7 @@ async fn export(
         after = last;
     }
     out.flush().map_err(write_error)?;
-    progress.finish(&format!("{exported} events, positions {from}..={to}"));
+    progress.finish(&format!("{exported} events, positions {}..={to}", from + 1));
     Ok(Outcome::Done)
 }
 
@@ -143,71 +151,114 @@ async fn export(
 /// append itself, which makes a second import add nothing.
 pub(crate) struct Importer<'a> {
     target: &'a dyn EventStore,
+    parallel: usize,
     pub(crate) written: u64,
     pub(crate) present: u64,
 }
 
 impl<'a> Importer<'a> {
-    pub(crate) fn new(target: &'a dyn EventStore) -> Importer<'a> {
+    pub(crate) fn new(target: &'a dyn EventStore, parallel: usize) -> Importer<'a> {
         Importer {
             target,
+            parallel: parallel.max(1),
             written: 0,
             present: 0,
         }
     }
 
-    /// Appends `lines` (with their line numbers for errors); all or, on an error, the runs
-    /// before the failing one.
+    /// Appends `lines` (with their line numbers for errors): every run, or on an error the
+    /// runs before the failing one (with `parallel > 1`, the failing run's window may have
+    /// written others of its runs too; a resumed import skips them as already there).
     pub(crate) async fn write(&mut self, lines: &[(u64, EventLine)]) -> Result<()> {
-        let mut start = 0;
-        while start < lines.len() {
-            let (first_no, first) = &lines[start];
-            let mut end = start + 1;
-            while end < lines.len()
-                && lines[end].1.stream == first.stream
-                && lines[end].1.version == lines[end - 1].1.version + 1
+        let runs = runs(lines)?;
+        let mut next = 0;
+        while next < runs.len() {
+            // A window of runs on distinct streams: a stream's next run waits for its previous
+            // one, whose version it continues.
+            let mut window: Vec<&[(u64, EventLine)]> = Vec::with_capacity(self.parallel);
+            while next < runs.len()
+                && window.len() < self.parallel
+                && !window
+                    .iter()
+                    .any(|w| w[0].1.stream == runs[next][0].1.stream)
             {
-                end += 1;
+                window.push(runs[next]);
+                next += 1;
             }
-            if first.version == 0 {
-                return Err(Error::invalid_input("stream versions start at 1, got 0")
-                    .with_context("line", first_no)
-                    .with_context("stream", &first.stream));
+            let target = self.target;
+            let outcomes = futures::future::join_all(window.iter().map(|run| async move {
+                let (first_no, first) = &run[0];
+                let batch = run.iter().map(|(_, l)| l.to_new_event()).collect();
+                target
+                    .append(
+                        &first.stream,
+                        ExpectedVersion::Exact(first.version - 1),
+                        batch,
+                    )
+                    .await
+                    .map(|r| (r.written, run.len() as u64))
+                    .map_err(|e| e.with_context("line", first_no))
+            }))
+            .await;
+            for outcome in outcomes {
+                let (written, n) = outcome?;
+                if written {
+                    self.written += n;
+                } else {
+                    self.present += n;
+                }
             }
-            let batch = lines[start..end]
-                .iter()
-                .map(|(_, l)| l.to_new_event())
-                .collect();
-            let result = self
-                .target
-                .append(
-                    &first.stream,
-                    ExpectedVersion::Exact(first.version - 1),
-                    batch,
-                )
-                .await
-                .map_err(|e| e.with_context("line", first_no))?;
-            let n = (end - start) as u64;
-            if result.written {
-                self.written += n;
-            } else {
-                self.present += n;
-            }
-            start = end;
         }
         Ok(())
     }
 }
 
+/// Splits lines into runs of consecutive versions of one stream.
+fn runs(lines: &[(u64, EventLine)]) -> Result<Vec<&[(u64, EventLine)]>> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    while start < lines.len() {
+        let (first_no, first) = &lines[start];
+        if first.version == 0 {
+            return Err(Error::invalid_input("stream versions start at 1, got 0")
+                .with_context("line", first_no)
+                .with_context("stream", &first.stream));
+        }
+        let mut end = start + 1;
+        while end < lines.len()
+            && lines[end].1.stream == first.stream
+            && lines[end].1.version == lines[end - 1].1.version + 1
+        {
+            end += 1;
+        }
+        out.push(&lines[start..end]);
+        start = end;
+    }
+    Ok(out)
+}
+
+/// How `events import` reads and writes.
+struct ImportOptions {
+    skip: u64,
+    batch: usize,
+    parallel: usize,
+}
+
 async fn import(
     events: &dyn EventStore,
     input: Option<&Path>,
-    skip: u64,
-    batch: usize,
+    options: ImportOptions,
     interrupt: &Interrupt,
 ) -> Result<Outcome> {
-    if batch == 0 {
-        return Err(Error::invalid_input("--batch must be at least 1"));
+    let ImportOptions {
+        skip,
+        batch,
+        parallel,
+    } = options;
+    if batch == 0 || parallel == 0 {
+        return Err(Error::invalid_input(
+            "--batch and --parallel must be at least 1",
+        ));
     }
     let (reader, total): (Box<dyn tokio::io::AsyncRead + Unpin + Send>, Option<u64>) = match input {
         Some(path) => {
@@ -226,7 +277,7 @@ async fn import(
         None => format!("kernelctl events import --skip-lines {line} < FILE"),
     };
     let mut lines = BufReader::new(reader).lines();
-    let mut importer = Importer::new(events);
+    let mut importer = Importer::new(events, parallel);
     let mut progress = Progress::new("import", "lines", total.map(|t| t.saturating_sub(skip)));
     let mut line_no = 0u64;
     // Lines up to this one are imported.
@@ -341,7 +392,7 @@ async fn copy_into(
 ) -> Result<Outcome> {
     let head = source.head_position().await?;
     let filter = event_filter(flags);
-    let mut importer = Importer::new(target);
+    let mut importer = Importer::new(target, 1);
     let mut progress = Progress::new("copy", "events", Some(head.saturating_sub(from)));
     let mut after = from;
     while after < head {

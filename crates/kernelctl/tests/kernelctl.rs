@@ -659,3 +659,123 @@ async fn migrate_runs_an_application_folder() {
         "{err}"
     );
 }
+
+/// `events tail` prints events as they are appended (from another process), filtered by
+/// category, until Ctrl-C, which ends it with exit status 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tail_prints_new_events_until_interrupted() {
+    use tokio::io::AsyncBufReadExt;
+
+    let store = Store::redis().await;
+    let kernel = store.kernel().await;
+    seed(&kernel, "old", 1, 2).await;
+    let mut child = tokio::process::Command::new(BIN)
+        .env_clear()
+        .envs(store.env())
+        .args(["events", "tail", "--category", "live"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start tail");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = tokio::io::BufReader::new(stdout).lines();
+    let mut stderr = tokio::io::BufReader::new(child.stderr.take().expect("stderr")).lines();
+    // Wait until it is subscribed (it says so) before appending.
+    let ready = tokio::time::timeout(Duration::from_secs(20), stderr.next_line())
+        .await
+        .expect("tail starts")
+        .expect("read stderr")
+        .unwrap_or_default();
+    assert!(ready.contains("tailing events after position 2"), "{ready}");
+    let events = kernel.events();
+    events
+        .append(
+            "other-1",
+            ExpectedVersion::Any,
+            vec![NewEvent::new("Skip", json!({}))],
+        )
+        .await
+        .expect("append");
+    for n in 0..3 {
+        events
+            .append(
+                "live-1",
+                ExpectedVersion::Any,
+                vec![NewEvent::new("Seen", json!({"n": n}))],
+            )
+            .await
+            .expect("append");
+    }
+    let mut seen = Vec::new();
+    while seen.len() < 3 {
+        let line = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
+            .await
+            .expect("an event within 20 s")
+            .expect("read stdout")
+            .expect("a line");
+        let event: serde_json::Value = serde_json::from_str(&line).expect("JSON");
+        assert_eq!(
+            event["stream"],
+            json!("live-1"),
+            "only the category asked for: {line}"
+        );
+        seen.push(event["payload"]["n"].clone());
+    }
+    assert_eq!(seen, vec![json!(0), json!(1), json!(2)], "in order");
+    let pid = child.id().expect("pid").to_string();
+    let signalled = Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .expect("kill");
+    assert!(signalled.success());
+    let status = tokio::time::timeout(Duration::from_secs(20), child.wait())
+        .await
+        .expect("tail stops on Ctrl-C")
+        .expect("wait");
+    assert_eq!(status.code(), Some(0));
+    kernel.shutdown().await;
+}
+
+/// `--parallel` appends runs of different streams at once: every event arrives with its id,
+/// version, content and time; only positions may be ordered differently within a window.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parallel_import_keeps_everything_but_the_order_of_positions() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (source, target) = (Store::sqlite(), Store::postgres().await);
+    let kernel = source.kernel().await;
+    seed(&kernel, "par", 12, 5).await;
+    kernel.shutdown().await;
+    let file = dir.path().join("par.ndjson");
+    let file = file.to_str().expect("utf-8");
+    ok(
+        &kernelctl(&source.env(), &["events", "export", "-o", file]),
+        "export",
+    );
+    let args = ["events", "import", "-i", file, "--parallel", "8"];
+    let summary = text(&kernelctl(&target.env(), &args).stderr);
+    assert!(summary.contains("60 events written"), "{summary}");
+    let strip = |text: &str| {
+        let mut events: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| {
+                let mut v: serde_json::Value = serde_json::from_str(l).expect("JSON");
+                v.as_object_mut().expect("object").remove("position");
+                v
+            })
+            .collect();
+        events.sort_by_key(|v| (v["stream"].to_string(), v["version"].as_u64()));
+        events
+    };
+    let source_log = std::fs::read_to_string(file).expect("read");
+    let target_log = ok(&kernelctl(&target.env(), &["events", "export"]), "export");
+    assert_eq!(
+        strip(&target_log),
+        strip(&source_log),
+        "all but positions identical"
+    );
+    let again = text(&kernelctl(&target.env(), &args).stderr);
+    assert!(
+        again.contains("0 events written, 60 already there"),
+        "{again}"
+    );
+}

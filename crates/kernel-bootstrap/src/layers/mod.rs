@@ -53,6 +53,7 @@
 //! ```
 
 pub mod access;
+pub mod audit;
 pub mod circuit_breaker;
 pub mod fault;
 mod layered;
