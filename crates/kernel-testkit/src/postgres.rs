@@ -286,8 +286,8 @@ async fn reset(admin: &Client, name: &str, signature: &str) -> Result<(), String
         db.batch_execute(&format!(
             "BEGIN; SET LOCAL session_replication_role = replica; {statements}; COMMIT"
         ))
-            .await
-            .map_err(|e| e.to_string())?;
+        .await
+        .map_err(|e| e.to_string())?;
     }
     Ok(())
 }
