@@ -1,6 +1,7 @@
 //! Settings of the PostgreSQL driver, and the password redaction every log and `Debug` uses.
 
 use std::fmt;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use kernel_core::operation::DEFAULT_OPERATION_WINDOW;
@@ -63,6 +64,13 @@ pub struct PostgresConfig {
     /// [`PostgresConfig::MAX_OPERATION_WINDOW`]).
     #[serde(rename = "operation_window_ms", with = "duration_ms")]
     pub operation_window: Duration,
+    /// A PEM file of CA certificates to trust for TLS (`tls_ca_file`), e.g. the CA a hosted
+    /// PostgreSQL publishes. The URL's `sslrootcert` wins over it. Setting it without an
+    /// `sslmode` in the URL means `verify-full`. See `docs/postgres.md`, "TLS".
+    pub tls_ca_file: Option<PathBuf>,
+    /// Trust the operating system's CA store too (`tls_system_roots`, default on): enough for
+    /// a server whose certificate is signed by a public CA.
+    pub tls_system_roots: bool,
 }
 
 impl PostgresConfig {
@@ -86,6 +94,8 @@ impl PostgresConfig {
             subscription: SubscriptionConfig::default(),
             application_name: "kernel".to_owned(),
             operation_window: DEFAULT_OPERATION_WINDOW,
+            tls_ca_file: None,
+            tls_system_roots: true,
         }
     }
 
@@ -100,9 +110,15 @@ impl PostgresConfig {
         self.pg_config().map(drop)
     }
 
+    /// The TLS mode and connector these settings give (the URL's `sslmode` / `sslrootcert`,
+    /// [`PostgresConfig::tls_ca_file`], [`PostgresConfig::tls_system_roots`]).
+    pub fn tls(&self) -> Result<crate::tls::PgTls> {
+        self.pg_config().map(|(_, tls)| tls)
+    }
+
     /// Checks the settings and parses the URL. Every failure is `Config` naming the setting;
     /// the URL itself is never echoed (it may hold a password).
-    pub(crate) fn pg_config(&self) -> Result<tokio_postgres::Config> {
+    pub(crate) fn pg_config(&self) -> Result<(tokio_postgres::Config, crate::tls::PgTls)> {
         if self.url.trim().is_empty() {
             return Err(Error::config(
                 "postgres.url",
@@ -111,17 +127,18 @@ impl PostgresConfig {
             )
             .with_context("backend", "postgres"));
         }
-        let mut pg: tokio_postgres::Config =
-            self.url.parse().map_err(|e: tokio_postgres::Error| {
-                Error::config(
-                    "postgres.url",
-                    format!(
-                        "DATABASE_URL is not a valid PostgreSQL connection string ({}): {e}",
-                        self.redacted_url()
-                    ),
-                )
-                .with_context("backend", "postgres")
-            })?;
+        // tokio-postgres knows neither verify-ca / verify-full nor sslrootcert: take them out.
+        let (rest, url_tls) = crate::tls::split_url(&self.url);
+        let mut pg: tokio_postgres::Config = rest.parse().map_err(|e: tokio_postgres::Error| {
+            Error::config(
+                "postgres.url",
+                format!(
+                    "DATABASE_URL is not a valid PostgreSQL connection string ({}): {e}",
+                    self.redacted_url()
+                ),
+            )
+            .with_context("backend", "postgres")
+        })?;
         if pg.get_hosts().is_empty() {
             return Err(Error::config(
                 "postgres.url",
@@ -190,7 +207,8 @@ impl PostgresConfig {
         }
         options.push_str(&format!("-c statement_timeout={statement_ms}"));
         pg.options(options);
-        Ok(pg)
+        let tls = crate::tls::configure(self, &url_tls, &mut pg)?;
+        Ok((pg, tls))
     }
 }
 
@@ -214,6 +232,8 @@ impl fmt::Debug for PostgresConfig {
             .field("subscription", &self.subscription)
             .field("application_name", &self.application_name)
             .field("operation_window", &self.operation_window)
+            .field("tls_ca_file", &self.tls_ca_file)
+            .field("tls_system_roots", &self.tls_system_roots)
             .finish()
     }
 }

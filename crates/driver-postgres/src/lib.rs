@@ -49,6 +49,7 @@ mod rows;
 mod sequencer;
 mod sql;
 mod storage;
+pub mod tls;
 mod transaction;
 mod writer;
 
@@ -63,7 +64,6 @@ use kernel_core::subscription::HeadSignal;
 use kernel_core::{Error, ErrorCode, Result};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tokio_postgres::NoTls;
 
 pub use config::PostgresConfig;
 pub use error::classify_sqlstate;
@@ -108,10 +108,10 @@ impl PostgresDriver {
     /// refused credentials or a missing database), `Unavailable` when no server answers, and
     /// the migration error when the schema cannot be brought up to date.
     pub async fn connect(config: PostgresConfig) -> Result<PostgresDriver> {
-        let pg = config.pg_config()?;
+        let (pg, tls) = config.pg_config()?;
         let manager = Manager::from_config(
             pg.clone(),
-            NoTls,
+            tls.connector(),
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },
@@ -135,6 +135,12 @@ impl PostgresDriver {
                 .with_context("backend", BACKEND)
             })?;
         let client = pool.get().await.map_err(|e| {
+            // A TLS failure says which (certificate, name, no TLS) rather than "unavailable".
+            if let deadpool_postgres::PoolError::Backend(backend) = &e {
+                if let Some(err) = tls::connect_error(backend, &tls::host_of(&pg)) {
+                    return err.with_context("url", config.redacted_url());
+                }
+            }
             let err = error::pool(e, config.pool_size);
             let err = if err.code() == ErrorCode::Timeout {
                 Error::unavailable(format!(
@@ -173,6 +179,7 @@ impl PostgresDriver {
         listener_pg.application_name(format!("{}-listener", config.application_name));
         let listener = listener::spawn(listener::ListenerSetup {
             pg: listener_pg,
+            tls: tls.clone(),
             pool: pool.clone(),
             pool_size: config.pool_size,
             head: head.clone(),

@@ -22,13 +22,15 @@ use futures::StreamExt;
 use kernel_core::subscription::HeadSignal;
 use tokio::sync::{Notify, mpsc, watch};
 use tokio::task::JoinHandle;
-use tokio_postgres::{AsyncMessage, NoTls, Notification};
+use tokio_postgres::{AsyncMessage, Notification};
 
 use crate::error;
 
 /// What the listener needs; it holds no reference to the driver, so dropping the driver ends it.
 pub(crate) struct ListenerSetup {
     pub(crate) pg: tokio_postgres::Config,
+    /// The pool's TLS settings: the LISTEN connection is as protected as the others.
+    pub(crate) tls: crate::tls::PgTls,
     pub(crate) pool: Pool,
     pub(crate) pool_size: usize,
     pub(crate) head: Arc<watch::Sender<HeadSignal>>,
@@ -58,7 +60,7 @@ async fn run_until_shutdown(s: &mut ListenerSetup) {
             return;
         }
         let connected = tokio::select! {
-            r = s.pg.connect(NoTls) => r,
+            r = s.pg.connect(s.tls.connector()) => r,
             _ = s.shutdown.changed() => return,
         };
         let (client, mut connection) = match connected {

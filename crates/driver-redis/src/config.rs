@@ -1,6 +1,7 @@
 //! The driver's settings; `Debug` shows the URL through kernel-core's redaction.
 
 use std::fmt;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use kernel_core::operation::DEFAULT_OPERATION_WINDOW;
@@ -59,6 +60,12 @@ pub struct RedisConfig {
     /// sets it from `[limits]`, shared by every driver.
     #[serde(skip)]
     pub limits: Limits,
+    /// A PEM file of CA certificates to trust for `rediss://` (`tls_ca_file`), e.g. the CA of a
+    /// managed Redis. Refused with a `redis://` URL. See `docs/redis.md`, "TLS".
+    pub tls_ca_file: Option<PathBuf>,
+    /// Trust the operating system's CA store too for `rediss://` (`tls_system_roots`, default
+    /// on).
+    pub tls_system_roots: bool,
 }
 
 impl RedisConfig {
@@ -73,6 +80,8 @@ impl RedisConfig {
             key_prefix: "kernel:".to_owned(),
             operation_window: DEFAULT_OPERATION_WINDOW,
             limits: Limits::DEFAULT,
+            tls_ca_file: None,
+            tls_system_roots: true,
         }
     }
 
@@ -162,6 +171,8 @@ impl fmt::Debug for RedisConfig {
             .field("key_prefix", &self.key_prefix)
             .field("operation_window_ms", &self.operation_window)
             .field("limits", &self.limits)
+            .field("tls_ca_file", &self.tls_ca_file)
+            .field("tls_system_roots", &self.tls_system_roots)
             .finish()
     }
 }

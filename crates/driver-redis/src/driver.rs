@@ -69,12 +69,17 @@ impl RedisDriver {
     pub async fn connect(config: RedisConfig) -> Result<RedisDriver> {
         config.validate()?;
         let shown = config.redacted_url();
-        let fred_config = FredConfig::from_url(&config.url).map_err(|e| {
-            Error::config(
-                "redis.url",
-                format!("malformed Redis URL {shown}: {}", e.details()),
-            )
-        })?;
+        // fred reads the plain form of the URL; the TLS connector is ours (the CA settings).
+        let tls = crate::tls::fred_tls(&config)?;
+        let mut fred_config = FredConfig::from_url(&crate::tls::plain_scheme(&config.url))
+            .map_err(|e| {
+                Error::config(
+                    "redis.url",
+                    format!("malformed Redis URL {shown}: {}", e.details()),
+                )
+            })?;
+        let uses_tls = tls.is_some();
+        fred_config.tls = tls;
         let pool = builder(&fred_config, &config)
             .build_pool(config.pool_size)
             .map_err(|e| {
@@ -93,6 +98,23 @@ impl RedisDriver {
         let handle = match tokio::time::timeout(deadline, pool.init()).await {
             Ok(Ok(handle)) => handle,
             Ok(Err(e)) => {
+                if uses_tls {
+                    if let Some(err) =
+                        crate::tls::handshake_error(e.details(), &crate::tls::host_of(&config.url))
+                    {
+                        if let Err(close) = pool.quit().await {
+                            tracing::debug!(error = %close, "closing the half-open Redis pool failed");
+                        }
+                        return Err(err.with_context("url", &shown));
+                    }
+                }
+                if uses_tls && crate::tls::speaks_clear_text(&config.url, deadline).await {
+                    if let Err(close) = pool.quit().await {
+                        tracing::debug!(error = %close, "closing the half-open Redis pool failed");
+                    }
+                    return Err(crate::tls::not_offered(&crate::tls::host_of(&config.url))
+                        .with_context("url", &shown));
+                }
                 let mapped = map_err(e, "connect");
                 return Err(if mapped.code() == ErrorCode::Config {
                     mapped.with_context("url", &shown)
@@ -104,6 +126,10 @@ impl RedisDriver {
                 // The half-open pool is discarded; the error that matters is the timeout.
                 if let Err(e) = pool.quit().await {
                     tracing::debug!(error = %e, "closing the half-open Redis pool failed");
+                }
+                if uses_tls && crate::tls::speaks_clear_text(&config.url, deadline).await {
+                    return Err(crate::tls::not_offered(&crate::tls::host_of(&config.url))
+                        .with_context("url", &shown));
                 }
                 return Err(unreachable(format!(
                     "no connection within {} ms",

@@ -52,6 +52,7 @@ mod operation;
 mod rate_limit;
 mod scripts;
 mod storage;
+mod tls;
 mod transaction;
 
 pub use config::{MAX_KEY_PREFIX_LEN, MAX_OPERATION_WINDOW, RedisConfig};

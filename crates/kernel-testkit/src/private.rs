@@ -302,6 +302,8 @@ mod postgres {
         run_as: Option<(u32, u32)>,
         /// The postmaster, while it runs.
         postmaster: Option<Child>,
+        /// `ssl = on` with this certificate and key (copies inside `root`), for TLS tests.
+        ssl: Option<(PathBuf, PathBuf)>,
     }
 
     impl PrivatePostgres {
@@ -314,6 +316,22 @@ mod postgres {
         /// user, or when the server does not start within [`READY_TIMEOUT`]; the message says
         /// what is missing and how to fix it, with the end of the server's log.
         pub async fn start() -> PrivatePostgres {
+            PrivatePostgres::start_inner(None).await
+        }
+
+        /// [`PrivatePostgres::start`] with `ssl = on`, serving `ca`'s server certificate (made
+        /// for `127.0.0.1` and `localhost`). Plain connections are still accepted, so the
+        /// readiness check and `sslmode=prefer` work; [`PrivatePostgres::url`] names no
+        /// `sslmode`.
+        ///
+        /// # Panics
+        ///
+        /// As [`PrivatePostgres::start`], and when the certificate cannot be copied.
+        pub async fn start_tls(ca: &super::TestCa) -> PrivatePostgres {
+            PrivatePostgres::start_inner(Some(ca)).await
+        }
+
+        async fn start_inner(ca: Option<&super::TestCa>) -> PrivatePostgres {
             let bindir = find_bindir();
             let run_as = (effective_uid() == Some(0)).then(postgres_user);
             let root = tempfile::Builder::new()
@@ -333,7 +351,27 @@ mod postgres {
             let data = root.path().join("data");
             let log = root.path().join("postgres.log");
             let port = free_port();
+            // PostgreSQL wants the key readable by its user only: copies it owns, mode 0600.
+            let ssl = ca.map(|ca| {
+                let cert = root.path().join("server.crt");
+                let key = root.path().join("server.key");
+                for (from, to) in [(ca.server_cert(), &cert), (ca.server_key(), &key)] {
+                    std::fs::copy(&from, to).unwrap_or_else(|e| {
+                        panic!("kernel-testkit: cannot copy {}: {e}", from.display())
+                    });
+                    if let Some((uid, gid)) = run_as {
+                        std::os::unix::fs::chown(to, Some(uid), Some(gid)).unwrap_or_else(|e| {
+                            panic!("kernel-testkit: cannot chown {}: {e}", to.display())
+                        });
+                    }
+                }
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600))
+                    .unwrap_or_else(|e| panic!("kernel-testkit: cannot chmod the key: {e}"));
+                (cert, key)
+            });
             let mut server = PrivatePostgres {
+                ssl,
                 data,
                 log,
                 bindir,
@@ -425,10 +463,16 @@ mod postgres {
                 .arg("-k")
                 .arg(self.root.path())
                 .args(["-c", "listen_addresses=127.0.0.1"])
-                .args(["-c", "max_connections=100"])
-                .stdin(Stdio::null())
-                .stdout(stdout)
-                .stderr(stderr);
+                .args(["-c", "max_connections=100"]);
+            if let Some((cert, key)) = &self.ssl {
+                command
+                    .args(["-c", "ssl=on"])
+                    .arg("-c")
+                    .arg(format!("ssl_cert_file={}", cert.display()))
+                    .arg("-c")
+                    .arg(format!("ssl_key_file={}", key.display()));
+            }
+            command.stdin(Stdio::null()).stdout(stdout).stderr(stderr);
             let child = command.spawn().unwrap_or_else(|e| {
                 panic!(
                     "kernel-testkit: cannot start {}/postgres: {e}",
@@ -604,6 +648,8 @@ pub struct PrivateRedis {
     /// Configuration arguments after the defaults.
     extra: Vec<String>,
     server: Option<Child>,
+    /// TLS only (`--port 0 --tls-port`): readiness is an open port, not a clear-text PING.
+    tls: bool,
 }
 
 impl PrivateRedis {
@@ -626,6 +672,23 @@ impl PrivateRedis {
     ///
     /// As [`PrivateRedis::start`].
     pub async fn start_with(extra: &[&str]) -> PrivateRedis {
+        PrivateRedis::start_inner(extra, None).await
+    }
+
+    /// A TLS-only Redis (`--port 0 --tls-port <port>`) serving `ca`'s server certificate
+    /// (made for `127.0.0.1` and `localhost`), clients not asked for certificates;
+    /// [`PrivateRedis::url`] is `rediss://127.0.0.1:<port>`. `extra` as in
+    /// [`PrivateRedis::start_with`].
+    ///
+    /// # Panics
+    ///
+    /// As [`PrivateRedis::start`]; a `redis-server` built without TLS exits at once, and the
+    /// panic shows its log.
+    pub async fn start_tls(ca: &TestCa, extra: &[&str]) -> PrivateRedis {
+        PrivateRedis::start_inner(extra, Some(ca)).await
+    }
+
+    async fn start_inner(extra: &[&str], ca: Option<&TestCa>) -> PrivateRedis {
         let program = find_redis();
         let dir = tempfile::Builder::new()
             .prefix("kernel-redis-")
@@ -637,9 +700,33 @@ impl PrivateRedis {
             dir,
             program,
             port,
-            url: format!("redis://127.0.0.1:{port}"),
-            extra: extra.iter().map(|a| (*a).to_owned()).collect(),
+            url: match ca {
+                Some(_) => format!("rediss://127.0.0.1:{port}"),
+                None => format!("redis://127.0.0.1:{port}"),
+            },
+            extra: match ca {
+                // After the defaults: `--port 0` turns the clear-text listener off.
+                Some(ca) => vec![
+                    "--port".to_owned(),
+                    "0".to_owned(),
+                    "--tls-port".to_owned(),
+                    port.to_string(),
+                    "--tls-cert-file".to_owned(),
+                    ca.server_cert().display().to_string(),
+                    "--tls-key-file".to_owned(),
+                    ca.server_key().display().to_string(),
+                    "--tls-ca-cert-file".to_owned(),
+                    ca.ca_cert().display().to_string(),
+                    "--tls-auth-clients".to_owned(),
+                    "no".to_owned(),
+                ],
+                None => Vec::new(),
+            }
+            .into_iter()
+            .chain(extra.iter().map(|a| (*a).to_owned()))
+            .collect(),
             server: None,
+            tls: ca.is_some(),
         };
         server.spawn();
         server.wait_ready().await;
@@ -715,6 +802,12 @@ impl PrivateRedis {
                     );
                 }
             }
+            if self.tls {
+                // No TLS client here: a listening port is ready enough (no AOF to replay).
+                if port_open(self.port) {
+                    return;
+                }
+            }
             let last = match ping(self.port).await {
                 Ok(reply) if reply.starts_with("+PONG") => return,
                 Ok(reply) => reply,
@@ -777,6 +870,160 @@ impl Drop for PrivateRedis {
         }
         // The TempDir removes the directory after this.
     }
+}
+
+/// A throwaway certificate authority and a server certificate it signed for `127.0.0.1` and
+/// `localhost` (subject alternative names), made with the `openssl` program in a temporary
+/// directory removed on drop; plus a second, unrelated CA ([`TestCa::other_ca_cert`]) that
+/// signed nothing the servers use, for "unknown CA" tests. EC P-256 keys: fast to make.
+#[derive(Debug)]
+pub struct TestCa {
+    dir: TempDir,
+}
+
+impl TestCa {
+    /// Makes the CAs and the server certificate (valid for two days).
+    ///
+    /// # Panics
+    ///
+    /// When `openssl` is missing (the message says what to install) or fails.
+    pub fn new() -> TestCa {
+        let dir = tempfile::Builder::new()
+            .prefix("kernel-tls-")
+            .tempdir()
+            .unwrap_or_else(|e| panic!("kernel-testkit: cannot create a temporary directory: {e}"));
+        let d = dir.path();
+        std::fs::write(
+            d.join("server.ext"),
+            "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=critical,CA:FALSE\n\
+             keyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n",
+        )
+        .unwrap_or_else(|e| panic!("kernel-testkit: cannot write server.ext: {e}"));
+        for (name, cn) in [("ca", "kernel test CA"), ("other-ca", "kernel unknown CA")] {
+            openssl(
+                d,
+                &[
+                    "req",
+                    "-x509",
+                    "-newkey",
+                    "ec",
+                    "-pkeyopt",
+                    "ec_paramgen_curve:prime256v1",
+                    "-nodes",
+                    "-days",
+                    "2",
+                    "-subj",
+                    &format!("/CN={cn}"),
+                    "-addext",
+                    "basicConstraints=critical,CA:TRUE",
+                    "-addext",
+                    "keyUsage=critical,keyCertSign,cRLSign",
+                    "-keyout",
+                    &format!("{name}.key"),
+                    "-out",
+                    &format!("{name}.crt"),
+                ],
+            );
+        }
+        openssl(
+            d,
+            &[
+                "req",
+                "-new",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+                "-nodes",
+                "-subj",
+                "/CN=localhost",
+                "-keyout",
+                "server.key",
+                "-out",
+                "server.csr",
+            ],
+        );
+        openssl(
+            d,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                "server.csr",
+                "-CA",
+                "ca.crt",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-days",
+                "2",
+                "-extfile",
+                "server.ext",
+                "-out",
+                "server.crt",
+            ],
+        );
+        // The servers may run as another user (PostgreSQL under root): let them read.
+        use std::os::unix::fs::PermissionsExt;
+        for entry in [
+            d.to_path_buf(),
+            d.join("server.key"),
+            d.join("server.crt"),
+            d.join("ca.crt"),
+        ] {
+            let mode = if entry.is_dir() { 0o755 } else { 0o644 };
+            let _ = std::fs::set_permissions(&entry, std::fs::Permissions::from_mode(mode));
+        }
+        TestCa { dir }
+    }
+
+    /// The CA certificate (PEM) that signed the server certificate: the one to trust.
+    pub fn ca_cert(&self) -> PathBuf {
+        self.dir.path().join("ca.crt")
+    }
+
+    /// A CA certificate (PEM) that signed nothing the servers use.
+    pub fn other_ca_cert(&self) -> PathBuf {
+        self.dir.path().join("other-ca.crt")
+    }
+
+    /// The server certificate (PEM), for `127.0.0.1` and `localhost`.
+    pub fn server_cert(&self) -> PathBuf {
+        self.dir.path().join("server.crt")
+    }
+
+    /// The server's private key (PEM, unencrypted).
+    pub fn server_key(&self) -> PathBuf {
+        self.dir.path().join("server.key")
+    }
+}
+
+impl Default for TestCa {
+    fn default() -> Self {
+        TestCa::new()
+    }
+}
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let output = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| {
+            panic!(
+                "kernel-testkit: TLS tests need the `openssl` program to make their certificates \
+                 ({e}). Install it: `apt-get install -y openssl` (Debian / Ubuntu), `dnf install \
+                 openssl` (Fedora), `brew install openssl` (macOS)."
+            )
+        });
+    assert!(
+        output.status.success(),
+        "kernel-testkit: `openssl {}` failed ({}):\n{}",
+        args.join(" "),
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
 }
 
 /// One `PING` over a fresh connection: the first line of the reply.

@@ -85,7 +85,16 @@ async fn run(cli: Cli) -> Result<Outcome> {
         _ => {}
     }
     let kernel = boot::kernel(config).await?;
-    let interrupt = Interrupt::listen();
+    // Only the long copies stop at a safe point on Ctrl-C (and `tail` handles its own); for
+    // every other command Ctrl-C keeps its default meaning: end the process now.
+    let interrupt = match &cli.command {
+        Command::Events(
+            EventsCommand::Export { .. }
+            | EventsCommand::Import { .. }
+            | EventsCommand::Copy { .. },
+        ) => Interrupt::listen(),
+        _ => Interrupt::default(),
+    };
     let outcome = match cli.command {
         Command::Health { json } => health(&kernel, json).await,
         Command::Kv(command) => documents::kv(&**kernel.storage(), command).await,

@@ -53,8 +53,7 @@ pub(crate) async fn run(config: &KernelConfig, args: MigrateArgs) -> Result<Outc
 mod postgres {
     use driver_postgres::migrations::{MigrationState, Migrator};
     use kernel_bootstrap::KernelConfig;
-    use kernel_core::{Error, Result};
-    use tokio_postgres::NoTls;
+    use kernel_core::Result;
 
     use crate::cli::{MigrateAction, MigrateArgs};
     use crate::ndjson::time_text;
@@ -68,17 +67,8 @@ mod postgres {
         };
         let pg_config = config.postgres_config();
         let redacted = pg_config.redacted_url();
-        let pg: tokio_postgres::Config = pg_config.url.parse().map_err(|e| {
-            Error::config(
-                "postgres.url",
-                format!("not a valid connection string ({redacted})"),
-            )
-            .with_source(e)
-        })?;
-        let (client, connection) = pg.connect(NoTls).await.map_err(|e| {
-            Error::unavailable(format!("cannot connect to {redacted}")).with_source(e)
-        })?;
-        let task = tokio::spawn(connection);
+        // The driver's own connector: the same sslmode / sslrootcert / CA settings as the pool.
+        let (client, task) = driver_postgres::tls::connect_single(&pg_config).await?;
         let space = migrator.space().to_owned();
         let outcome = match args.action {
             MigrateAction::Up => migrator.up(&client).await.map(|applied| {

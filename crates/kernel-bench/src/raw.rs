@@ -1,0 +1,380 @@
+//! The raw side of each backend: what a user would write without the kernel, on the same
+//! server with a pool of the same size.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+
+use async_trait::async_trait;
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use fred::interfaces::{ClientLike, KeysInterface, ListInterface};
+use kernel_bootstrap::Kernel;
+use kernel_core::{Error, Result, Uuid, Value, json};
+use tokio_postgres::NoTls;
+
+use crate::run::{Side, TaskState, Workload};
+
+/// Pool size of both sides.
+const POOL: usize = 16;
+
+/// What keeps a test database or key prefix alive for the run (dropping it cleans up).
+pub(crate) enum Guard {
+    None,
+    Postgres {
+        _db: Box<kernel_testkit::postgres::TestDatabase>,
+    },
+    Redis {
+        _server: kernel_testkit::redis::RedisTestServer,
+    },
+}
+
+/// A kernel and the raw side for `backend`.
+pub(crate) async fn setup(backend: &str) -> Result<(Kernel, Arc<dyn Side>, Guard)> {
+    match backend {
+        "memory" => {
+            let kernel = crate::kernel(vec![("KERNEL_STORAGE_MODE", "memory".into())]).await?;
+            Ok((kernel, Arc::new(Memory::default()), Guard::None))
+        }
+        "postgres" => {
+            let db = kernel_testkit::postgres::fresh_database().await;
+            let kernel = crate::kernel(vec![
+                ("KERNEL_STORAGE_MODE", "postgres".into()),
+                ("DATABASE_URL", db.url().into()),
+                ("KERNEL_POSTGRES_POOL_SIZE", POOL.to_string()),
+            ])
+            .await?;
+            let raw = Postgres::connect(db.url()).await?;
+            Ok((kernel, Arc::new(raw), Guard::Postgres { _db: Box::new(db) }))
+        }
+        "redis" => {
+            let server = kernel_testkit::redis::RedisTestServer::start().await;
+            let kernel = crate::kernel(vec![
+                ("KERNEL_STORAGE_MODE", "redis".into()),
+                ("REDIS_URL", server.url().into()),
+                (
+                    "KERNEL_REDIS_KEY_PREFIX",
+                    server.prefix().trim_end_matches(':').into(),
+                ),
+                ("KERNEL_REDIS_POOL_SIZE", "4".into()),
+            ])
+            .await?;
+            let raw = Redis::connect(server.url(), server.prefix()).await?;
+            Ok((kernel, Arc::new(raw), Guard::Redis { _server: server }))
+        }
+        other => Err(Error::invalid_input(format!("no backend {other:?}"))),
+    }
+}
+
+/// A `RwLock<HashMap>` of documents and a map of event lists.
+#[derive(Default)]
+struct Memory {
+    docs: RwLock<HashMap<String, (Value, u64)>>,
+    streams: Mutex<HashMap<String, Vec<Value>>>,
+}
+
+fn poisoned() -> Error {
+    Error::internal("a raw map's lock is poisoned")
+}
+
+#[async_trait]
+impl Side for Memory {
+    async fn prepare(&self, w: Workload, t: usize, run: &str, st: &mut TaskState) -> Result<()> {
+        let mut docs = self.docs.write().map_err(|_| poisoned())?;
+        match w {
+            Workload::Get => {
+                for k in 0..100 {
+                    docs.insert(format!("{run}/k{t}-{k}"), (json!({"n": k}), 1));
+                }
+            }
+            Workload::PutIfVersion => {
+                docs.insert(format!("{run}/cas{t}"), (json!({"n": 0}), 1));
+                st.cas_version = 1;
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    async fn call(
+        &self,
+        w: Workload,
+        t: usize,
+        i: u64,
+        run: &str,
+        st: &mut TaskState,
+    ) -> Result<()> {
+        match w {
+            Workload::Get => {
+                let docs = self.docs.read().map_err(|_| poisoned())?;
+                let found = docs.get(&format!("{run}/k{t}-{}", i % 100)).cloned();
+                if found.is_none() {
+                    return Err(Error::internal("a seeded document is missing"));
+                }
+            }
+            Workload::Put => {
+                let mut docs = self.docs.write().map_err(|_| poisoned())?;
+                let slot = docs
+                    .entry(format!("{run}/k{t}-{}", i % 100))
+                    .or_insert((Value::Null, 0));
+                *slot = (json!({"n": i}), slot.1 + 1);
+            }
+            Workload::PutIfVersion => {
+                let mut docs = self.docs.write().map_err(|_| poisoned())?;
+                let slot = docs
+                    .get_mut(&format!("{run}/cas{t}"))
+                    .ok_or_else(|| Error::internal("the CAS document is missing"))?;
+                if slot.1 != st.cas_version {
+                    return Err(Error::conflict("raw CAS lost"));
+                }
+                *slot = (json!({"n": i}), slot.1 + 1);
+                st.cas_version = slot.1;
+            }
+            Workload::Append | Workload::Append10 => {
+                let n = if w == Workload::Append10 { 10 } else { 1 };
+                let mut streams = self.streams.lock().map_err(|_| poisoned())?;
+                let list = streams.entry(format!("{run}-{t}")).or_default();
+                for j in 0..n {
+                    list.push(json!({"i": i, "j": j}));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Hand-written statements on plain tables of the kernel's shape.
+struct Postgres {
+    pool: Pool,
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS bench_docs (
+    namespace text COLLATE \"C\" NOT NULL, key text COLLATE \"C\" NOT NULL,
+    value jsonb NOT NULL, version bigint NOT NULL, updated_at timestamptz NOT NULL,
+    PRIMARY KEY (namespace, key));
+CREATE TABLE IF NOT EXISTS bench_events (
+    seq bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, stream text COLLATE \"C\" NOT NULL,
+    version bigint NOT NULL, id uuid NOT NULL, payload jsonb NOT NULL,
+    recorded_at timestamptz NOT NULL DEFAULT clock_timestamp(), UNIQUE (stream, version));";
+const GET: &str = "SELECT value, version FROM bench_docs WHERE namespace = $1 AND key = $2";
+const PUT: &str = "INSERT INTO bench_docs VALUES ($1, $2, $3, 1, now()) \
+     ON CONFLICT (namespace, key) DO UPDATE \
+     SET value = EXCLUDED.value, version = bench_docs.version + 1, updated_at = now() \
+     RETURNING version";
+const CAS: &str = "UPDATE bench_docs SET value = $3, version = version + 1, updated_at = now() \
+     WHERE namespace = $1 AND key = $2 AND version = $4 RETURNING version";
+const APPEND: &str =
+    "INSERT INTO bench_events (stream, version, id, payload) VALUES ($1, $2, $3, $4)";
+const APPEND10: &str = "INSERT INTO bench_events (stream, version, id, payload) \
+     SELECT $1, $2 + t.o, t.id, t.p FROM unnest($3::uuid[], $4::jsonb[]) WITH ORDINALITY \
+     AS t(id, p, o)";
+
+impl Postgres {
+    async fn connect(url: &str) -> Result<Postgres> {
+        let config: tokio_postgres::Config = url
+            .parse()
+            .map_err(|e| Error::config("postgres.url", "not a connection string").with_source(e))?;
+        let manager = Manager::from_config(
+            config,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(POOL)
+            .build()
+            .map_err(|e| Error::internal("cannot build the raw pool").with_source(e))?;
+        let client = pool.get().await.map_err(pool_error)?;
+        client.batch_execute(SCHEMA).await.map_err(pg_error)?;
+        Ok(Postgres { pool })
+    }
+}
+
+fn pool_error(e: deadpool_postgres::PoolError) -> Error {
+    Error::unavailable("raw pool").with_source(e)
+}
+
+fn pg_error(e: tokio_postgres::Error) -> Error {
+    Error::unavailable("raw statement").with_source(e)
+}
+
+#[async_trait]
+impl Side for Postgres {
+    async fn prepare(&self, w: Workload, t: usize, run: &str, st: &mut TaskState) -> Result<()> {
+        let client = self.pool.get().await.map_err(pool_error)?;
+        let put = client.prepare_cached(PUT).await.map_err(pg_error)?;
+        match w {
+            Workload::Get => {
+                for k in 0..100 {
+                    let key = format!("k{t}-{k}");
+                    client
+                        .query_one(&put, &[&run, &key, &json!({"n": k})])
+                        .await
+                        .map_err(pg_error)?;
+                }
+            }
+            Workload::PutIfVersion => {
+                let key = format!("cas{t}");
+                let row = client
+                    .query_one(&put, &[&run, &key, &json!({"n": 0})])
+                    .await
+                    .map_err(pg_error)?;
+                st.cas_version = row.get::<_, i64>(0) as u64;
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    async fn call(
+        &self,
+        w: Workload,
+        t: usize,
+        i: u64,
+        run: &str,
+        st: &mut TaskState,
+    ) -> Result<()> {
+        let client = self.pool.get().await.map_err(pool_error)?;
+        match w {
+            Workload::Get => {
+                let stmt = client.prepare_cached(GET).await.map_err(pg_error)?;
+                let key = format!("k{t}-{}", i % 100);
+                let row = client
+                    .query_opt(&stmt, &[&run, &key])
+                    .await
+                    .map_err(pg_error)?;
+                let value: Option<Value> = row.map(|r| r.get(0));
+                if value.is_none() {
+                    return Err(Error::internal("a seeded document is missing"));
+                }
+            }
+            Workload::Put => {
+                let stmt = client.prepare_cached(PUT).await.map_err(pg_error)?;
+                let key = format!("k{t}-{}", i % 100);
+                client
+                    .query_one(&stmt, &[&run, &key, &json!({"n": i})])
+                    .await
+                    .map_err(pg_error)?;
+            }
+            Workload::PutIfVersion => {
+                let stmt = client.prepare_cached(CAS).await.map_err(pg_error)?;
+                let key = format!("cas{t}");
+                let expected = st.cas_version as i64;
+                let row = client
+                    .query_opt(&stmt, &[&run, &key, &json!({"n": i}), &expected])
+                    .await
+                    .map_err(pg_error)?
+                    .ok_or_else(|| Error::conflict("raw CAS lost"))?;
+                st.cas_version = row.get::<_, i64>(0) as u64;
+            }
+            Workload::Append => {
+                let stmt = client.prepare_cached(APPEND).await.map_err(pg_error)?;
+                let stream = format!("{run}-{t}");
+                let version = st.stream_version as i64 + 1;
+                client
+                    .execute(
+                        &stmt,
+                        &[&stream, &version, &Uuid::now_v7(), &json!({"i": i})],
+                    )
+                    .await
+                    .map_err(pg_error)?;
+                st.stream_version += 1;
+            }
+            Workload::Append10 => {
+                let stmt = client.prepare_cached(APPEND10).await.map_err(pg_error)?;
+                let stream = format!("{run}-{t}");
+                let base = st.stream_version as i64;
+                let ids: Vec<Uuid> = (0..10).map(|_| Uuid::now_v7()).collect();
+                let payloads: Vec<Value> = (0..10).map(|j| json!({"i": i, "j": j})).collect();
+                client
+                    .execute(&stmt, &[&stream, &base, &ids, &payloads])
+                    .await
+                    .map_err(pg_error)?;
+                st.stream_version += 10;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// fred commands on a pool.
+struct Redis {
+    pool: fred::clients::Pool,
+    prefix: String,
+}
+
+impl Redis {
+    async fn connect(url: &str, prefix: &str) -> Result<Redis> {
+        let config = fred::types::config::Config::from_url(url)
+            .map_err(|e| Error::config("redis.url", "not a Redis URL").with_source(e))?;
+        let pool = fred::types::Builder::from_config(config)
+            .build_pool(4)
+            .map_err(|e| Error::internal("cannot build the raw pool").with_source(e))?;
+        pool.init()
+            .await
+            .map_err(|e| Error::unavailable("raw Redis").with_source(e))?;
+        Ok(Redis {
+            pool,
+            prefix: format!("{prefix}raw:"),
+        })
+    }
+}
+
+fn redis_error(e: fred::error::Error) -> Error {
+    Error::unavailable("raw Redis command").with_source(e)
+}
+
+#[async_trait]
+impl Side for Redis {
+    async fn prepare(&self, w: Workload, t: usize, run: &str, _st: &mut TaskState) -> Result<()> {
+        if w == Workload::Get {
+            for k in 0..100 {
+                let key = format!("{}{run}:k{t}-{k}", self.prefix);
+                let _: () = self
+                    .pool
+                    .set(key, json!({"n": k}).to_string(), None, None, false)
+                    .await
+                    .map_err(redis_error)?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn call(
+        &self,
+        w: Workload,
+        t: usize,
+        i: u64,
+        run: &str,
+        _st: &mut TaskState,
+    ) -> Result<()> {
+        match w {
+            Workload::Get => {
+                let key = format!("{}{run}:k{t}-{}", self.prefix, i % 100);
+                let value: Option<String> = self.pool.get(key).await.map_err(redis_error)?;
+                if value.is_none() {
+                    return Err(Error::internal("a seeded document is missing"));
+                }
+            }
+            // A raw compare-and-set without a script would need WATCH on a dedicated
+            // connection; a plain SET is the baseline for both puts.
+            Workload::Put | Workload::PutIfVersion => {
+                let key = format!("{}{run}:k{t}-{}", self.prefix, i % 100);
+                let _: () = self
+                    .pool
+                    .set(key, json!({"n": i}).to_string(), None, None, false)
+                    .await
+                    .map_err(redis_error)?;
+            }
+            Workload::Append | Workload::Append10 => {
+                let n = if w == Workload::Append10 { 10 } else { 1 };
+                let key = format!("{}{run}:s{t}", self.prefix);
+                let values: Vec<String> = (0..n)
+                    .map(|j| json!({"i": i, "j": j}).to_string())
+                    .collect();
+                let _: u64 = self.pool.rpush(key, values).await.map_err(redis_error)?;
+            }
+        }
+        Ok(())
+    }
+}
