@@ -518,7 +518,7 @@ impl StorageDriver for MemoryDriver {
     }
 
     async fn write_once(&self, ns: &str, id: &OperationId, write: Write) -> Result<Applied> {
-        self.validate_write(ns, &write)?;
+        write.validate(ns, &self.inner.limits)?;
         let fingerprint = write.fingerprint(ns);
         let now = SystemTime::now();
         let mut docs = self.inner.docs_write()?;
@@ -554,31 +554,6 @@ impl StorageDriver for MemoryDriver {
         Ok(docs
             .operation(ns, id, SystemTime::now())
             .map(|r| r.outcome.clone()))
-    }
-}
-
-impl MemoryDriver {
-    /// The checks the plain method of `write` makes before touching any state.
-    fn validate_write(&self, ns: &str, write: &Write) -> Result<()> {
-        let limits = &self.inner.limits;
-        match write {
-            Write::Put {
-                key,
-                value,
-                options,
-            } => validate::put(ns, key, value, options, limits),
-            Write::Delete { key, .. } => validate::document(ns, key),
-            Write::PutMany(items) => {
-                validate::batch(ns, items.iter().map(|i| i.key.as_str()), true)?;
-                items
-                    .iter()
-                    .try_for_each(|i| validate::put(ns, &i.key, &i.value, &i.options, limits))
-            }
-            Write::DeleteMany(items) => {
-                validate::batch(ns, items.iter().map(|i| i.key.as_str()), true)
-            }
-            other => Err(Error::unsupported_variant("write", other)),
-        }
     }
 }
 

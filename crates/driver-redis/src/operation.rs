@@ -133,7 +133,7 @@ impl RedisDriver {
     }
 
     async fn apply_once(&self, ns: &str, id: &OperationId, write: Write) -> Result<Applied> {
-        self.validate_write(ns, &write)?;
+        write.validate(ns, &self.inner.config.limits)?;
         let fingerprint = write.fingerprint(ns);
         let kind = write.name();
         let nk = self.inner.keys.namespace(ns);
@@ -229,29 +229,6 @@ impl RedisDriver {
         decode_record(ns, id, &raw)
             .map(|r| Some(r.outcome))
             .map_err(|e| with_id(e, ns, id))
-    }
-
-    /// The checks the plain method of `write` makes before any I/O, in the same order.
-    fn validate_write(&self, ns: &str, write: &Write) -> Result<()> {
-        let limits = &self.inner.config.limits;
-        match write {
-            Write::Put {
-                key,
-                value,
-                options,
-            } => validate::put(ns, key, value, options, limits),
-            Write::Delete { key, .. } => validate::document(ns, key),
-            Write::PutMany(items) => {
-                validate::batch(ns, items.iter().map(|i| i.key.as_str()), true)?;
-                items
-                    .iter()
-                    .try_for_each(|i| validate::put(ns, &i.key, &i.value, &i.options, limits))
-            }
-            Write::DeleteMany(items) => {
-                validate::batch(ns, items.iter().map(|i| i.key.as_str()), true)
-            }
-            other => Err(Error::unsupported_variant("write", other)),
-        }
     }
 }
 

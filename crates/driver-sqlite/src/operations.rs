@@ -10,13 +10,10 @@
 
 use kernel_core::operation::Record;
 use kernel_core::validate::{self, escape};
-use kernel_core::{Applied, Error, Limits, OperationId, Outcome, Result, Value, Write};
+use kernel_core::{Applied, Error, OperationId, Outcome, Result, Value, Write};
 use rusqlite::{Connection, OptionalExtension, params};
 
-use crate::documents::{
-    apply_delete, apply_delete_many, apply_put, apply_put_many, validate_delete_many,
-    validate_put_many,
-};
+use crate::documents::{apply_delete, apply_delete_many, apply_put, apply_put_many};
 use crate::error::{Db, corrupted};
 use crate::writer::WriteCtx;
 use crate::{SqliteDriver, unix_micros_now};
@@ -25,21 +22,6 @@ use crate::{SqliteDriver, unix_micros_now};
 /// the one it adds, so the table shrinks back to the window's worth however writes are mixed,
 /// while each call's extra cost stays a short index range scan.
 const PURGE_PER_WRITE: i64 = 4;
-
-/// The checks the plain method of `write` makes before any I/O.
-pub(crate) fn validate_write(ns: &str, write: &Write, limits: &Limits) -> Result<()> {
-    match write {
-        Write::Put {
-            key,
-            value,
-            options,
-        } => validate::put(ns, key, value, options, limits),
-        Write::Delete { key, .. } => validate::document(ns, key),
-        Write::PutMany(items) => validate_put_many(ns, items, limits),
-        Write::DeleteMany(items) => validate_delete_many(ns, items),
-        other => Err(Error::unsupported_variant("write", other)),
-    }
-}
 
 /// The live (unexpired) record of `id` in `ns`.
 pub(crate) fn load(
@@ -154,7 +136,9 @@ impl SqliteDriver {
         id: &OperationId,
         write: Write,
     ) -> Result<Applied> {
-        validate_write(ns, &write, self.inner().limits()).map_err(op_ctx(ns, id))?;
+        write
+            .validate(ns, self.inner().limits())
+            .map_err(op_ctx(ns, id))?;
         let fingerprint = write.fingerprint(ns);
         let window = self.window_micros();
         let key = match &write {

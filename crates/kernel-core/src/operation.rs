@@ -162,6 +162,28 @@ impl Write {
         }
     }
 
+    /// The checks the plain method of this write makes before any I/O (names, keys, values,
+    /// batch rules, TTLs), in the same order: what every driver's `write_once` runs first.
+    pub fn validate(&self, namespace: &str, limits: &crate::Limits) -> Result<()> {
+        match self {
+            Write::Put {
+                key,
+                value,
+                options,
+            } => crate::validate::put(namespace, key, value, options, limits),
+            Write::Delete { key, .. } => crate::validate::document(namespace, key),
+            Write::PutMany(items) => {
+                crate::validate::batch(namespace, items.iter().map(|i| i.key.as_str()), true)?;
+                items.iter().try_for_each(|i| {
+                    crate::validate::put(namespace, &i.key, &i.value, &i.options, limits)
+                })
+            }
+            Write::DeleteMany(items) => {
+                crate::validate::batch(namespace, items.iter().map(|i| i.key.as_str()), true)
+            }
+        }
+    }
+
     /// Whether a plain call of this write may be repeated after a failure without an id:
     /// every put and delete in it is unconditional.
     pub fn is_unconditional(&self) -> bool {
