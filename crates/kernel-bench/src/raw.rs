@@ -6,7 +6,8 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
-use fred::interfaces::{ClientLike, KeysInterface, ListInterface};
+use fred::interfaces::{ClientLike, KeysInterface, ListInterface, LuaInterface};
+use fred::types::{Expiration, SetOptions};
 use kernel_bootstrap::Kernel;
 use kernel_core::{Error, Result, Uuid, Value, json};
 use tokio_postgres::NoTls;
@@ -69,6 +70,8 @@ pub(crate) async fn setup(backend: &str) -> Result<(Kernel, Arc<dyn Side>, Guard
 struct Memory {
     docs: RwLock<HashMap<String, (Value, u64)>>,
     streams: Mutex<HashMap<String, Vec<Value>>>,
+    locks: Mutex<HashMap<String, u64>>,
+    counters: Mutex<HashMap<String, u64>>,
 }
 
 fn poisoned() -> Error {
@@ -136,6 +139,19 @@ impl Side for Memory {
                     list.push(json!({"i": i, "j": j}));
                 }
             }
+            Workload::Lock => {
+                let key = format!("{run}-lock{t}");
+                let mut locks = self.locks.lock().map_err(|_| poisoned())?;
+                if locks.insert(key.clone(), i).is_some() {
+                    return Err(Error::internal("the task's own lock is held"));
+                }
+                drop(locks);
+                self.locks.lock().map_err(|_| poisoned())?.remove(&key);
+            }
+            Workload::RateLimit => {
+                let mut counters = self.counters.lock().map_err(|_| poisoned())?;
+                *counters.entry(format!("{run}-rl{t}")).or_default() += 1;
+            }
         }
         Ok(())
     }
@@ -154,7 +170,16 @@ CREATE TABLE IF NOT EXISTS bench_docs (
 CREATE TABLE IF NOT EXISTS bench_events (
     seq bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, stream text COLLATE \"C\" NOT NULL,
     version bigint NOT NULL, id uuid NOT NULL, payload jsonb NOT NULL,
-    recorded_at timestamptz NOT NULL DEFAULT clock_timestamp(), UNIQUE (stream, version));";
+    recorded_at timestamptz NOT NULL DEFAULT clock_timestamp(), UNIQUE (stream, version));
+CREATE TABLE IF NOT EXISTS bench_locks (
+    key text COLLATE \"C\" PRIMARY KEY, token text NOT NULL, expires_at timestamptz NOT NULL);
+CREATE TABLE IF NOT EXISTS bench_rates (
+    key text COLLATE \"C\" PRIMARY KEY, n bigint NOT NULL);";
+const ACQUIRE: &str = "INSERT INTO bench_locks VALUES ($1, $2, now() + interval '10 seconds') \
+     ON CONFLICT (key) DO NOTHING";
+const RELEASE: &str = "DELETE FROM bench_locks WHERE key = $1 AND token = $2";
+const COUNT: &str = "INSERT INTO bench_rates VALUES ($1, 1) \
+     ON CONFLICT (key) DO UPDATE SET n = bench_rates.n + 1 RETURNING n";
 const GET: &str = "SELECT value, version FROM bench_docs WHERE namespace = $1 AND key = $2";
 const PUT: &str = "INSERT INTO bench_docs VALUES ($1, $2, $3, 1, now()) \
      ON CONFLICT (namespace, key) DO UPDATE \
@@ -292,6 +317,28 @@ impl Side for Postgres {
                     .map_err(pg_error)?;
                 st.stream_version += 10;
             }
+            Workload::Lock => {
+                let acquire = client.prepare_cached(ACQUIRE).await.map_err(pg_error)?;
+                let release = client.prepare_cached(RELEASE).await.map_err(pg_error)?;
+                let key = format!("{run}-lock{t}");
+                let token = i.to_string();
+                let won = client
+                    .execute(&acquire, &[&key, &token])
+                    .await
+                    .map_err(pg_error)?;
+                if won != 1 {
+                    return Err(Error::internal("the task's own lock is held"));
+                }
+                client
+                    .execute(&release, &[&key, &token])
+                    .await
+                    .map_err(pg_error)?;
+            }
+            Workload::RateLimit => {
+                let stmt = client.prepare_cached(COUNT).await.map_err(pg_error)?;
+                let key = format!("{run}-rl{t}");
+                client.query_one(&stmt, &[&key]).await.map_err(pg_error)?;
+            }
         }
         Ok(())
     }
@@ -301,7 +348,18 @@ impl Side for Postgres {
 struct Redis {
     pool: fred::clients::Pool,
     prefix: String,
+    /// SHA of the compare-and-delete script of a lock release.
+    release: String,
+    /// SHA of the INCR + PEXPIRE script of a rate-limit count.
+    count: String,
 }
+
+/// Deletes the lock only if it still holds the caller's token.
+const RELEASE_LUA: &str =
+    "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0";
+/// Counts a request in a fixed window.
+const COUNT_LUA: &str = "local n = redis.call('INCR', KEYS[1]) \
+     if n == 1 then redis.call('PEXPIRE', KEYS[1], 1000) end return n";
 
 impl Redis {
     async fn connect(url: &str, prefix: &str) -> Result<Redis> {
@@ -313,9 +371,13 @@ impl Redis {
         pool.init()
             .await
             .map_err(|e| Error::unavailable("raw Redis").with_source(e))?;
+        let release: String = pool.script_load(RELEASE_LUA).await.map_err(redis_error)?;
+        let count: String = pool.script_load(COUNT_LUA).await.map_err(redis_error)?;
         Ok(Redis {
             pool,
             prefix: format!("{prefix}raw:"),
+            release,
+            count,
         })
     }
 }
@@ -373,6 +435,37 @@ impl Side for Redis {
                     .map(|j| json!({"i": i, "j": j}).to_string())
                     .collect();
                 let _: u64 = self.pool.rpush(key, values).await.map_err(redis_error)?;
+            }
+            Workload::Lock => {
+                let key = format!("{}{run}:lock{t}", self.prefix);
+                let token = i.to_string();
+                let won: Option<String> = self
+                    .pool
+                    .set(
+                        &key,
+                        token.as_str(),
+                        Some(Expiration::PX(10_000)),
+                        Some(SetOptions::NX),
+                        false,
+                    )
+                    .await
+                    .map_err(redis_error)?;
+                if won.is_none() {
+                    return Err(Error::internal("the task's own lock is held"));
+                }
+                let _: i64 = self
+                    .pool
+                    .evalsha(&self.release, vec![key], vec![token])
+                    .await
+                    .map_err(redis_error)?;
+            }
+            Workload::RateLimit => {
+                let key = format!("{}{run}:rl{t}", self.prefix);
+                let _: i64 = self
+                    .pool
+                    .evalsha(&self.count, vec![key], ())
+                    .await
+                    .map_err(redis_error)?;
             }
         }
         Ok(())

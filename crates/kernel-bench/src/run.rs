@@ -20,15 +20,21 @@ pub(crate) enum Workload {
     Append,
     /// Append ten events to the task's own stream in one call.
     Append10,
+    /// Acquire the task's own lock and release it (one op: the pair).
+    Lock,
+    /// One rate-limit check of cost 1 on the task's own key (never refused).
+    RateLimit,
 }
 
 impl Workload {
-    pub(crate) const ALL: [Workload; 5] = [
+    pub(crate) const ALL: [Workload; 7] = [
         Workload::Get,
         Workload::Put,
         Workload::PutIfVersion,
         Workload::Append,
         Workload::Append10,
+        Workload::Lock,
+        Workload::RateLimit,
     ];
 
     pub(crate) fn name(self) -> &'static str {
@@ -38,6 +44,8 @@ impl Workload {
             Workload::PutIfVersion => "put_if_version",
             Workload::Append => "append",
             Workload::Append10 => "append10",
+            Workload::Lock => "lock",
+            Workload::RateLimit => "rate_limit",
         }
     }
 
@@ -47,7 +55,8 @@ impl Workload {
             .find(|w| w.name() == name)
             .ok_or_else(|| {
                 Error::invalid_input(format!(
-                    "unknown workload {name:?}; one of get, put, put_if_version, append, append10"
+                    "unknown workload {name:?}; one of get, put, put_if_version, append, \
+                     append10, lock, rate_limit"
                 ))
             })
     }
@@ -165,6 +174,24 @@ impl Side for KernelSide {
                     .append(&stream, expected, events)
                     .await?
                     .stream_version;
+            }
+            Workload::Lock => {
+                let key = format!("{run}-lock{t}");
+                let lease = self
+                    .0
+                    .locks
+                    .try_acquire(&key, std::time::Duration::from_secs(10))
+                    .await?
+                    .ok_or_else(|| Error::internal("the task's own lock is held"))?;
+                self.0.locks.release(&lease).await?;
+            }
+            Workload::RateLimit => {
+                let key = format!("{run}-rl{t}");
+                let quota = kernel_core::Quota::per_second(1_000_000);
+                let decision = self.0.rate_limiter.check(&key, &quota, 1).await?;
+                if !decision.allowed {
+                    return Err(Error::internal("a check under a huge quota was refused"));
+                }
             }
         }
         Ok(())
