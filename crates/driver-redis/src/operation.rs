@@ -119,10 +119,7 @@ impl RedisDriver {
         id: &OperationId,
         write: Write,
     ) -> Result<Applied> {
-        let key = match &write {
-            Write::Put { key, .. } | Write::Delete { key, .. } => Some(key.clone()),
-            _ => None,
-        };
+        let key = write.key().map(str::to_owned);
         self.apply_once(ns, id, write).await.map_err(|e| {
             let e = with_id(e, ns, id);
             match &key {

@@ -141,10 +141,7 @@ impl SqliteDriver {
             .map_err(op_ctx(ns, id))?;
         let fingerprint = write.fingerprint(ns);
         let window = self.window_micros();
-        let key = match &write {
-            Write::Put { key, .. } | Write::Delete { key, .. } => Some(escape(key)),
-            _ => None,
-        };
+        let key = write.key().map(escape);
         let op = match &write {
             Write::Put { .. } => "write_once.put",
             Write::Delete { .. } => "write_once.delete",

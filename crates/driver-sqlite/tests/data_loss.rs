@@ -13,20 +13,9 @@ use kernel_core::{
     StorageDriver, json,
 };
 
-fn config(dir: &tempfile::TempDir) -> SqliteConfig {
-    SqliteConfig::new(dir.path().join("kernel.db").to_string_lossy())
-}
+mod common;
 
-async fn open(config: &SqliteConfig) -> SqliteDriver {
-    match SqliteDriver::open(config.clone()).await {
-        Ok(d) => d,
-        Err(e) => panic!("open {}: {e}", config.path),
-    }
-}
-
-fn ok<T>(r: kernel_core::Result<T>, what: &str) -> T {
-    r.unwrap_or_else(|e| panic!("{what}: {e}"))
-}
+use common::{config, ok, open};
 
 /// Runs `sql` on a connection of its own, as another process would.
 fn tamper(config: &SqliteConfig, sql: &str) {

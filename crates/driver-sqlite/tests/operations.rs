@@ -5,25 +5,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use driver_sqlite::{SqliteConfig, SqliteDriver};
+use driver_sqlite::SqliteConfig;
 use kernel_core::{
     Applied, ErrorCode, OperationId, Outcome, PutOptions, StorageDriver, Write, json,
 };
 
-fn config(dir: &tempfile::TempDir) -> SqliteConfig {
-    SqliteConfig::new(dir.path().join("kernel.db").to_string_lossy())
-}
+mod common;
 
-async fn open(config: &SqliteConfig) -> SqliteDriver {
-    match SqliteDriver::open(config.clone()).await {
-        Ok(d) => d,
-        Err(e) => panic!("open {}: {e}", config.path),
-    }
-}
-
-fn ok<T>(r: kernel_core::Result<T>, what: &str) -> T {
-    r.unwrap_or_else(|e| panic!("{what}: {e}"))
-}
+use common::{config, ok, open};
 
 fn id(s: &str) -> OperationId {
     ok(OperationId::new(s), "operation id")

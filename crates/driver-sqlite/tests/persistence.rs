@@ -6,27 +6,15 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use driver_sqlite::{SqliteConfig, SqliteDriver};
 use futures::StreamExt;
 use kernel_core::{
     BatchPut, DeleteCondition, ErrorCode, EventFilter, EventStore, EventStoreExt, ExpectedVersion,
     ListOptions, Lock, NewEvent, PutOptions, Quota, RateLimiter, ReadStream, StorageDriver, json,
 };
 
-fn config(dir: &tempfile::TempDir) -> SqliteConfig {
-    SqliteConfig::new(dir.path().join("kernel.db").to_string_lossy())
-}
+mod common;
 
-async fn open(config: &SqliteConfig) -> SqliteDriver {
-    match SqliteDriver::open(config.clone()).await {
-        Ok(d) => d,
-        Err(e) => panic!("open {}: {e}", config.path),
-    }
-}
-
-fn ok<T>(r: kernel_core::Result<T>, what: &str) -> T {
-    r.unwrap_or_else(|e| panic!("{what}: {e}"))
-}
+use common::{config, ok, open};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn everything_survives_a_reopen() {

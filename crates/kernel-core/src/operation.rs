@@ -184,18 +184,11 @@ impl Write {
         }
     }
 
-    /// Whether a plain call of this write may be repeated after a failure without an id:
-    /// every put and delete in it is unconditional.
-    pub fn is_unconditional(&self) -> bool {
+    /// The key of a single put or delete; `None` for a batch.
+    pub fn key(&self) -> Option<&str> {
         match self {
-            Write::Put { options, .. } => options.condition == PutCondition::Always,
-            Write::Delete { condition, .. } => *condition == DeleteCondition::Always,
-            Write::PutMany(items) => items
-                .iter()
-                .all(|i| i.options.condition == PutCondition::Always),
-            Write::DeleteMany(items) => {
-                items.iter().all(|i| i.condition == DeleteCondition::Always)
-            }
+            Write::Put { key, .. } | Write::Delete { key, .. } => Some(key),
+            Write::PutMany(_) | Write::DeleteMany(_) => None,
         }
     }
 

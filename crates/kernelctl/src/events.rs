@@ -59,7 +59,9 @@ pub(crate) async fn run(
             };
             import(events, input.as_deref(), options, interrupt).await
         }
-        EventsCommand::Copy { .. } => Err(Error::internal("copy is run by `copy`")),
+        EventsCommand::Copy { to, from, filter } => {
+            copy(events, &to, from, &filter, interrupt).await
+        }
     }
 }
 
@@ -152,15 +154,23 @@ async fn export(
 pub(crate) struct Importer<'a> {
     target: &'a dyn EventStore,
     parallel: usize,
+    /// What the numbers beside the lines are, for errors: `line` (an import) or
+    /// `source_position` (a copy).
+    origin: &'static str,
     pub(crate) written: u64,
     pub(crate) present: u64,
 }
 
 impl<'a> Importer<'a> {
-    pub(crate) fn new(target: &'a dyn EventStore, parallel: usize) -> Importer<'a> {
+    pub(crate) fn new(
+        target: &'a dyn EventStore,
+        parallel: usize,
+        origin: &'static str,
+    ) -> Importer<'a> {
         Importer {
             target,
             parallel: parallel.max(1),
+            origin,
             written: 0,
             present: 0,
         }
@@ -170,7 +180,8 @@ impl<'a> Importer<'a> {
     /// runs before the failing one (with `parallel > 1`, the failing run's window may have
     /// written others of its runs too; a resumed import skips them as already there).
     pub(crate) async fn write(&mut self, lines: &[(u64, EventLine)]) -> Result<()> {
-        let runs = runs(lines)?;
+        let origin = self.origin;
+        let runs = runs(lines, origin)?;
         let mut next = 0;
         while next < runs.len() {
             // A window of runs on distinct streams: a stream's next run waits for its previous
@@ -197,7 +208,7 @@ impl<'a> Importer<'a> {
                     )
                     .await
                     .map(|r| (r.written, run.len() as u64))
-                    .map_err(|e| e.with_context("line", first_no))
+                    .map_err(|e| e.with_context(origin, first_no))
             }))
             .await;
             for outcome in outcomes {
@@ -214,14 +225,17 @@ impl<'a> Importer<'a> {
 }
 
 /// Splits lines into runs of consecutive versions of one stream.
-fn runs(lines: &[(u64, EventLine)]) -> Result<Vec<&[(u64, EventLine)]>> {
+fn runs<'l>(
+    lines: &'l [(u64, EventLine)],
+    origin: &'static str,
+) -> Result<Vec<&'l [(u64, EventLine)]>> {
     let mut out = Vec::new();
     let mut start = 0;
     while start < lines.len() {
         let (first_no, first) = &lines[start];
         if first.version == 0 {
             return Err(Error::invalid_input("stream versions start at 1, got 0")
-                .with_context("line", first_no)
+                .with_context(origin, first_no)
                 .with_context("stream", &first.stream));
         }
         let mut end = start + 1;
@@ -277,7 +291,7 @@ async fn import(
         None => format!("kernelctl events import --skip-lines {line} < FILE"),
     };
     let mut lines = BufReader::new(reader).lines();
-    let mut importer = Importer::new(events, parallel);
+    let mut importer = Importer::new(events, parallel, "line");
     let mut progress = Progress::new("import", "lines", total.map(|t| t.saturating_sub(skip)));
     let mut line_no = 0u64;
     // Lines up to this one are imported.
@@ -359,7 +373,7 @@ fn count_lines(path: &Path) -> std::io::Result<u64> {
 }
 
 /// `events copy`: from this configuration's event store into the one of `to`.
-pub(crate) async fn copy(
+async fn copy(
     source: &dyn EventStore,
     to: &Path,
     from: u64,
@@ -392,7 +406,7 @@ async fn copy_into(
 ) -> Result<Outcome> {
     let head = source.head_position().await?;
     let filter = event_filter(flags);
-    let mut importer = Importer::new(target, 1);
+    let mut importer = Importer::new(target, 1, "source_position");
     let mut progress = Progress::new("copy", "events", Some(head.saturating_sub(from)));
     let mut after = from;
     while after < head {

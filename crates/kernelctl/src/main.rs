@@ -99,9 +99,6 @@ async fn run(cli: Cli) -> Result<Outcome> {
         Command::Health { json } => health(&kernel, json).await,
         Command::Kv(command) => documents::kv(&**kernel.storage(), command).await,
         Command::Ns(command) => documents::ns(&**kernel.storage(), command).await,
-        Command::Events(EventsCommand::Copy { to, from, filter }) => {
-            events::copy(&**kernel.events(), &to, from, &filter, &interrupt).await
-        }
         Command::Events(command) => events::run(&**kernel.events(), command, &interrupt).await,
         Command::Config | Command::Migrate(_) | Command::Completions { .. } => Ok(Outcome::Done),
     };

@@ -310,8 +310,19 @@ async fn an_interrupted_import_resumes() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("start the import");
-    // Let it write some batches, then interrupt it as a terminal's Ctrl-C would.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Once its first batches are in (and long before the last), interrupt it as a terminal's
+    // Ctrl-C would: waiting on the store, not on the clock, keeps a fast machine from finishing
+    // the import before the signal.
+    let watcher = target.kernel().await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while watcher.events().head_position().await.expect("head") < 20 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the import wrote nothing in 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    watcher.shutdown().await;
     let signalled = Command::new("kill")
         .args(["-INT", &child.id().to_string()])
         .status()

@@ -260,10 +260,10 @@ impl<I: Interceptor, T: StorageDriver + ?Sized> StorageDriver for Layered<I, T> 
         id: &OperationId,
         write: WriteOp,
     ) -> Result<Applied> {
-        // The op borrows the key from a copy kept for it: the write itself moves into the
-        // final attempt.
-        let described = write.clone();
-        let op = ops::write_once(namespace, &described);
+        // The op borrows a copy of the key (not of the write: a batch may be large), since the
+        // write itself moves into the final attempt.
+        let key = write.key().map(str::to_owned);
+        let op = ops::write_once(namespace, key.as_deref());
         let mut args = Some(write);
         self.around(op, move |attempt| match attempt.take(&mut args) {
             Some(write) => self.inner.write_once(namespace, id, write),

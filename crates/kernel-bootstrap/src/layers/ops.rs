@@ -44,7 +44,7 @@
 
 use std::time::Duration;
 
-use kernel_core::{BatchDelete, BatchPut, DeleteCondition, Lease, PutCondition, Write as WriteOp};
+use kernel_core::{BatchDelete, BatchPut, DeleteCondition, Lease, PutCondition};
 
 use super::Access::{Read, Write};
 use super::{Access, Op};
@@ -174,12 +174,12 @@ pub fn begin<'a>() -> Op<'a> {
 
 /// `StorageDriver::write_once`: always repeatable, conditional or not — the operation id is
 /// what makes it so (a repeat of a write that was applied in transit returns the first
-/// outcome). Names the key of a single put or delete.
-pub fn write_once<'a>(namespace: &'a str, write: &'a WriteOp) -> Op<'a> {
+/// outcome). `key` is the key of a single put or delete ([`kernel_core::Write::key`]).
+pub fn write_once<'a>(namespace: &'a str, key: Option<&'a str>) -> Op<'a> {
     let op = storage("write_once", Write, true).namespace(namespace);
-    match write {
-        WriteOp::Put { key, .. } | WriteOp::Delete { key, .. } => op.key(key),
-        _ => op,
+    match key {
+        Some(key) => op.key(key),
+        None => op,
     }
 }
 
@@ -349,8 +349,8 @@ pub(crate) mod tests {
             super::list_namespaces(),
             super::get_metadata("n", "k"),
             super::set_metadata("n", "k"),
-            super::write_once("n", put_once),
-            super::write_once("n", batch_once),
+            super::write_once("n", put_once.key()),
+            super::write_once("n", batch_once.key()),
             super::operation("n"),
             super::begin(),
             super::tx_get("n", "k"),

@@ -413,9 +413,10 @@ impl<P: ScopePolicy, T: StorageDriver + ?Sized> StorageDriver for Scoped<P, T> {
         id: &OperationId,
         write: WriteOp,
     ) -> Result<Applied> {
-        let op = ops::write_once(namespace, &write);
+        let key = write.key().map(str::to_owned);
+        let op = ops::write_once(namespace, key.as_deref());
         let ns = enter(&*self.policy, &op)?;
-        let mut applied = inner_err(&op, self.inner.write_once(&ns, id, write.clone()).await)?;
+        let mut applied = inner_err(&op, self.inner.write_once(&ns, id, write).await)?;
         applied.outcome = outcome_named(applied.outcome, namespace);
         Ok(applied)
     }
