@@ -1,6 +1,7 @@
 //! Documents: one ordered map per namespace, behind the driver's read-write lock.
 
-use std::collections::BTreeMap;
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap};
 use std::ops::Bound;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -39,14 +40,24 @@ pub(crate) struct NsState {
     pub(crate) entries: BTreeMap<String, Stored>,
 }
 
+/// When a stored thing may have expired, and where it is: `(time, namespace, key or id)`.
+type Due = Reverse<(SystemTime, String, String)>;
+
 #[derive(Debug)]
 pub(crate) struct DocState {
     pub(crate) namespaces: BTreeMap<String, NsState>,
     pub(crate) stamp: u64,
-    writes_since_purge: u64,
+    /// Every expiry time a document was written with, soonest first. Writes sweep what is due
+    /// from the top, so removing expired documents costs what expired, never a walk over every
+    /// namespace's entries under the lock; documents without a TTL are not in it at all. An
+    /// item whose document was rewritten since is skipped when it comes due (the document is
+    /// live, or gone).
+    expiries: BinaryHeap<Due>,
     /// Operation-id records by (namespace, id), each with the time it is forgotten. Behind the
     /// same lock as the documents, so the check, the write and the record are one step.
     operations: BTreeMap<(String, String), (Record, SystemTime)>,
+    /// When each operation record is forgotten, soonest first (swept as `expiries` is).
+    operation_expiries: BinaryHeap<Due>,
     pub(crate) operation_window: Duration,
 }
 
@@ -55,11 +66,39 @@ impl Default for DocState {
         DocState {
             namespaces: BTreeMap::new(),
             stamp: 0,
-            writes_since_purge: 0,
+            expiries: BinaryHeap::new(),
             operations: BTreeMap::new(),
+            operation_expiries: BinaryHeap::new(),
             operation_window: DEFAULT_OPERATION_WINDOW,
         }
     }
+}
+
+/// Everything a put checks besides its address (value, metadata, TTL), with the errors of
+/// [`validate::put`]: for batches, whose namespace and keys [`validate::batch`] checked already.
+fn validate_put_body(
+    ns: &str,
+    key: &str,
+    value: &Value,
+    options: &PutOptions,
+    limits: &kernel_core::Limits,
+) -> Result<()> {
+    let ctx = |e: Error| {
+        e.with_context("namespace", ns)
+            .with_context("key", escape(key))
+    };
+    validate::value(value, limits).map_err(ctx)?;
+    if let Some(m) = &options.metadata {
+        validate::metadata(m, limits).map_err(ctx)?;
+    }
+    if let Some(ttl) = options.ttl {
+        if ttl.is_zero() || ttl > validate::MAX_TTL {
+            return Err(ctx(Error::invalid_input(
+                "TTL must be greater than zero and at most 1000 years",
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// A write decided against the current state, ready to apply.
@@ -69,6 +108,16 @@ pub(crate) enum Planned {
 }
 
 impl DocState {
+    /// The live entry at `key`, reading the clock only for an entry that has a TTL (most
+    /// documents have none, and a clock read costs more than the rest of a lookup).
+    fn live_now(&self, ns: &str, key: &str) -> Option<&Stored> {
+        self.namespaces
+            .get(ns)?
+            .entries
+            .get(key)
+            .filter(|s| s.entry.expires_at.is_none_or(|t| t > SystemTime::now()))
+    }
+
     pub(crate) fn live(&self, ns: &str, key: &str, now: SystemTime) -> Option<&Stored> {
         self.namespaces
             .get(ns)?
@@ -117,9 +166,24 @@ impl DocState {
         let stamp = self.stamp;
         match planned {
             Planned::Put(entry) => {
-                self.ensure_namespace(ns, now)
-                    .entries
-                    .insert(key.to_owned(), Stored { entry, stamp });
+                if let Some(at) = entry.expires_at {
+                    self.expiries
+                        .push(Reverse((at, ns.to_owned(), key.to_owned())));
+                }
+                // Looked up before inserting: `entry` would copy both names on every write.
+                if !self.namespaces.contains_key(ns) {
+                    self.ensure_namespace(ns, now);
+                }
+                if let Some(state) = self.namespaces.get_mut(ns) {
+                    match state.entries.get_mut(key) {
+                        Some(slot) => *slot = Stored { entry, stamp },
+                        None => {
+                            state
+                                .entries
+                                .insert(key.to_owned(), Stored { entry, stamp });
+                        }
+                    }
+                }
             }
             Planned::Delete => {
                 if let Some(state) = self.namespaces.get_mut(ns) {
@@ -127,25 +191,55 @@ impl DocState {
                 }
             }
         }
-        // Expired entries are invisible already; sweeping now and then only bounds memory.
-        self.writes_since_purge += 1;
-        if self.writes_since_purge >= 4096 {
-            self.purge_expired(now);
-        }
+        self.sweep(now);
     }
 
-    pub(crate) fn purge_expired(&mut self, now: SystemTime) -> usize {
-        self.writes_since_purge = 0;
-        self.operations.retain(|_, (_, until)| *until > now);
+    /// Removes the documents and operation records that are due. Expired entries are invisible
+    /// already; sweeping only bounds memory, a little at every write.
+    fn sweep(&mut self, now: SystemTime) -> usize {
         let mut removed = 0;
-        for state in self.namespaces.values_mut() {
-            let before = state.entries.len();
-            state.entries.retain(|_, s| s.live(now));
-            removed += before - state.entries.len();
+        while self
+            .expiries
+            .peek()
+            .is_some_and(|Reverse((at, _, _))| *at <= now)
+        {
+            let Some(Reverse((_, ns, key))) = self.expiries.pop() else {
+                break;
+            };
+            if let Some(state) = self.namespaces.get_mut(&ns) {
+                if state.entries.get(&key).is_some_and(|s| !s.live(now)) {
+                    state.entries.remove(&key);
+                    removed += 1;
+                }
+            }
+        }
+        while self
+            .operation_expiries
+            .peek()
+            .is_some_and(|Reverse((at, _, _))| *at <= now)
+        {
+            let Some(Reverse((_, ns, id))) = self.operation_expiries.pop() else {
+                break;
+            };
+            let slot = (ns, id);
+            if self
+                .operations
+                .get(&slot)
+                .is_some_and(|(_, until)| *until <= now)
+            {
+                self.operations.remove(&slot);
+            }
         }
         removed
     }
 
+    pub(crate) fn purge_expired(&mut self, now: SystemTime) -> usize {
+        self.sweep(now)
+    }
+
+    /// An unconditional or conditional put of one document. A key already stored (live or
+    /// expired) is rewritten in place: its stored names are kept, not copied again, and the
+    /// answer is the one copy of the entry.
     fn put_locked(
         &mut self,
         ns: &str,
@@ -154,9 +248,41 @@ impl DocState {
         options: PutOptions,
         now: SystemTime,
     ) -> Result<Entry> {
-        let current = self.live(ns, key, now).map(|s| &s.entry);
-        let entry = DocState::plan_put(current, ns, key, value, options, now)?;
-        self.apply(ns, key, Planned::Put(entry.clone()), now);
+        let stored = self
+            .namespaces
+            .get_mut(ns)
+            .and_then(|state| state.entries.get_mut(key));
+        let Some(stored) = stored else {
+            let entry = DocState::plan_put(None, ns, key, value, options, now)?;
+            self.apply(ns, key, Planned::Put(entry.clone()), now);
+            return Ok(entry);
+        };
+        let live = stored.live(now);
+        check_put_condition(live.then_some(&stored.entry), ns, key, options.condition)?;
+        self.stamp += 1;
+        stored.stamp = self.stamp;
+        // What `Entry::after_put` computes, on the stored entry (an expired one counts as
+        // absent: the put creates the key anew).
+        let e = &mut stored.entry;
+        if live {
+            e.version += 1;
+            if let Some(metadata) = options.metadata {
+                e.metadata = metadata;
+            }
+        } else {
+            e.version = 1;
+            e.created_at = now;
+            e.metadata = options.metadata.unwrap_or_default();
+        }
+        e.value = value;
+        e.updated_at = now;
+        e.expires_at = options.ttl.map(|ttl| now + ttl);
+        let entry = e.clone();
+        if let Some(at) = entry.expires_at {
+            self.expiries
+                .push(Reverse((at, ns.to_owned(), key.to_owned())));
+        }
+        self.sweep(now);
         Ok(entry)
     }
 
@@ -227,6 +353,8 @@ impl DocState {
         now: SystemTime,
     ) {
         let until = now + self.operation_window;
+        self.operation_expiries
+            .push(Reverse((until, ns.to_owned(), id.as_str().to_owned())));
         self.operations
             .insert((ns.to_owned(), id.as_str().to_owned()), (record, until));
     }
@@ -298,9 +426,7 @@ impl StorageDriver for MemoryDriver {
     async fn get(&self, ns: &str, key: &str) -> Result<Option<Entry>> {
         validate::document(ns, key)?;
         let docs = self.inner.docs_read()?;
-        Ok(docs
-            .live(ns, key, SystemTime::now())
-            .map(|s| s.entry.clone()))
+        Ok(docs.live_now(ns, key).map(|s| s.entry.clone()))
     }
 
     async fn put(&self, ns: &str, key: &str, value: Value, options: PutOptions) -> Result<Entry> {
@@ -322,7 +448,7 @@ impl StorageDriver for MemoryDriver {
     async fn exists(&self, ns: &str, key: &str) -> Result<bool> {
         validate::document(ns, key)?;
         let docs = self.inner.docs_read()?;
-        Ok(docs.live(ns, key, SystemTime::now()).is_some())
+        Ok(docs.live_now(ns, key).is_some())
     }
 
     async fn get_many(&self, ns: &str, keys: &[String]) -> Result<Vec<Option<Entry>>> {
@@ -337,8 +463,9 @@ impl StorageDriver for MemoryDriver {
 
     async fn put_many(&self, ns: &str, items: Vec<BatchPut>) -> Result<Vec<Entry>> {
         validate::batch(ns, items.iter().map(|i| i.key.as_str()), true)?;
+        // The namespace and every key are checked: the rest of each put only.
         for i in &items {
-            validate::put(ns, &i.key, &i.value, &i.options, &self.inner.limits)?;
+            validate_put_body(ns, &i.key, &i.value, &i.options, &self.inner.limits)?;
         }
         let now = SystemTime::now();
         self.inner.docs_write()?.put_many_locked(ns, items, now)

@@ -71,6 +71,72 @@ pub struct PostgresConfig {
     /// Trust the operating system's CA store too (`tls_system_roots`, default on): enough for
     /// a server whose certificate is signed by a public CA.
     pub tls_system_roots: bool,
+    /// Whether the database enforces tenants too (`tenancy`, `off` by default): with
+    /// [`Tenancy::Rls`] every call of a tenant-scoped store runs with `kernel.tenant` set to
+    /// its tenant, and the row-level security policies of migration 0007 hold. See
+    /// `docs/postgres.md`, "Row-level security".
+    pub tenancy: Tenancy,
+    /// What [`PostgresConfig::url`] points at (`pooler`, default `none`): the server itself, or
+    /// a connection pooler (PgBouncer, Supavisor) in `session` or `transaction` mode. Poolers
+    /// refuse the startup `options` the driver sets `statement_timeout` with; a transaction
+    /// pooler also rules out named prepared statements, session settings and LISTEN. See
+    /// [`Pooler`] and `docs/deployment.md`, "PostgreSQL".
+    pub pooler: Pooler,
+    /// A connection string for the LISTEN connection (`listen_url`), when it must not use
+    /// [`PostgresConfig::url`]: a direct connection (or a session pooler) next to a transaction
+    /// pooler, where it is required. Unset, the listener uses `url`. Its own `sslmode` /
+    /// `sslrootcert` apply, with [`PostgresConfig::tls_ca_file`] and
+    /// [`PostgresConfig::tls_system_roots`]. Serialized with its password masked.
+    #[serde(serialize_with = "serialize_redacted_option")]
+    pub listen_url: Option<String>,
+}
+
+/// What the driver's [`PostgresConfig::url`] points at ([`PostgresConfig::pooler`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum Pooler {
+    /// The PostgreSQL server itself: `statement_timeout` travels in the startup `options`,
+    /// statements are prepared once per connection.
+    #[default]
+    None,
+    /// A pooler in session mode (PgBouncer `pool_mode = session`, Supavisor's session port):
+    /// a client keeps one server session, so everything works; `statement_timeout` is set with
+    /// `SET` on each new connection, as the pooler refuses startup `options`.
+    Session,
+    /// A pooler in transaction mode (PgBouncer `pool_mode = transaction`, Supavisor's port
+    /// 6543): each transaction may run on another server session. The driver sends unnamed
+    /// statements only and no session setting; `statement_timeout` must be the server's own
+    /// (set on the role, checked at connect); LISTEN needs
+    /// [`PostgresConfig::listen_url`]; `tenancy = "rls"` is refused (a session setting).
+    Transaction,
+}
+
+/// [`serialize_redacted`] for an optional URL.
+fn serialize_redacted_option<S: serde::Serializer>(
+    url: &Option<String>,
+    s: S,
+) -> std::result::Result<S::Ok, S::Error> {
+    match url {
+        Some(url) => s.serialize_some(&redact_url(url)),
+        None => s.serialize_none(),
+    }
+}
+
+/// Whether PostgreSQL itself separates tenants ([`PostgresConfig::tenancy`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum Tenancy {
+    /// The tenant layer alone keeps tenants apart (by name), on every driver alike.
+    #[default]
+    Off,
+    /// Row-level security as well: every connection the driver uses for a call carries the
+    /// call's tenant (`kernel.tenant`, from [`kernel_core::tenancy::current`]) and the
+    /// database shows a role subject to row-level security only that tenant's rows. At
+    /// connect the driver checks that row-level security is on (and turns it on when it may
+    /// migrate).
+    Rls,
 }
 
 impl PostgresConfig {
@@ -96,6 +162,9 @@ impl PostgresConfig {
             operation_window: DEFAULT_OPERATION_WINDOW,
             tls_ca_file: None,
             tls_system_roots: true,
+            tenancy: Tenancy::Off,
+            pooler: Pooler::None,
+            listen_url: None,
         }
     }
 
@@ -200,15 +269,117 @@ impl PostgresConfig {
         }
         pg.connect_timeout(self.connect_timeout);
         pg.application_name(&self.application_name);
-        let statement_ms = self.statement_timeout.as_millis().max(1);
-        let mut options = pg.get_options().map(str::to_owned).unwrap_or_default();
-        if !options.is_empty() {
-            options.push(' ');
+        if self.pooler == Pooler::None {
+            let statement_ms = self.statement_timeout_ms();
+            let mut options = pg.get_options().map(str::to_owned).unwrap_or_default();
+            if !options.is_empty() {
+                options.push(' ');
+            }
+            options.push_str(&format!("-c statement_timeout={statement_ms}"));
+            pg.options(options);
+        } else {
+            self.check_pooler(&pg)?;
         }
-        options.push_str(&format!("-c statement_timeout={statement_ms}"));
-        pg.options(options);
         let tls = crate::tls::configure(self, &url_tls, &mut pg)?;
         Ok((pg, tls))
+    }
+}
+
+impl PostgresConfig {
+    /// [`PostgresConfig::statement_timeout`] in whole milliseconds (at least 1), as the server
+    /// setting takes it.
+    pub(crate) fn statement_timeout_ms(&self) -> u128 {
+        self.statement_timeout.as_millis().max(1)
+    }
+
+    /// What a pooler rules out, checked without connecting: startup `options` in the URL (any
+    /// pooler), and with [`Pooler::Transaction`] a missing [`PostgresConfig::listen_url`] and
+    /// [`Tenancy::Rls`].
+    fn check_pooler(&self, pg: &tokio_postgres::Config) -> Result<()> {
+        let pooler = match self.pooler {
+            Pooler::None => return Ok(()),
+            Pooler::Session => "session",
+            Pooler::Transaction => "transaction",
+        };
+        if pg.get_options().is_some_and(|o| !o.trim().is_empty()) {
+            return Err(Error::config(
+                "postgres.url",
+                format!(
+                    "the connection string sets startup `options`, but postgres.pooler =                      {pooler}: connection poolers refuse them (PgBouncer: \"unsupported startup \
+                     parameter: options\") or drop them. Set those settings on the role instead \
+                     (ALTER ROLE .. SET ..) and remove `options` from the URL ({})",
+                    self.redacted_url()
+                ),
+            )
+            .with_context("backend", "postgres"));
+        }
+        if self.pooler != Pooler::Transaction {
+            return Ok(());
+        }
+        if self
+            .listen_url
+            .as_deref()
+            .is_none_or(|u| u.trim().is_empty())
+        {
+            return Err(Error::config(
+                "postgres.listen_url",
+                "postgres.pooler = transaction needs postgres.listen_url (KERNEL_POSTGRES_LISTEN_URL), \
+                 a direct connection string for LISTEN: through a transaction pooler LISTEN \
+                 succeeds but notifications go to a server session the driver no longer holds, \
+                 so subscriptions would only ever wake by polling",
+            )
+            .with_context("backend", "postgres"));
+        }
+        if self.tenancy == Tenancy::Rls {
+            return Err(Error::config(
+                "postgres.tenancy",
+                "tenancy = rls cannot work through a transaction pooler (postgres.pooler = \
+                 transaction): the tenant is a session setting (kernel.tenant) made before each \
+                 call, and the call's statements may run on another server session with another \
+                 tenant. Connect directly or through a session pooler (pooler = session), or \
+                 turn tenancy off",
+            )
+            .with_context("backend", "postgres"));
+        }
+        Ok(())
+    }
+
+    /// The LISTEN connection's settings: [`PostgresConfig::listen_url`] parsed like `url`
+    /// (its own `sslmode` / `sslrootcert`), or `None` to use the pool's. Failures are `Config`
+    /// naming `postgres.listen_url`, without the URL's password.
+    pub(crate) fn listen_config(
+        &self,
+    ) -> Result<Option<(tokio_postgres::Config, crate::tls::PgTls)>> {
+        let Some(url) = self.listen_url.as_deref().filter(|u| !u.trim().is_empty()) else {
+            return Ok(None);
+        };
+        let (rest, url_tls) = crate::tls::split_url(url);
+        let mut pg: tokio_postgres::Config = rest.parse().map_err(|e: tokio_postgres::Error| {
+            Error::config(
+                "postgres.listen_url",
+                format!(
+                    "postgres.listen_url is not a valid PostgreSQL connection string ({}): {e}",
+                    redact_url(url)
+                ),
+            )
+            .with_context("backend", "postgres")
+        })?;
+        if pg.get_hosts().is_empty() {
+            return Err(Error::config(
+                "postgres.listen_url",
+                format!("postgres.listen_url names no host ({})", redact_url(url)),
+            )
+            .with_context("backend", "postgres"));
+        }
+        if pg.get_user().is_none() {
+            if let Ok(user) = std::env::var("USER") {
+                pg.user(user);
+            }
+        }
+        pg.connect_timeout(self.connect_timeout);
+        let tls = crate::tls::configure(self, &url_tls, &mut pg)
+            .map_err(|e| e.with_context("connection", "postgres.listen_url"))?;
+        Ok(Some((pg, tls)))
     }
 }
 
@@ -234,6 +405,9 @@ impl fmt::Debug for PostgresConfig {
             .field("operation_window", &self.operation_window)
             .field("tls_ca_file", &self.tls_ca_file)
             .field("tls_system_roots", &self.tls_system_roots)
+            .field("tenancy", &self.tenancy)
+            .field("pooler", &self.pooler)
+            .field("listen_url", &self.listen_url.as_deref().map(redact_url))
             .finish()
     }
 }
@@ -289,6 +463,77 @@ mod tests {
             PostgresConfig::default().operation_window,
             DEFAULT_OPERATION_WINDOW
         );
+    }
+
+    #[test]
+    fn poolers_are_checked_without_connecting() {
+        let direct = PostgresConfig::new("postgres://u:hunter2@h/db");
+        assert!(direct.validate().is_ok());
+        let (pg, _) = direct.pg_config().unwrap();
+        assert!(pg.get_options().unwrap().contains("statement_timeout"));
+
+        let session = PostgresConfig {
+            pooler: Pooler::Session,
+            ..direct.clone()
+        };
+        let (pg, _) = session.pg_config().unwrap();
+        assert_eq!(
+            pg.get_options(),
+            None,
+            "no startup options through a pooler"
+        );
+
+        let with_options = PostgresConfig {
+            pooler: Pooler::Session,
+            ..PostgresConfig::new("postgres://u:hunter2@h/db?options=-c%20search_path%3Dx")
+        };
+        let err = with_options.validate().unwrap_err();
+        assert_eq!(err.context_value("setting"), Some("postgres.url"));
+        assert!(!format!("{err} {err:?}").contains("hunter2"));
+
+        let transaction = PostgresConfig {
+            pooler: Pooler::Transaction,
+            ..direct.clone()
+        };
+        let err = transaction.validate().unwrap_err();
+        assert_eq!(err.context_value("setting"), Some("postgres.listen_url"));
+
+        let transaction = PostgresConfig {
+            listen_url: Some("postgres://u:hunter3@direct/db".to_owned()),
+            ..transaction
+        };
+        assert!(transaction.validate().is_ok());
+        let (listen, _) = transaction.listen_config().unwrap().unwrap();
+        assert_eq!(listen.get_dbname(), Some("db"));
+        let shown = format!(
+            "{transaction:?} {}",
+            serde_json::to_string(&transaction).unwrap()
+        );
+        assert!(
+            !shown.contains("hunter2") && !shown.contains("hunter3"),
+            "{shown}"
+        );
+
+        let rls = PostgresConfig {
+            tenancy: Tenancy::Rls,
+            ..transaction.clone()
+        };
+        let err = rls.validate().unwrap_err();
+        assert_eq!(err.context_value("setting"), Some("postgres.tenancy"));
+
+        let bad_listen = PostgresConfig {
+            listen_url: Some("postgres://u:hunter3@direct:notaport/db".to_owned()),
+            ..transaction
+        };
+        let err = bad_listen.listen_config().unwrap_err();
+        assert_eq!(err.context_value("setting"), Some("postgres.listen_url"));
+        assert!(!format!("{err} {err:?}").contains("hunter3"));
+
+        let parsed: PostgresConfig = serde_json::from_str(
+            r#"{"url": "postgres://u@h/db", "pooler": "transaction", "listen_url": "postgres://u@d/db"}"#,
+        )
+        .unwrap();
+        assert_eq!(parsed.pooler, Pooler::Transaction);
     }
 
     #[test]

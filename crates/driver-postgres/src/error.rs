@@ -86,6 +86,11 @@ pub fn classify_sqlstate(state: &SqlState) -> (ErrorCode, ErrorStatus) {
     if CONFIG.contains(state) {
         return (ErrorCode::Config, Permanent);
     }
+    // A missing privilege, a row-level security policy refusing a row (tenancy = rls), the
+    // append-only guard of the event tables: the role may not do this.
+    if *state == SqlState::INSUFFICIENT_PRIVILEGE {
+        return (ErrorCode::PermissionDenied, Permanent);
+    }
     // The class is the first two characters of the code (SQL standard, PostgreSQL Appendix A).
     match state.code().get(..2) {
         Some("08" | "53") => (ErrorCode::Unavailable, Temporary),
@@ -324,6 +329,7 @@ mod tests {
             ("42P01", ErrorCode::Config, Permanent),
             ("42883", ErrorCode::Config, Permanent),
             ("42601", ErrorCode::Internal, Permanent),
+            ("42501", ErrorCode::PermissionDenied, Permanent),
             ("XX000", ErrorCode::Internal, Permanent),
             ("KR002", ErrorCode::Internal, Permanent),
             ("", ErrorCode::Internal, Permanent),

@@ -27,6 +27,7 @@ use crate::error::{self, pg};
 use crate::generation::Generation;
 use crate::jsonb::Jsonb;
 use crate::rows::{self, EVENT_COLUMNS, limit_i64, to_i64};
+use crate::statement::Statements;
 use crate::writer::{AppendRequest, Staged};
 
 // The log and the events meet one primary-key probe per row (LATERAL with LIMIT 1 keeps the
@@ -44,6 +45,11 @@ pub(crate) struct LogReader {
     pool_size: usize,
     shutdown: tokio::sync::watch::Receiver<bool>,
     generation: Arc<Generation>,
+    /// With row-level security: the tenant of the call that made this reader (a subscription
+    /// reads long after the call returned).
+    tenant: Option<Option<Arc<str>>>,
+    /// Prepared and cached, or unnamed (transaction pooler).
+    statements: Statements,
 }
 
 impl LogReader {
@@ -68,12 +74,14 @@ impl LogReader {
             .get()
             .await
             .map_err(|e| error::pool(e, self.pool_size))?;
+        if let Some(tenant) = &self.tenant {
+            crate::tenancy::enter(&client, tenant.as_deref()).await?;
+        }
         if let (true, Some(operation)) = (due, guard) {
             self.generation.verify(&client, operation).await?;
         }
-        let stmt = client
-            .prepare_cached(&format!(
-                "SELECT {EVENT_COLUMNS} FROM kernel_event_log l {LOG_TO_EVENT} \
+        let sql = format!(
+            "SELECT {EVENT_COLUMNS} FROM kernel_event_log l {LOG_TO_EVENT} \
                  WHERE l.position > $1 \
                  AND ($2::text[] IS NULL OR e.category = ANY ($2)) \
                  AND ($3::text[] IS NULL OR e.event_type = ANY ($3)) \
@@ -81,14 +89,14 @@ impl LogReader {
                  AND ($5::timestamptz IS NULL OR e.recorded_at >= $5) \
                  AND ($6::timestamptz IS NULL OR e.recorded_at < $6) \
                  ORDER BY l.position LIMIT $7"
-            ))
-            .await
-            .map_err(pg)?;
+        );
         let categories = (!filter.categories.is_empty()).then_some(&filter.categories);
         let types = (!filter.event_types.is_empty()).then_some(&filter.event_types);
-        let rows = client
+        let rows = self
+            .statements
             .query(
-                &stmt,
+                &client,
+                &sql,
                 &[
                     &to_i64(after),
                     &categories,
@@ -123,6 +131,8 @@ impl PostgresDriver {
             pool_size: self.inner.config.pool_size,
             shutdown: self.inner.shutdown.subscribe(),
             generation: self.inner.generation.clone(),
+            statements: self.statements(),
+            tenant: self.rls().then(kernel_core::tenancy::current),
         }
     }
 }
@@ -156,6 +166,7 @@ impl EventStore for PostgresDriver {
                 kind,
                 expected: version,
                 events: events.clone(),
+                tenant: self.rls().then(kernel_core::tenancy::current).flatten(),
             })
             .await
             .map_err(|e| e.with_context("stream", stream))?;
@@ -258,9 +269,9 @@ impl EventStore for PostgresDriver {
                 options.from_version.map_or(i64::MAX, to_i64),
             ),
         };
-        let stmt = client.prepare_cached(&sql).await.map_err(pg)?;
-        let rows = client
-            .query(&stmt, &[&stream, &from, &limit])
+        let rows = self
+            .statements()
+            .query(&client, &sql, &[&stream, &from, &limit])
             .await
             .map_err(|e| pg(e).with_context("stream", stream))?;
         let events = rows.iter().map(rows::event).collect::<Result<Vec<_>>>()?;
@@ -282,11 +293,8 @@ impl EventStore for PostgresDriver {
 
     async fn head_position(&self) -> Result<u64> {
         let client = self.client().await?;
-        let stmt = client
-            .prepare_cached("SELECT coalesce((SELECT position FROM kernel_event_log ORDER BY position DESC LIMIT 1), 0)")
-            .await
-            .map_err(pg)?;
-        let row = client.query_one(&stmt, &[]).await.map_err(pg)?;
+        let row = self.statements()
+        .query_one(&client, "SELECT coalesce((SELECT position FROM kernel_event_log ORDER BY position DESC LIMIT 1), 0)", &[]).await.map_err(pg)?;
         let head = rows::version(row.try_get(0).map_err(pg)?)?;
         self.inner.generation.saw(head);
         Ok(head)
@@ -327,20 +335,14 @@ impl EventStore for PostgresDriver {
         let client = self.client().await?;
         // One statement: the version check against the stream and the upsert that keeps the
         // highest version.
-        let stmt = client
-            .prepare_cached(
-                "WITH cur AS (SELECT coalesce((SELECT e.version FROM kernel_events e WHERE e.stream = $1::text ORDER BY e.version DESC LIMIT 1), 0) AS v), \
+        let row = self.statements()
+        .query_one(&client, "WITH cur AS (SELECT coalesce((SELECT e.version FROM kernel_events e WHERE e.stream = $1::text ORDER BY e.version DESC LIMIT 1), 0) AS v), \
                  ins AS (INSERT INTO kernel_snapshots AS k (stream, version, state, created_at) \
                    SELECT $1::text, $2::bigint, $3::jsonb, clock_timestamp() FROM cur WHERE $2::bigint BETWEEN 1 AND cur.v \
                    ON CONFLICT (stream) DO UPDATE SET version = EXCLUDED.version, state = EXCLUDED.state, \
                      created_at = EXCLUDED.created_at WHERE k.version <= EXCLUDED.version \
                    RETURNING 1) \
-                 SELECT cur.v FROM cur",
-            )
-            .await
-            .map_err(pg)?;
-        let row = client
-            .query_one(&stmt, &[&stream, &to_i64(version), &Jsonb(&state)])
+                 SELECT cur.v FROM cur", &[&stream, &to_i64(version), &Jsonb(&state)])
             .await
             .map_err(|e| error::pg_write(e).with_context("stream", stream))?;
         let current = rows::version(row.try_get(0).map_err(pg)?)?;
@@ -350,14 +352,13 @@ impl EventStore for PostgresDriver {
     async fn load_snapshot(&self, stream: &str) -> Result<Option<Snapshot>> {
         validate::stream(stream)?;
         let client = self.client().await?;
-        let stmt = client
-            .prepare_cached(
+        let row = self
+            .statements()
+            .query_opt(
+                &client,
                 "SELECT version, state, created_at FROM kernel_snapshots WHERE stream = $1",
+                &[&stream],
             )
-            .await
-            .map_err(pg)?;
-        let row = client
-            .query_opt(&stmt, &[&stream])
             .await
             .map_err(|e| pg(e).with_context("stream", stream))?;
         row.map(|r| {

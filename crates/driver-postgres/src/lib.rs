@@ -18,6 +18,9 @@
 //! * Locks: a lease table with a per-key fencing counter. Rate limits: GCRA in SQL.
 //! * Operation ids (`write_once`, `commit_once`): a record per id in `kernel_operations`,
 //!   claimed first and written in the same transaction as the write.
+//! * Poolers ([`Pooler`]): direct, or through PgBouncer / Supavisor in session mode, or in
+//!   transaction mode with unnamed statements only, no session setting and LISTEN on a direct
+//!   [`PostgresConfig::listen_url`]; what cannot work there is refused at connect (`Config`).
 //! * Data-loss detection: a generation marker row and the highest position seen; a database
 //!   that was replaced or went back refuses appends, locks and subscriptions until
 //!   [`PostgresDriver::acknowledge_data_loss`].
@@ -48,7 +51,9 @@ mod rate_limit;
 mod rows;
 mod sequencer;
 mod sql;
+mod statement;
 mod storage;
+mod tenancy;
 pub mod tls;
 mod transaction;
 mod writer;
@@ -65,7 +70,7 @@ use kernel_core::{Error, ErrorCode, Result};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-pub use config::PostgresConfig;
+pub use config::{Pooler, PostgresConfig, Tenancy};
 pub use error::classify_sqlstate;
 pub use kernel_core::redact::redact_url;
 
@@ -91,6 +96,8 @@ struct Inner {
     operations: AtomicU64,
     /// The marker and head this driver expects: data-loss detection.
     generation: Arc<generation::Generation>,
+    /// Prepared and cached, or unnamed through a transaction pooler.
+    statements: statement::Statements,
 }
 
 impl Drop for Inner {
@@ -116,7 +123,7 @@ impl PostgresDriver {
                 recycling_method: RecyclingMethod::Fast,
             },
         );
-        let pool = Pool::builder(manager)
+        let builder = Pool::builder(manager)
             .max_size(config.pool_size)
             // The most recently used connection first: its server process is awake with warm
             // caches. Rotating through every pooled connection (FIFO, the default) measured
@@ -125,15 +132,27 @@ impl PostgresDriver {
             .runtime(Runtime::Tokio1)
             .wait_timeout(Some(config.pool_wait_timeout))
             .create_timeout(Some(config.connect_timeout))
-            .recycle_timeout(Some(config.connect_timeout))
-            .build()
-            .map_err(|e| {
-                Error::config(
-                    "postgres.pool_size",
-                    format!("cannot build the postgres pool: {e}"),
-                )
-                .with_context("backend", BACKEND)
-            })?;
+            .recycle_timeout(Some(config.connect_timeout));
+        // Through a session pooler, which refuses startup `options`, the statement timeout is
+        // set on each new connection; the session keeps it until the driver disconnects.
+        let builder = if config.pooler == Pooler::Session {
+            builder.post_create(session_settings(config.statement_timeout_ms()))
+        } else {
+            builder
+        };
+        let statements = if config.pooler == Pooler::Transaction {
+            statement::Statements::Unnamed
+        } else {
+            statement::Statements::Cached
+        };
+        let listen = config.listen_config()?;
+        let pool = builder.build().map_err(|e| {
+            Error::config(
+                "postgres.pool_size",
+                format!("cannot build the postgres pool: {e}"),
+            )
+            .with_context("backend", BACKEND)
+        })?;
         let client = pool.get().await.map_err(|e| {
             // A TLS failure says which (certificate, name, no TLS) rather than "unavailable".
             if let deadpool_postgres::PoolError::Backend(backend) = &e {
@@ -154,6 +173,11 @@ impl PostgresDriver {
             err.with_context("backend", BACKEND)
                 .with_context("url", config.redacted_url())
         })?;
+        if config.pooler == Pooler::Transaction {
+            check_server_statement_timeout(&client, &config)
+                .await
+                .map_err(|e| e.with_context("url", config.redacted_url()))?;
+        }
         let migrator = migrations::Migrator::new();
         if config.migrate_on_boot {
             migrator.up(&client).await?;
@@ -163,6 +187,10 @@ impl PostgresDriver {
                 "the postgres schema is not up to date and migrate_on_boot is off: run `kernelctl migrate up`"
             );
         }
+        tenancy::check(&client, config.tenancy, config.migrate_on_boot)
+            .await
+            .map_err(|e| e.with_context("url", config.redacted_url()))?;
+        let rls = config.tenancy == Tenancy::Rls;
         let generation = Arc::new(generation::Generation::default());
         if generation.adopt(&client).await?.is_none() {
             tracing::warn!(
@@ -175,17 +203,19 @@ impl PostgresDriver {
         let (head, _) = watch::channel(HeadSignal::default());
         let head = Arc::new(head);
         let (shutdown, shutdown_rx) = watch::channel(false);
-        let mut listener_pg = pg;
+        // LISTEN on `listen_url` when set (a direct connection next to a transaction pooler).
+        let (mut listener_pg, listener_tls) = listen.unwrap_or((pg, tls));
         listener_pg.application_name(format!("{}-listener", config.application_name));
         let listener = listener::spawn(listener::ListenerSetup {
             pg: listener_pg,
-            tls: tls.clone(),
+            tls: listener_tls,
             pool: pool.clone(),
             pool_size: config.pool_size,
             head: head.clone(),
             shutdown: shutdown_rx,
             tick: config.subscription.poll_interval,
             pending: Arc::default(),
+            rls,
         });
         let committed = Arc::new(tokio::sync::Notify::new());
         tracing::debug!(url = %config.redacted_url(), pool_size = config.pool_size, "postgres driver connected");
@@ -195,8 +225,15 @@ impl PostgresDriver {
                     pool.clone(),
                     config.pool_size,
                     committed.clone(),
+                    statements,
                 ),
-                writer: writer::AppendWriter::spawn(pool.clone(), config.pool_size, committed),
+                writer: writer::AppendWriter::spawn(
+                    pool.clone(),
+                    config.pool_size,
+                    committed,
+                    rls,
+                    statements,
+                ),
                 pool,
                 config,
                 head,
@@ -204,6 +241,7 @@ impl PostgresDriver {
                 listener: Mutex::new(Some(listener)),
                 operations: AtomicU64::new(0),
                 generation,
+                statements,
             }),
         })
     }
@@ -306,13 +344,84 @@ impl PostgresDriver {
         }
     }
 
+    /// A pooled connection for the call being made: with [`Tenancy::Rls`] it carries the
+    /// call's tenant.
     pub(crate) async fn client(&self) -> Result<Object> {
-        self.inner
+        let client = self
+            .inner
             .pool
             .get()
             .await
-            .map_err(|e| error::pool(e, self.inner.config.pool_size))
+            .map_err(|e| error::pool(e, self.inner.config.pool_size))?;
+        if self.rls() {
+            tenancy::enter(&client, kernel_core::tenancy::current().as_deref()).await?;
+        }
+        Ok(client)
     }
+
+    /// How statements are sent: prepared and cached, or unnamed (transaction pooler).
+    pub(crate) fn statements(&self) -> statement::Statements {
+        self.inner.statements
+    }
+
+    /// Whether calls carry their tenant to the database ([`Tenancy::Rls`]).
+    pub(crate) fn rls(&self) -> bool {
+        self.inner.config.tenancy == Tenancy::Rls
+    }
+}
+
+/// The `post_create` hook of a pool behind a session pooler: `SET statement_timeout`, which a
+/// direct connection gets from its startup `options`.
+fn session_settings(statement_ms: u128) -> deadpool_postgres::Hook {
+    deadpool_postgres::Hook::async_fn(move |client, _| {
+        Box::pin(async move {
+            client
+                .batch_execute(&format!("SET statement_timeout = {statement_ms}"))
+                .await
+                .map_err(deadpool_postgres::HookError::Backend)
+        })
+    })
+}
+
+/// Through a transaction pooler the driver cannot set `statement_timeout` (a session setting
+/// would stay on a server session other clients get next, and not reach the sessions this
+/// client's next transactions run on), so the server's own — the role's or the database's —
+/// must be the configured one. `Config` naming `postgres.statement_timeout_ms` otherwise.
+async fn check_server_statement_timeout(client: &Object, config: &PostgresConfig) -> Result<()> {
+    let row = client
+        .query_typed_one(
+            "SELECT setting::bigint, current_user::text FROM pg_settings \
+             WHERE name = 'statement_timeout'",
+            &[],
+        )
+        .await
+        .map_err(error::pg)?;
+    let server: i64 = row.try_get(0).map_err(error::pg)?;
+    let user: String = row.try_get(1).map_err(error::pg)?;
+    let wanted = config.statement_timeout_ms();
+    if u128::try_from(server).ok() == Some(wanted) {
+        return Ok(());
+    }
+    let or_setting = if server > 0 {
+        format!(
+            ", or set postgres.statement_timeout_ms (KERNEL_POSTGRES_STATEMENT_TIMEOUT_MS) to \
+             {server} to match the server"
+        )
+    } else {
+        String::new()
+    };
+    Err(Error::config(
+        "postgres.statement_timeout_ms",
+        format!(
+            "postgres.pooler = transaction: the driver cannot set statement_timeout per session \
+             through a transaction pooler, so the server's own must be the configured one, but \
+             the server's is {server} ms (0 = none) and postgres.statement_timeout_ms is \
+             {wanted} ms. Set it on the role: ALTER ROLE \"{}\" SET statement_timeout = \
+             '{wanted}ms' (or ALTER DATABASE .. SET ..){or_setting}",
+            user.replace('"', "\"\"")
+        ),
+    )
+    .with_context("backend", BACKEND))
 }
 
 impl fmt::Debug for PostgresDriver {

@@ -28,8 +28,10 @@ impl Lock for PostgresDriver {
         self.guard(Some(&client), "try_acquire").await?;
         // A new key's counter starts from kernel_core::lock::fencing_seed of the server's
         // clock (the same formula), so tokens keep increasing even after the table lost rows.
-        let stmt = client
-            .prepare_cached(
+        let row = self
+            .statements()
+            .query_opt(
+                &client,
                 "INSERT INTO kernel_locks AS l (key, token, fencing, expires_at) \
                  VALUES ($1, $2, \
                    greatest(0, floor(extract(epoch FROM clock_timestamp()) * 1000)::bigint \
@@ -39,11 +41,8 @@ impl Lock for PostgresDriver {
                    fencing = l.fencing + 1, expires_at = EXCLUDED.expires_at \
                  WHERE l.token IS NULL OR l.expires_at <= clock_timestamp() \
                  RETURNING l.fencing, l.expires_at",
+                &[&key, &token, &micros(ttl)],
             )
-            .await
-            .map_err(pg)?;
-        let row = client
-            .query_opt(&stmt, &[&key, &token, &micros(ttl)])
             .await
             .map_err(|e| pg_write(e).with_context("key", validate::escape(key)))?;
         row.map(|r| {
@@ -61,16 +60,12 @@ impl Lock for PostgresDriver {
         validate::lock_key(&lease.key)?;
         let client = self.client().await?;
         self.guard(Some(&client), "release").await?;
-        let stmt = client
-            .prepare_cached(
+        let n = self
+            .statements()
+            .execute(
+                &client,
                 "UPDATE kernel_locks SET token = NULL, expires_at = clock_timestamp() \
                  WHERE key = $1 AND token = $2 AND fencing = $3 AND expires_at > clock_timestamp()",
-            )
-            .await
-            .map_err(pg)?;
-        let n = client
-            .execute(
-                &stmt,
                 &[&lease.key, &lease.token, &to_i64(lease.fencing_token)],
             )
             .await
@@ -83,18 +78,10 @@ impl Lock for PostgresDriver {
         validate_ttl(&lease.key, ttl)?;
         let client = self.client().await?;
         self.guard(Some(&client), "extend").await?;
-        let stmt = client
-            .prepare_cached(
-                "UPDATE kernel_locks SET expires_at = clock_timestamp() + $4::bigint * interval '1 microsecond' \
+        let row = self.statements()
+        .query_opt(&client, "UPDATE kernel_locks SET expires_at = clock_timestamp() + $4::bigint * interval '1 microsecond' \
                  WHERE key = $1 AND token = $2 AND fencing = $3 AND expires_at > clock_timestamp() \
-                 RETURNING expires_at",
-            )
-            .await
-            .map_err(pg)?;
-        let row = client
-            .query_opt(
-                &stmt,
-                &[
+                 RETURNING expires_at", &[
                     &lease.key,
                     &lease.token,
                     &to_i64(lease.fencing_token),

@@ -47,6 +47,7 @@ use tokio_postgres::Client;
 
 use crate::advisory;
 use crate::error::{BACKEND, pg};
+use crate::statement::Statements;
 
 /// The version space of the kernel's own migrations ([`MIGRATIONS`]).
 pub const KERNEL_SPACE: &str = "kernel";
@@ -166,6 +167,12 @@ pub const MIGRATIONS: &[Migration] = &[
         "console_sql",
         include_str!("../migrations/0006_console_sql.up.sql"),
         include_str!("../migrations/0006_console_sql.down.sql"),
+    ),
+    Migration::new(
+        7,
+        "tenancy",
+        include_str!("../migrations/0007_tenancy.up.sql"),
+        include_str!("../migrations/0007_tenancy.down.sql"),
     ),
 ];
 
@@ -354,8 +361,9 @@ impl Migrator {
                     .batch_execute(&m.up)
                     .await
                     .map_err(|e| self.failed(e, m))?;
-                client
+                Statements::Unnamed
                     .execute(
+                        client,
                         "INSERT INTO kernel_schema_migrations (space, version, name, checksum) \
                          VALUES ($1, $2, $3, $4)",
                         &[&self.space.as_ref(), &m.version, &m.name.as_ref(), checksum],
@@ -400,8 +408,9 @@ impl Migrator {
                     .batch_execute(&m.down)
                     .await
                     .map_err(|e| self.failed(e, m))?;
-                client
+                Statements::Unnamed
                     .execute(
+                        client,
                         "DELETE FROM kernel_schema_migrations WHERE space = $1 AND version = $2",
                         &[&self.space.as_ref(), &m.version],
                     )
@@ -693,8 +702,9 @@ fn read_dir(dir: &Path) -> Result<Vec<Migration>> {
 /// SHA-256 of each migration's up file, computed by the server (no hashing crate needed).
 async fn checksums(client: &Client, migrations: &[Migration]) -> Result<Vec<String>> {
     let texts: Vec<&str> = migrations.iter().map(|m| m.up.as_ref()).collect();
-    let rows = client
+    let rows = Statements::Unnamed
         .query(
+            client,
             "SELECT encode(sha256(convert_to(t.sql, 'UTF8')), 'hex')
              FROM unnest($1::text[]) WITH ORDINALITY AS t(sql, ord) ORDER BY t.ord",
             &[&texts],
@@ -719,8 +729,9 @@ where
         .await
         .map_err(|e| pg(e).with_operation("migrate"))?;
     let outcome = async {
-        client
+        Statements::Unnamed
             .execute(
+                client,
                 "SELECT pg_advisory_xact_lock($1, $2)",
                 &[&advisory::MIGRATE.0, &advisory::MIGRATE.1],
             )
@@ -761,8 +772,9 @@ async fn adopt_legacy(client: &Client) -> Result<()> {
         return Ok(());
     };
     for (version, row) in &rows {
-        client
+        Statements::Unnamed
             .execute(
+                client,
                 "INSERT INTO kernel_schema_migrations (space, version, name, checksum, applied_at) \
                  VALUES ($1, $2, $3, $4, $5)",
                 &[&KERNEL_SPACE, version, &row.name, &row.checksum, &row.at],
@@ -785,8 +797,8 @@ async fn adopt_legacy(client: &Client) -> Result<()> {
 
 /// The name of `schema_migrations` as the search path finds it, quoted for SQL.
 async fn legacy_name(client: &Client) -> Result<Option<String>> {
-    client
-        .query_one("SELECT to_regclass($1)::text", &[&LEGACY_TABLE])
+    Statements::Unnamed
+        .query_one(client, "SELECT to_regclass($1)::text", &[&LEGACY_TABLE])
         .await
         .map_err(pg)?
         .try_get(0)
@@ -797,8 +809,9 @@ async fn legacy_name(client: &Client) -> Result<Option<String>> {
 /// docs); `None` when there is no such table or it may belong to another tool.
 async fn legacy_rows(client: &Client) -> Result<Option<BTreeMap<i64, Applied>>> {
     // An ordinary table with exactly the kernel's four columns and types, in order.
-    let row = client
+    let row = Statements::Unnamed
         .query_opt(
+            client,
             "SELECT (SELECT string_agg(a.attname || ' ' || format_type(a.atttypid, a.atttypmod), \
                                        ', ' ORDER BY a.attnum) \
                      FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0 \
@@ -829,8 +842,9 @@ async fn legacy_rows(client: &Client) -> Result<Option<BTreeMap<i64, Applied>>> 
     let limit = i64::try_from(MIGRATIONS.len())
         .unwrap_or(i64::MAX)
         .saturating_add(1);
-    let rows = client
+    let rows = Statements::Unnamed
         .query(
+            client,
             &format!(
                 "SELECT version, name, checksum, applied_at FROM {legacy} \
                  ORDER BY version LIMIT $1"
@@ -887,8 +901,8 @@ async fn legacy_rows(client: &Client) -> Result<Option<BTreeMap<i64, Applied>>> 
 }
 
 async fn table_exists(client: &Client, table: &str) -> Result<bool> {
-    client
-        .query_one("SELECT to_regclass($1) IS NOT NULL", &[&table])
+    Statements::Unnamed
+        .query_one(client, "SELECT to_regclass($1) IS NOT NULL", &[&table])
         .await
         .map_err(pg)?
         .try_get(0)
@@ -899,8 +913,9 @@ async fn read_applied(client: &Client, space: &str) -> Result<BTreeMap<i64, Appl
     if !table_exists(client, TABLE).await? {
         return Ok(BTreeMap::new());
     }
-    let rows = client
+    let rows = Statements::Unnamed
         .query(
+            client,
             "SELECT version, name, checksum, applied_at FROM kernel_schema_migrations \
              WHERE space = $1",
             &[&space],

@@ -30,6 +30,7 @@ use crate::PostgresDriver;
 use crate::error::{BACKEND, pg, pg_write};
 use crate::jsonb::Jsonb;
 use crate::rows::micros;
+use crate::statement::Statements;
 use crate::storage::{DELETE, DeleteArrays, PUT, PutArrays, write_error_with};
 use crate::transaction::{COMMIT, CommitArrays, commit_error};
 
@@ -107,42 +108,50 @@ impl Prepared {
     }
 
     /// Runs the write in `tx` and returns what the plain method would.
-    async fn apply(self, tx: &Transaction<'_>, namespace: &str) -> Result<Outcome> {
+    async fn apply(self, st: Statements, tx: &Transaction<'_>, namespace: &str) -> Result<Outcome> {
         match self {
             Prepared::Put(arrays) => {
-                let mut entries = put(tx, namespace, arrays).await?;
+                let mut entries = put(st, tx, namespace, arrays).await?;
                 entries.pop().map(Outcome::Put).ok_or_else(|| {
                     Error::internal("kernel_put returned no row")
                         .with_context("namespace", namespace)
                 })
             }
             Prepared::PutMany(arrays) if arrays.is_empty() => Ok(Outcome::PutMany(Vec::new())),
-            Prepared::PutMany(arrays) => put(tx, namespace, arrays).await.map(Outcome::PutMany),
-            Prepared::Delete(arrays) => {
-                Ok(Outcome::Delete(delete(tx, namespace, arrays).await? > 0))
-            }
+            Prepared::PutMany(arrays) => put(st, tx, namespace, arrays).await.map(Outcome::PutMany),
+            Prepared::Delete(arrays) => Ok(Outcome::Delete(
+                delete(st, tx, namespace, arrays).await? > 0,
+            )),
             Prepared::DeleteMany(arrays) if arrays.is_empty() => Ok(Outcome::DeleteMany(0)),
-            Prepared::DeleteMany(arrays) => {
-                delete(tx, namespace, arrays).await.map(Outcome::DeleteMany)
-            }
+            Prepared::DeleteMany(arrays) => delete(st, tx, namespace, arrays)
+                .await
+                .map(Outcome::DeleteMany),
         }
     }
 }
 
-async fn put(tx: &Transaction<'_>, namespace: &str, arrays: PutArrays) -> Result<Vec<Entry>> {
-    let stmt = tx.prepare_cached(PUT).await.map_err(pg)?;
-    let rows = tx
-        .query(&stmt, &arrays.params(&namespace))
+async fn put(
+    st: Statements,
+    tx: &Transaction<'_>,
+    namespace: &str,
+    arrays: PutArrays,
+) -> Result<Vec<Entry>> {
+    let rows = st
+        .query(tx, PUT, &arrays.params(&namespace))
         .await
         // Not committed yet: a broken connection rolls it back, so nothing was applied.
         .map_err(|e| write_error_with(e, namespace, pg))?;
     arrays.entries(namespace, &rows)
 }
 
-async fn delete(tx: &Transaction<'_>, namespace: &str, arrays: DeleteArrays) -> Result<u64> {
-    let stmt = tx.prepare_cached(DELETE).await.map_err(pg)?;
-    let row = tx
-        .query_one(&stmt, &arrays.params(&namespace))
+async fn delete(
+    st: Statements,
+    tx: &Transaction<'_>,
+    namespace: &str,
+    arrays: DeleteArrays,
+) -> Result<u64> {
+    let row = st
+        .query_one(tx, DELETE, &arrays.params(&namespace))
         .await
         .map_err(|e| write_error_with(e, namespace, pg))?;
     DeleteArrays::count(&row)
@@ -151,15 +160,19 @@ async fn delete(tx: &Transaction<'_>, namespace: &str, arrays: DeleteArrays) -> 
 /// Claims `id` in `namespace` for `tx`: `None` when this transaction now holds the placeholder
 /// and must apply the write, or the live record to replay.
 async fn claim(
+    st: Statements,
     tx: &Transaction<'_>,
     namespace: &str,
     id: &OperationId,
     fingerprint: &str,
     window_us: i64,
 ) -> Result<Option<Record>> {
-    let stmt = tx.prepare_cached(CLAIM).await.map_err(pg)?;
-    let row = tx
-        .query_one(&stmt, &[&namespace, &id.as_str(), &fingerprint, &window_us])
+    let row = st
+        .query_one(
+            tx,
+            CLAIM,
+            &[&namespace, &id.as_str(), &fingerprint, &window_us],
+        )
         .await
         .map_err(pg)?;
     let outcome: Option<Value> = row.try_get(1).map_err(pg)?;
@@ -175,15 +188,16 @@ async fn claim(
 
 /// Stores `outcome` in the placeholder `tx` claimed.
 async fn record(
+    st: Statements,
     tx: &Transaction<'_>,
     namespace: &str,
     id: &OperationId,
     outcome: &Outcome,
 ) -> Result<()> {
-    let stmt = tx.prepare_cached(RECORD).await.map_err(pg)?;
-    let n = tx
+    let n = st
         .execute(
-            &stmt,
+            tx,
+            RECORD,
             &[&namespace, &id.as_str(), &Jsonb(outcome.to_json())],
         )
         .await
@@ -218,16 +232,26 @@ impl PostgresDriver {
         let prepared = Prepared::of(self, namespace, write).map_err(context)?;
         let mut client = self.client().await.map_err(context)?;
         let tx = client.transaction().await.map_err(|e| context(pg(e)))?;
-        if let Some(found) = claim(&tx, namespace, id, &fingerprint, self.window_us())
-            .await
-            .map_err(context)?
+        if let Some(found) = claim(
+            self.statements(),
+            &tx,
+            namespace,
+            id,
+            &fingerprint,
+            self.window_us(),
+        )
+        .await
+        .map_err(context)?
         {
             // Dropping the transaction rolls it back (sent without waiting for the answer).
             drop(tx);
             return found.replay(namespace, id, &fingerprint);
         }
-        let outcome = prepared.apply(&tx, namespace).await.map_err(context)?;
-        record(&tx, namespace, id, &outcome)
+        let outcome = prepared
+            .apply(self.statements(), &tx, namespace)
+            .await
+            .map_err(context)?;
+        record(self.statements(), &tx, namespace, id, &outcome)
             .await
             .map_err(context)?;
         tx.commit().await.map_err(|e| context(pg_write(e)))?;
@@ -253,7 +277,7 @@ impl PostgresDriver {
         let tx = client.transaction().await.map_err(|e| context(pg(e)))?;
         // A transaction has no fingerprint: the empty one. An id recorded by a `write_once`
         // (which has one) is therefore a Conflict, not a replay of something else.
-        if let Some(found) = claim(&tx, namespace, id, "", self.window_us())
+        if let Some(found) = claim(self.statements(), &tx, namespace, id, "", self.window_us())
             .await
             .map_err(context)?
         {
@@ -261,15 +285,12 @@ impl PostgresDriver {
             return found.replay(namespace, id, "");
         }
         if let Some(arrays) = staged {
-            let stmt = tx
-                .prepare_cached(COMMIT)
-                .await
-                .map_err(|e| context(pg(e)))?;
-            tx.execute(&stmt, &arrays.params())
+            self.statements()
+                .execute(&tx, COMMIT, &arrays.params())
                 .await
                 .map_err(|e| context(commit_error(e, pg)))?;
         }
-        record(&tx, namespace, id, &Outcome::Commit)
+        record(self.statements(), &tx, namespace, id, &Outcome::Commit)
             .await
             .map_err(context)?;
         tx.commit().await.map_err(|e| context(pg_write(e)))?;
@@ -290,12 +311,9 @@ impl PostgresDriver {
         };
         validate::namespace(namespace).map_err(context)?;
         let client = self.client().await.map_err(context)?;
-        let stmt = client
-            .prepare_cached(LOOKUP)
-            .await
-            .map_err(|e| context(pg(e)))?;
-        let row = client
-            .query_opt(&stmt, &[&namespace, &id.as_str()])
+        let row = self
+            .statements()
+            .query_opt(&client, LOOKUP, &[&namespace, &id.as_str()])
             .await
             .map_err(|e| context(pg(e)))?;
         match row {
@@ -316,7 +334,7 @@ impl PostgresDriver {
         if n % PURGE_EVERY != 0 {
             return;
         }
-        match purge(client).await {
+        match purge(self.statements(), client).await {
             Ok(gone) => {
                 tracing::debug!(gone, "purged expired operation ids");
             }
@@ -329,14 +347,12 @@ impl PostgresDriver {
     /// that want the table trimmed on their own schedule.
     pub async fn purge_operations(&self) -> Result<u64> {
         let client = self.client().await?;
-        purge(&client).await
+        purge(self.statements(), &client).await
     }
 }
 
-async fn purge(client: &deadpool_postgres::Object) -> Result<u64> {
-    let stmt = client.prepare_cached(PURGE).await.map_err(pg)?;
-    client
-        .execute(&stmt, &[&PURGE_BATCH])
+async fn purge(st: Statements, client: &deadpool_postgres::Object) -> Result<u64> {
+    st.execute(client, PURGE, &[&PURGE_BATCH])
         .await
         .map_err(|e| pg_write(e).with_operation("purge_operations"))
 }

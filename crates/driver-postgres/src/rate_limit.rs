@@ -22,16 +22,12 @@ impl RateLimiter for PostgresDriver {
     async fn check(&self, key: &str, quota: &Quota, cost: u32) -> Result<RateDecision> {
         quota.validate(key, cost)?;
         let client = self.client().await?;
-        let stmt = client
-            .prepare_cached(
+        let row = self
+            .statements()
+            .query_one(
+                &client,
                 "SELECT o_allowed, o_remaining, o_retry_after_us, o_reset_after_us \
                  FROM kernel_rate_check($1, $2, $3, $4, $5)",
-            )
-            .await
-            .map_err(pg)?;
-        let row = client
-            .query_one(
-                &stmt,
                 &[
                     &key,
                     &to_i64(quota.interval_micros()),
@@ -59,12 +55,12 @@ impl RateLimiter for PostgresDriver {
     async fn reset(&self, key: &str) -> Result<()> {
         validate::rate_limit_key(key)?;
         let client = self.client().await?;
-        let stmt = client
-            .prepare_cached("DELETE FROM kernel_rate_limits WHERE key = $1")
-            .await
-            .map_err(pg)?;
-        client
-            .execute(&stmt, &[&key])
+        self.statements()
+            .execute(
+                &client,
+                "DELETE FROM kernel_rate_limits WHERE key = $1",
+                &[&key],
+            )
             .await
             .map_err(|e| pg_write(e).with_context("key", validate::escape(key)))?;
         Ok(())

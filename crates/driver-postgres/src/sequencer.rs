@@ -19,6 +19,7 @@ use kernel_core::{Error, Result};
 use tokio::sync::{Notify, mpsc, oneshot};
 
 use crate::error::{self, BACKEND, pg};
+use crate::statement::Statements;
 
 const POSITIONS: &str = "SELECT kernel_event_positions($1)";
 
@@ -41,9 +42,14 @@ struct Request {
 impl Sequencer {
     /// Starts the task. `committed` is notified whenever this driver commits appends: events
     /// that were waiting for those transactions to end may be numbered now.
-    pub(crate) fn spawn(pool: Pool, pool_size: usize, committed: Arc<Notify>) -> Sequencer {
+    pub(crate) fn spawn(
+        pool: Pool,
+        pool_size: usize,
+        committed: Arc<Notify>,
+        statements: Statements,
+    ) -> Sequencer {
         let (requests, rx) = mpsc::unbounded_channel();
-        tokio::spawn(run(pool, pool_size, rx, committed));
+        tokio::spawn(run(pool, pool_size, rx, committed, statements));
         Sequencer { requests }
     }
 
@@ -94,6 +100,7 @@ async fn run(
     pool_size: usize,
     mut rx: mpsc::UnboundedReceiver<Request>,
     committed: Arc<Notify>,
+    statements: Statements,
 ) {
     let mut waiting: Vec<Request> = Vec::new();
     let mut backoff = MIN_BACKOFF;
@@ -116,7 +123,7 @@ async fn run(
             .iter()
             .flat_map(|r| r.seqs.iter().copied())
             .collect();
-        let answered = match pass(&pool, pool_size, &seqs).await {
+        let answered = match pass(&pool, pool_size, statements, &seqs).await {
             Ok(positions) => answer(&mut waiting, positions),
             Err(e) => fail(&mut waiting, &e),
         };
@@ -143,10 +150,17 @@ async fn run(
 }
 
 /// One pass for `seqs`: their positions, `None` where not numbered yet.
-async fn pass(pool: &Pool, pool_size: usize, seqs: &[i64]) -> Result<Vec<Option<i64>>> {
+async fn pass(
+    pool: &Pool,
+    pool_size: usize,
+    statements: Statements,
+    seqs: &[i64],
+) -> Result<Vec<Option<i64>>> {
     let client = pool.get().await.map_err(|e| error::pool(e, pool_size))?;
-    let stmt = client.prepare_cached(POSITIONS).await.map_err(pg)?;
-    let row = client.query_one(&stmt, &[&seqs]).await.map_err(pg)?;
+    let row = statements
+        .query_one(&client, POSITIONS, &[&seqs])
+        .await
+        .map_err(pg)?;
     let positions: Option<Vec<Option<i64>>> = row.try_get(0).map_err(pg)?;
     let positions = positions.unwrap_or_default();
     if positions.len() != seqs.len() {

@@ -4,6 +4,8 @@ use std::collections::HashMap;
 use std::time::Instant;
 
 use async_trait::async_trait;
+use deadpool_postgres::Transaction as PgTx;
+use kernel_core::companion::{self, Companion};
 use kernel_core::document::already_exists;
 use kernel_core::glob::prefix_upper_bound;
 use kernel_core::validate::{self, MAX_BATCH_SIZE};
@@ -223,37 +225,101 @@ pub(crate) fn write_error_with(
 
 impl PostgresDriver {
     async fn put_batch(&self, namespace: &str, arrays: PutArrays) -> Result<Vec<Entry>> {
-        let client = self.client().await?;
-        let stmt = client.prepare_cached(PUT).await.map_err(pg)?;
-        let rows = client
-            .query(&stmt, &arrays.params(&namespace))
-            .await
-            .map_err(|e| write_error(e, namespace))?;
+        let mut client = self.client().await?;
+        let params = arrays.params(&namespace);
+        let rows = match companion::current() {
+            Some(c) => {
+                let tx = client.transaction().await.map_err(pg)?;
+                self.append_companion(&tx, &c).await?;
+                let rows = self
+                    .statements()
+                    .query(&tx, PUT, &params)
+                    .await
+                    .map_err(|e| write_error(e, namespace))?;
+                tx.commit().await.map_err(|e| write_error(e, namespace))?;
+                c.mark_written();
+                rows
+            }
+            None => self
+                .statements()
+                .query(&client, PUT, &params)
+                .await
+                .map_err(|e| write_error(e, namespace))?,
+        };
         arrays.entries(namespace, &rows)
     }
 
-    async fn delete_batch(&self, namespace: &str, arrays: DeleteArrays) -> Result<u64> {
-        let client = self.client().await?;
-        let stmt = client.prepare_cached(DELETE).await.map_err(pg)?;
-        let row = client
-            .query_one(&stmt, &arrays.params(&namespace))
+    /// Appends a layer's companion event ([`kernel_core::companion`], the audit record of this
+    /// write) as the first write of `tx`, with `kernel_append` (which takes the stream's lock,
+    /// is idempotent on the event id, and has the event numbered after commit).
+    async fn append_companion(&self, tx: &PgTx<'_>, c: &Companion) -> Result<()> {
+        let e = c.event();
+        let mut event = serde_json::Map::new();
+        event.insert("id".to_owned(), Value::String(e.id.to_string()));
+        event.insert("type".to_owned(), Value::String(e.event_type.clone()));
+        event.insert("payload".to_owned(), e.payload.clone());
+        event.insert("metadata".to_owned(), Value::Object(e.metadata.clone()));
+        // kernel_append refuses a JSON null where a string may be: leave absent ones out.
+        if let Some(id) = &e.correlation_id {
+            event.insert("correlation_id".to_owned(), Value::String(id.clone()));
+        }
+        if let Some(id) = &e.causation_id {
+            event.insert("causation_id".to_owned(), Value::String(id.clone()));
+        }
+        let events = Value::Array(vec![Value::Object(event)]);
+        self.statements()
+            .query(
+                tx,
+                "SELECT * FROM kernel_append($1, NULL, $2)",
+                &[&c.stream(), &Jsonb(&events)],
+            )
             .await
-            .map_err(|e| write_error(e, namespace))?;
+            .map_err(|err| {
+                pg_write(err)
+                    .with_context("stream", c.stream())
+                    .with_context("event_id", e.id)
+            })?;
+        Ok(())
+    }
+
+    async fn delete_batch(&self, namespace: &str, arrays: DeleteArrays) -> Result<u64> {
+        let mut client = self.client().await?;
+        let params = arrays.params(&namespace);
+        let row = match companion::current() {
+            Some(c) => {
+                let tx = client.transaction().await.map_err(pg)?;
+                self.append_companion(&tx, &c).await?;
+                let row = self
+                    .statements()
+                    .query_one(&tx, DELETE, &params)
+                    .await
+                    .map_err(|e| write_error(e, namespace))?;
+                tx.commit().await.map_err(|e| write_error(e, namespace))?;
+                c.mark_written();
+                row
+            }
+            None => self
+                .statements()
+                .query_one(&client, DELETE, &params)
+                .await
+                .map_err(|e| write_error(e, namespace))?,
+        };
         DeleteArrays::count(&row)
     }
 
     /// Reads live entries of `keys` (any order).
     pub(crate) async fn fetch(&self, namespace: &str, keys: &[String]) -> Result<Vec<Entry>> {
         let client = self.client().await?;
-        let stmt = client
-            .prepare_cached(&format!(
-                "SELECT {ENTRY_COLUMNS} FROM kernel_documents d \
+        let rows = self
+            .statements()
+            .query(
+                &client,
+                &format!(
+                    "SELECT {ENTRY_COLUMNS} FROM kernel_documents d \
                  WHERE d.namespace = $1 AND d.key = ANY ($2) AND {LIVE}"
-            ))
-            .await
-            .map_err(pg)?;
-        let rows = client
-            .query(&stmt, &[&namespace, &keys])
+                ),
+                &[&namespace, &keys],
+            )
             .await
             .map_err(|e| pg(e).with_context("namespace", namespace))?;
         rows.iter().map(|r| entry(namespace, r)).collect()
@@ -285,7 +351,7 @@ impl StorageDriver for PostgresDriver {
         // a large table would turn a healthy server into a false 503. The planner's estimates
         // (`reltuples`, refreshed by autovacuum / ANALYZE; -1 before the first) stand in.
         let row = client
-            .query_one(
+            .query_typed_one(
                 "SELECT current_setting('server_version'), \
                  (SELECT c.reltuples::bigint FROM pg_class c WHERE c.oid = 'kernel_namespaces'::regclass), \
                  (SELECT c.reltuples::bigint FROM pg_class c WHERE c.oid = 'kernel_documents'::regclass)",
@@ -336,15 +402,16 @@ impl StorageDriver for PostgresDriver {
     async fn get(&self, namespace: &str, key: &str) -> Result<Option<Entry>> {
         validate::document(namespace, key)?;
         let client = self.client().await?;
-        let stmt = client
-            .prepare_cached(&format!(
-                "SELECT {ENTRY_COLUMNS} FROM kernel_documents d \
+        let row = self
+            .statements()
+            .query_opt(
+                &client,
+                &format!(
+                    "SELECT {ENTRY_COLUMNS} FROM kernel_documents d \
                  WHERE d.namespace = $1 AND d.key = $2 AND {LIVE}"
-            ))
-            .await
-            .map_err(pg)?;
-        let row = client
-            .query_opt(&stmt, &[&namespace, &key])
+                ),
+                &[&namespace, &key],
+            )
             .await
             .map_err(|e| {
                 pg(e)
@@ -376,15 +443,16 @@ impl StorageDriver for PostgresDriver {
     async fn exists(&self, namespace: &str, key: &str) -> Result<bool> {
         validate::document(namespace, key)?;
         let client = self.client().await?;
-        let stmt = client
-            .prepare_cached(&format!(
-                "SELECT EXISTS (SELECT 1 FROM kernel_documents d \
+        let row = self
+            .statements()
+            .query_one(
+                &client,
+                &format!(
+                    "SELECT EXISTS (SELECT 1 FROM kernel_documents d \
                  WHERE d.namespace = $1 AND d.key = $2 AND {LIVE})"
-            ))
-            .await
-            .map_err(pg)?;
-        let row = client
-            .query_one(&stmt, &[&namespace, &key])
+                ),
+                &[&namespace, &key],
+            )
             .await
             .map_err(|e| {
                 pg(e)
@@ -545,16 +613,15 @@ impl StorageDriver for PostgresDriver {
     async fn clear(&self, namespace: &str) -> Result<u64> {
         validate::namespace(namespace)?;
         let client = self.client().await?;
-        let stmt = client
-            .prepare_cached(
+        let row = self
+            .statements()
+            .query_one(
+                &client,
                 "WITH gone AS (DELETE FROM kernel_documents d WHERE d.namespace = $1 \
                  RETURNING (d.expires_at IS NULL OR d.expires_at > clock_timestamp()) AS live) \
                  SELECT count(*) FILTER (WHERE live) FROM gone",
+                &[&namespace],
             )
-            .await
-            .map_err(pg)?;
-        let row = client
-            .query_one(&stmt, &[&namespace])
             .await
             .map_err(|e| pg_write(e).with_context("namespace", namespace))?;
         rows::version(row.try_get(0).map_err(pg)?)
@@ -566,15 +633,14 @@ impl StorageDriver for PostgresDriver {
             .and_then(|()| rows::check_nul(None, Some(&metadata)))
             .map_err(|e| e.with_context("namespace", namespace))?;
         let client = self.client().await?;
-        let stmt = client
-            .prepare_cached(
+        let row = self
+            .statements()
+            .query_opt(
+                &client,
                 "INSERT INTO kernel_namespaces (name, metadata) VALUES ($1, $2) \
                  ON CONFLICT DO NOTHING RETURNING name, metadata, created_at",
+                &[&namespace, &Jsonb(Value::Object(metadata))],
             )
-            .await
-            .map_err(pg)?;
-        let row = client
-            .query_opt(&stmt, &[&namespace, &Jsonb(Value::Object(metadata))])
             .await
             .map_err(|e| pg_write(e).with_context("namespace", namespace))?;
         match row {
@@ -590,12 +656,13 @@ impl StorageDriver for PostgresDriver {
     async fn drop_namespace(&self, namespace: &str, recursive: bool) -> Result<bool> {
         validate::namespace(namespace)?;
         let client = self.client().await?;
-        let stmt = client
-            .prepare_cached("SELECT kernel_drop_namespace($1, $2)")
-            .await
-            .map_err(pg)?;
-        let row = client
-            .query_one(&stmt, &[&namespace, &recursive])
+        let row = self
+            .statements()
+            .query_one(
+                &client,
+                "SELECT kernel_drop_namespace($1, $2)",
+                &[&namespace, &recursive],
+            )
             .await
             .map_err(|e| match kernel_state(&e) {
                 Some(s) if s.state == KernelSqlState::NamespaceNotEmpty => Error::conflict(
@@ -609,13 +676,15 @@ impl StorageDriver for PostgresDriver {
 
     async fn list_namespaces(&self) -> Result<Vec<NamespaceInfo>> {
         let client = self.client().await?;
-        let stmt = client
-            .prepare_cached(
+        let rows = self
+            .statements()
+            .query(
+                &client,
                 "SELECT name, metadata, created_at FROM kernel_namespaces ORDER BY name",
+                &[],
             )
             .await
             .map_err(pg)?;
-        let rows = client.query(&stmt, &[]).await.map_err(pg)?;
         rows.iter().map(namespace_info).collect()
     }
 
@@ -653,18 +722,16 @@ impl StorageDriver for PostgresDriver {
             }
         };
         let client = self.client().await?;
-        let stmt = client
-            .prepare_cached(&format!(
-                "UPDATE kernel_documents d SET \
+        let row = self
+            .statements()
+            .query_opt(
+                &client,
+                &format!(
+                    "UPDATE kernel_documents d SET \
                  metadata = CASE WHEN $3 THEN (d.metadata - $4::text[]) || $5 ELSE $5 END, \
                  version = d.version + 1, updated_at = clock_timestamp() \
                  WHERE d.namespace = $1 AND d.key = $2 AND {LIVE} RETURNING {ENTRY_COLUMNS}"
-            ))
-            .await
-            .map_err(pg)?;
-        let row = client
-            .query_opt(
-                &stmt,
+                ),
                 &[
                     &namespace,
                     &key,

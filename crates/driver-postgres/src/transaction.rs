@@ -26,7 +26,7 @@ use tokio_postgres::types::ToSql;
 
 use crate::PostgresDriver;
 use crate::codes::{KernelSqlState, TxOp};
-use crate::error::{BACKEND, kernel_state, pg, pg_write};
+use crate::error::{BACKEND, kernel_state, pg_write};
 use crate::jsonb::Jsonb;
 use crate::rows::{micros, to_i64};
 use crate::storage::validate_put;
@@ -263,9 +263,9 @@ impl Transaction for PgTransaction {
         let driver = self.driver.clone();
         let arrays = (*self).into_arrays();
         let client = driver.client().await?;
-        let stmt = client.prepare_cached(COMMIT).await.map_err(pg)?;
-        client
-            .execute(&stmt, &arrays.params())
+        driver
+            .statements()
+            .execute(&client, COMMIT, &arrays.params())
             .await
             .map_err(|e| commit_error(e, pg_write))?;
         Ok(())

@@ -27,6 +27,7 @@ use tokio_postgres::types::ToSql;
 use crate::codes::{AppendStatus, ExpectedKind};
 use crate::error::{self, BACKEND, pg};
 use crate::jsonb::Jsonb;
+use crate::statement::Statements;
 
 const BATCH: &str = "SELECT o_status, o_stream_version, o_stored, o_seqs \
      FROM kernel_append_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)";
@@ -53,6 +54,9 @@ pub(crate) struct AppendRequest {
     pub(crate) kind: ExpectedKind,
     pub(crate) expected: Option<i64>,
     pub(crate) events: Arc<Vec<NewEvent>>,
+    /// With row-level security: the tenant the append runs for. A batch holds appends of one
+    /// tenant only (the session setting is one value).
+    pub(crate) tenant: Option<Arc<str>>,
 }
 
 /// What the server did with one append.
@@ -95,17 +99,29 @@ struct Target {
     pool: Pool,
     pool_size: usize,
     committed: Arc<Notify>,
+    /// Row-level security: set each batch's tenant on its connection.
+    rls: bool,
+    /// Prepared and cached, or unnamed (transaction pooler).
+    statements: Statements,
 }
 
 impl AppendWriter {
     /// Starts the task. `committed` is notified after every batch.
-    pub(crate) fn spawn(pool: Pool, pool_size: usize, committed: Arc<Notify>) -> AppendWriter {
+    pub(crate) fn spawn(
+        pool: Pool,
+        pool_size: usize,
+        committed: Arc<Notify>,
+        rls: bool,
+        statements: Statements,
+    ) -> AppendWriter {
         let (queue, rx) = mpsc::unbounded_channel();
         tokio::spawn(run(
             Target {
                 pool,
                 pool_size,
                 committed,
+                rls,
+                statements,
             },
             rx,
         ));
@@ -147,7 +163,9 @@ async fn run(target: Target, mut rx: mpsc::UnboundedReceiver<Pending>) {
         let mut batch = vec![first];
         while batch.len() < MAX_APPENDS {
             let Ok(next) = rx.try_recv() else { break };
-            if events + next.request.events.len() > MAX_EVENTS {
+            if events + next.request.events.len() > MAX_EVENTS
+                || next.request.tenant != batch[0].request.tenant
+            {
                 carried = Some(next);
                 break;
             }
@@ -260,8 +278,11 @@ async fn execute(
         .get()
         .await
         .map_err(|e| error::pool(e, target.pool_size))?;
-    let stmt = client.prepare_cached(BATCH).await.map_err(pg)?;
-    let last = client.prepare_cached(LAST_POSITIONS).await.map_err(pg)?;
+    if target.rls {
+        // One tenant per batch (see `run`); a connection never keeps another call's tenant.
+        let tenant = batch.first().and_then(|p| p.request.tenant.as_deref());
+        crate::tenancy::enter(&client, tenant).await?;
+    }
     let params: [&(dyn ToSql + Sync); 12] = [
         &streams,
         &kinds,
@@ -277,17 +298,19 @@ async fn execute(
         &wait,
     ];
     // Both go out before either answer comes back; the server runs the pass after the batch
-    // has committed.
+    // has committed. Through a transaction pooler the second may run on another server
+    // session, whose `kernel.last_append` names another transaction: its rows then match none
+    // of this batch's seqs, and the sequencer gives the positions instead.
     let (rows, numbered) = tokio::join!(
         async {
-            let r = client.query(&stmt, &params).await;
+            let r = target.statements.query(&client, BATCH, &params).await;
             // Committed (or failed): the next batch may go, and events held back by this one
             // may be numbered now.
             drop(permit.take());
             target.committed.notify_one();
             r
         },
-        client.query(&last, &[])
+        target.statements.query(&client, LAST_POSITIONS, &[])
     );
     drop(client);
     let rows = rows.map_err(error::pg_write)?;

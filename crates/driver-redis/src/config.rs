@@ -17,6 +17,13 @@ pub const MAX_KEY_PREFIX_LEN: usize = 256;
 /// its outcome for the whole window, so a longer one is a configuration mistake.
 pub const MAX_OPERATION_WINDOW: Duration = Duration::from_secs(366 * 24 * 60 * 60);
 
+/// Most replicas [`RedisConfig::wait_replicas`] may ask for.
+pub const MAX_WAIT_REPLICAS: u32 = 64;
+
+/// Longest [`RedisConfig::wait_timeout`] accepted (60 s): a write blocks its connection for up
+/// to this long, so a longer one is a configuration mistake.
+pub const MAX_WAIT_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// Settings of a [`crate::RedisDriver`].
 ///
 /// A plain struct: start from [`RedisConfig::new`], or deserialize it (kernel-bootstrap reads
@@ -66,6 +73,17 @@ pub struct RedisConfig {
     /// Trust the operating system's CA store too for `rediss://` (`tls_system_roots`, default
     /// on).
     pub tls_system_roots: bool,
+    /// WAIT-based durability (`wait_replicas`): after every write the driver sends
+    /// `WAIT wait_replicas wait_timeout_ms` on the connection that wrote (in cluster mode, to
+    /// the master of the written key's slot) and fails the call with a `MaybeApplied`
+    /// `Unavailable` error when fewer replicas confirm it. `0` (the default) turns it off. At
+    /// most [`MAX_WAIT_REPLICAS`]. See `docs/redis.md`, "WAIT durability".
+    pub wait_replicas: u32,
+    /// How long `WAIT` may block for the replicas' confirmation (`wait_timeout_ms`, default
+    /// 1000 ms): 1 ms ..= [`MAX_WAIT_TIMEOUT`]. Only read when `wait_replicas > 0`; the command
+    /// itself may take `operation_timeout` on top.
+    #[serde(rename = "wait_timeout_ms", with = "duration_ms")]
+    pub wait_timeout: Duration,
 }
 
 impl RedisConfig {
@@ -82,6 +100,8 @@ impl RedisConfig {
             limits: Limits::DEFAULT,
             tls_ca_file: None,
             tls_system_roots: true,
+            wait_replicas: 0,
+            wait_timeout: Duration::from_secs(1),
         }
     }
 
@@ -98,6 +118,7 @@ impl RedisConfig {
                 "no Redis URL is set (REDIS_URL or redis.url), e.g. redis://127.0.0.1:6379",
             ));
         }
+        check_topology(&self.url)?;
         if self.pool_size == 0 {
             return Err(Error::config(
                 "redis.pool_size",
@@ -149,9 +170,118 @@ impl RedisConfig {
                 ),
             ));
         }
+        if self.wait_replicas > MAX_WAIT_REPLICAS {
+            return Err(Error::config(
+                "redis.wait_replicas",
+                format!(
+                    "is {}; the limit is {MAX_WAIT_REPLICAS} (0 turns WAIT off)",
+                    self.wait_replicas
+                ),
+            ));
+        }
+        if self.wait_replicas > 0
+            && (self.wait_timeout < Duration::from_millis(1)
+                || self.wait_timeout > MAX_WAIT_TIMEOUT)
+        {
+            return Err(Error::config(
+                "redis.wait_timeout_ms",
+                format!(
+                    "is {} ms; with redis.wait_replicas set it must be 1 ..= {} ms (WAIT 0 \
+                     would block for ever)",
+                    self.wait_timeout.as_millis(),
+                    MAX_WAIT_TIMEOUT.as_millis()
+                ),
+            ));
+        }
         self.limits.validate()?;
         Ok(())
     }
+}
+
+/// The deployment a URL's scheme names, as fred's `Config::from_url` reads it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Topology {
+    /// `redis://`, `rediss://` (and `valkey[s]://`): one server.
+    Single,
+    /// `redis-cluster://`, `rediss-cluster://`: seed nodes of a Redis Cluster.
+    Cluster,
+    /// `redis-sentinel://`, `rediss-sentinel://`: sentinels and a service name.
+    Sentinel,
+}
+
+/// The topology of `url`, from its scheme (`None`: not a scheme this driver reads).
+pub(crate) fn topology(url: &str) -> Option<Topology> {
+    let scheme = url.trim().split_once("://")?.0.to_ascii_lowercase();
+    match scheme.as_str() {
+        "redis" | "rediss" | "valkey" | "valkeys" => Some(Topology::Single),
+        "redis-cluster" | "rediss-cluster" | "valkey-cluster" | "valkeys-cluster" => {
+            Some(Topology::Cluster)
+        }
+        "redis-sentinel" | "rediss-sentinel" | "valkey-sentinel" | "valkeys-sentinel" => {
+            Some(Topology::Sentinel)
+        }
+        _ => None,
+    }
+}
+
+/// Refuses URLs whose parts fred would silently ignore for their scheme: `node=` or
+/// `sentinelServiceName=` on a single-server URL (it would connect to the first host alone), a
+/// database other than 0 on a cluster URL (Redis Cluster has only database 0), a sentinel URL
+/// without its service name. Errors name `redis.url` and show the URL redacted.
+fn check_topology(url: &str) -> Result<()> {
+    let shown = redact_url(url);
+    let bad = |why: String| Error::config("redis.url", format!("{why} (URL {shown})"));
+    let Some(topology) = topology(url) else {
+        return Err(bad(
+            "the scheme must be redis://, rediss://, redis-cluster://, rediss-cluster://, \
+             redis-sentinel:// or rediss-sentinel://"
+                .to_owned(),
+        ));
+    };
+    let rest = url.trim().split_once("://").map_or("", |(_, r)| r);
+    let rest = rest.split('#').next().unwrap_or("");
+    let (before_query, query) = rest.split_once('?').unwrap_or((rest, ""));
+    let params: Vec<&str> = query
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| p.split_once('=').map_or(p, |(k, _)| k))
+        .collect();
+    let path = before_query.split_once('/').map_or("", |(_, p)| p);
+    match topology {
+        Topology::Single => {
+            if let Some(p) = params
+                .iter()
+                .find(|p| matches!(**p, "node" | "sentinelServiceName"))
+            {
+                return Err(bad(format!(
+                    "`{p}=` is only read with a redis-cluster:// or redis-sentinel:// URL; this \
+                     single-server URL would connect to its first host alone"
+                )));
+            }
+        }
+        Topology::Cluster => {
+            if !matches!(path, "" | "0") {
+                return Err(bad(format!(
+                    "a Redis Cluster has only database 0; remove `/{path}` from the URL"
+                )));
+            }
+            if params.contains(&"sentinelServiceName") {
+                return Err(bad(
+                    "`sentinelServiceName=` belongs to a redis-sentinel:// URL".to_owned(),
+                ));
+            }
+        }
+        Topology::Sentinel => {
+            if !params.contains(&"sentinelServiceName") {
+                return Err(bad(
+                    "a redis-sentinel:// URL needs `?sentinelServiceName=NAME` (the name the \
+                     sentinels monitor the master under)"
+                        .to_owned(),
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 impl Default for RedisConfig {
@@ -173,6 +303,8 @@ impl fmt::Debug for RedisConfig {
             .field("limits", &self.limits)
             .field("tls_ca_file", &self.tls_ca_file)
             .field("tls_system_roots", &self.tls_system_roots)
+            .field("wait_replicas", &self.wait_replicas)
+            .field("wait_timeout_ms", &self.wait_timeout)
             .finish()
     }
 }
@@ -230,6 +362,71 @@ mod tests {
         }
         c.operation_window = MAX_OPERATION_WINDOW;
         assert!(c.validate().is_ok());
+    }
+
+    #[test]
+    fn wait_settings_are_checked_and_read_from_milliseconds() {
+        let c: RedisConfig = serde_json::from_str(
+            r#"{"url": "redis://h", "wait_replicas": 1, "wait_timeout_ms": 250}"#,
+        )
+        .unwrap();
+        assert_eq!(c.wait_replicas, 1);
+        assert_eq!(c.wait_timeout, Duration::from_millis(250));
+        assert!(c.validate().is_ok());
+        assert_eq!(RedisConfig::default().wait_replicas, 0, "off by default");
+        let mut bad = c.clone();
+        bad.wait_timeout = Duration::ZERO;
+        assert_eq!(
+            bad.validate().unwrap_err().context_value("setting"),
+            Some("redis.wait_timeout_ms")
+        );
+        bad.wait_replicas = 0;
+        assert!(
+            bad.validate().is_ok(),
+            "the timeout is unused with WAIT off"
+        );
+        bad = c.clone();
+        bad.wait_replicas = MAX_WAIT_REPLICAS + 1;
+        assert_eq!(
+            bad.validate().unwrap_err().context_value("setting"),
+            Some("redis.wait_replicas")
+        );
+        bad = c;
+        bad.wait_timeout = MAX_WAIT_TIMEOUT + Duration::from_millis(1);
+        assert_eq!(
+            bad.validate().unwrap_err().context_value("setting"),
+            Some("redis.wait_timeout_ms")
+        );
+    }
+
+    #[test]
+    fn topology_urls_are_checked() {
+        for good in [
+            "redis://127.0.0.1:6379/2",
+            "rediss://:pw@h:6380",
+            "redis-cluster://h:7000?node=h:7001&node=h:7002",
+            "redis-cluster://h:7000/0",
+            "rediss-cluster://u:pw@h:7000",
+            "redis-sentinel://h:26379/1?sentinelServiceName=main&node=h2:26379",
+            "rediss-sentinel://u:pw@h/0?sentinelServiceName=main&sentinelPassword=spw",
+        ] {
+            let c = RedisConfig::new(good);
+            assert!(c.validate().is_ok(), "{good}: {:?}", c.validate());
+        }
+        for (bad, says) in [
+            ("redis://h:7000?node=h:7001", "node="),
+            ("redis://h?sentinelServiceName=main", "sentinelServiceName="),
+            ("redis-cluster://h:7000/3", "database 0"),
+            ("redis-sentinel://:s3cret@h:26379/0", "sentinelServiceName"),
+            ("http://h:6379", "scheme"),
+        ] {
+            let e = RedisConfig::new(bad).validate().unwrap_err();
+            assert_eq!(e.context_value("setting"), Some("redis.url"), "{bad}");
+            assert!(e.to_string().contains(says), "{bad}: {e}");
+            assert!(!e.to_string().contains("s3cret"), "{e}");
+        }
+        assert_eq!(topology("REDIS-CLUSTER://h:1"), Some(Topology::Cluster));
+        assert_eq!(topology("rediss-sentinel://h"), Some(Topology::Sentinel));
     }
 
     #[test]

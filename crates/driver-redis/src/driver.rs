@@ -9,10 +9,11 @@ use std::time::{Duration, Instant};
 
 use fred::clients::{Client, Pool};
 use fred::interfaces::{ClientLike, EventInterface, PubsubInterface, ServerInterface};
-use fred::types::config::{Config as FredConfig, ReconnectPolicy};
-use fred::types::{Builder, ConnectHandle, InfoKind, Value as RedisValue};
+use fred::types::config::{Config as FredConfig, Options, ReconnectPolicy};
+use fred::types::{Builder, ClusterHash, ConnectHandle, InfoKind, Value as RedisValue};
+use fred::util::redis_keyslot;
 use kernel_core::subscription::{HeadSender, HeadSignal, SubscriptionConfig};
-use kernel_core::{Error, ErrorCode, Result, Status};
+use kernel_core::{Error, ErrorCode, ErrorStatus, Result, Status};
 use tokio::sync::broadcast::error::RecvError;
 
 use crate::config::RedisConfig;
@@ -254,8 +255,13 @@ impl RedisDriver {
         args: Vec<RedisValue>,
     ) -> Result<RedisValue> {
         self.ensure_open(operation)?;
-        lua.script
-            .evalsha_with_reload::<RedisValue, _, _>(self.inner.pool.next_connected(), keys, args)
+        // WAIT must follow the write on the same connection (it waits for that client's own
+        // replication offset), hence one client for both.
+        let client = self.inner.pool.next_connected();
+        let slot = keys.first().map(|k| redis_keyslot(k.as_bytes()));
+        let reply = lua
+            .script
+            .evalsha_with_reload::<RedisValue, _, _>(client, keys, args)
             .await
             .map_err(|e| {
                 if writes {
@@ -263,7 +269,68 @@ impl RedisDriver {
                 } else {
                     map_err(e, operation)
                 }
-            })
+            })?;
+        if writes {
+            self.confirm_replicas(client, slot, operation).await?;
+        }
+        Ok(reply)
+    }
+
+    /// WAIT-based durability ([`RedisConfig::wait_replicas`]): after a write sent on `client`,
+    /// `WAIT n timeout` on the same connection — in cluster mode on the connection to the
+    /// master of `slot`, the written key's. Fewer confirmations than asked is a
+    /// `MaybeApplied` `Unavailable` error: the write is applied on the primary but could be
+    /// lost if it fails before a replica has it. Does nothing when `wait_replicas` is 0.
+    pub(crate) async fn confirm_replicas(
+        &self,
+        client: &Client,
+        slot: Option<u16>,
+        operation: &'static str,
+    ) -> Result<()> {
+        let config = &self.inner.config;
+        let wanted = config.wait_replicas;
+        if wanted == 0 {
+            return Ok(());
+        }
+        let wait_ms = config.wait_timeout.as_millis().max(1);
+        let mut options = Options {
+            timeout: Some(config.wait_timeout + config.operation_timeout),
+            ..Options::default()
+        };
+        if client.is_clustered() {
+            options.cluster_hash = slot.map(ClusterHash::Custom);
+        }
+        let confirmed: i64 = client
+            .with_options(&options)
+            .wait(
+                i64::from(wanted),
+                i64::try_from(wait_ms).unwrap_or(i64::MAX),
+            )
+            .await
+            .map_err(|e| {
+                map_err(e, operation)
+                    .with_message(
+                        "the write is applied on the Redis primary, but asking for its \
+                         replication (WAIT) failed: it is not confirmed on any replica",
+                    )
+                    .with_status(ErrorStatus::MaybeApplied)
+                    .with_context("outcome", "applied_unconfirmed")
+                    .with_context("replicas_required", wanted)
+            })?;
+        if confirmed < i64::from(wanted) {
+            return Err(Error::unavailable(format!(
+                "the write is applied on the Redis primary but only {confirmed} of {wanted} \
+                 replicas confirmed it within {wait_ms} ms (WAIT): it could be lost if the \
+                 primary fails before they catch up"
+            ))
+            .with_status(ErrorStatus::MaybeApplied)
+            .with_context("backend", "redis")
+            .with_operation(operation)
+            .with_context("outcome", "applied_unconfirmed")
+            .with_context("replicas_confirmed", confirmed)
+            .with_context("replicas_required", wanted));
+        }
+        Ok(())
     }
 
     /// Health and server details: `PING` latency, memory, key count, version.

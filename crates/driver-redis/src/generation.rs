@@ -81,8 +81,10 @@ impl RedisDriver {
     /// driver expects. Called on connect and on acknowledgement.
     pub(crate) async fn adopt_generation(&self, operation: &'static str) -> Result<String> {
         let key = self.inner.keys.generation();
-        let pool = &self.inner.pool;
-        let _: Option<String> = pool
+        // One client for the write and its WAIT (RedisConfig::wait_replicas): a marker lost
+        // in a failover would read as a data loss.
+        let client = self.inner.pool.next_connected();
+        let _: Option<String> = client
             .set(
                 &key,
                 new_marker(),
@@ -92,7 +94,13 @@ impl RedisDriver {
             )
             .await
             .map_err(|e| map_err(e, operation))?;
-        let current: Option<String> = pool.get(&key).await.map_err(|e| map_err(e, operation))?;
+        self.confirm_replicas(
+            client,
+            Some(fred::util::redis_keyslot(key.as_bytes())),
+            operation,
+        )
+        .await?;
+        let current: Option<String> = client.get(&key).await.map_err(|e| map_err(e, operation))?;
         let current = current.ok_or_else(|| {
             Error::unavailable("the Redis generation marker vanished right after it was set")
                 .with_context("backend", "redis")

@@ -55,6 +55,8 @@ mod storage;
 mod tls;
 mod transaction;
 
-pub use config::{MAX_KEY_PREFIX_LEN, MAX_OPERATION_WINDOW, RedisConfig};
+pub use config::{
+    MAX_KEY_PREFIX_LEN, MAX_OPERATION_WINDOW, MAX_WAIT_REPLICAS, MAX_WAIT_TIMEOUT, RedisConfig,
+};
 pub use driver::RedisDriver;
 pub use kernel_core::redact::redact_url;

@@ -52,12 +52,15 @@ impl RateLimiter for RedisDriver {
     async fn reset(&self, key: &str) -> Result<()> {
         validate::rate_limit_key(key)?;
         self.ensure_open("rate_limit_reset")?;
-        let _: i64 = self
-            .inner
-            .pool
-            .del(self.inner.keys.rate(key))
+        let client = self.inner.pool.next_connected();
+        let rate_key = self.inner.keys.rate(key);
+        let slot = fred::util::redis_keyslot(rate_key.as_bytes());
+        let _: i64 = client
+            .del(rate_key)
             .await
             .map_err(|e| map_write_err(e, "rate_limit_reset").with_context("key", escape(key)))?;
-        Ok(())
+        self.confirm_replicas(client, Some(slot), "rate_limit_reset")
+            .await
+            .map_err(|e| e.with_context("key", escape(key)))
     }
 }

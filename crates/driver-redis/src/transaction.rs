@@ -172,7 +172,8 @@ impl Transaction for RedisTransaction {
         let call = (*self).into_call()?;
         let reply = driver
             .run(&driver.inner.scripts.commit, "commit", call.keys, call.args)
-            .await?;
+            .await
+            .map_err(|e| name_namespaces(e, &call.namespaces))?;
         commit_outcome(&call.namespaces, Reply::new(reply, "commit"))
     }
 
@@ -193,7 +194,8 @@ impl Transaction for RedisTransaction {
                 fingerprint: "",
                 kind: Outcome::Commit.name(),
             })
-            .await?;
+            .await
+            .map_err(|e| name_namespaces(e, &call.namespaces))?;
         match once {
             Once::Replay(raw) => decode_record(ns, id, &raw)
                 .and_then(|record| record.replay(ns, id, ""))
@@ -208,6 +210,16 @@ impl Transaction for RedisTransaction {
     async fn rollback(self: Box<Self>) -> Result<()> {
         // Nothing reached Redis: staged writes live only in this value.
         Ok(())
+    }
+}
+
+/// Names the transaction's namespaces on a cross-slot refusal (cluster mode), so the caller
+/// sees which namespaces could not be committed together.
+fn name_namespaces(e: Error, namespaces: &[String]) -> Error {
+    if e.code() == kernel_core::ErrorCode::Unsupported {
+        e.with_context("namespaces", namespaces.join(","))
+    } else {
+        e
     }
 }
 

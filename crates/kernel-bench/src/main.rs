@@ -7,7 +7,12 @@
 //! ```sh
 //! cargo run --release -p kernel-bench -- --backend all --seconds 2 --rounds 3
 //! cargo run --release -p kernel-bench -- --backend postgres --workloads get,put --concurrency 16
+//! cargo run --release -p kernel-bench -- --backend memory-layers --concurrency 1,8
+//! cargo run --release -p kernel-bench -- --backend postgres --workloads query --docs 1000000
 //! ```
+//!
+//! `memory-layers` measures the standard layer stack alone: the kernel on the memory driver
+//! against the same driver called bare (ratio = 1 - the stack's cost).
 //!
 //! The raw side of each backend: memory — a `RwLock<HashMap>`; PostgreSQL — hand-written
 //! tokio-postgres statements on a deadpool pool of the kernel's size, against plain tables of
@@ -27,16 +32,21 @@ use clap::Parser;
 use kernel_bootstrap::{Kernel, KernelConfig};
 use kernel_core::{Error, Result};
 
-use crate::run::{Row, Workload};
+use std::sync::Arc;
+
+use crate::run::{KernelSide, Row, Side, SinglePuts, Workload};
 
 /// Kernel vs raw client, same workload, same run.
 #[derive(Debug, Parser)]
 #[command(name = "kernel-bench", version, about)]
 struct Args {
-    /// memory, postgres, redis or all.
+    /// memory, postgres, redis, all (the three), or memory-layers (the kernel on memory
+    /// against the bare memory driver: what the layer stack costs).
     #[arg(long, default_value = "all")]
     backend: String,
-    /// Comma-separated workloads (get, put, put_if_version, append, append10); all by default.
+    /// Comma-separated workloads (get, put, put_if_version, append, append10, lock,
+    /// rate_limit, put_many, put_many_vs_single, list, query, read_stream, read_all,
+    /// subscription); all by default.
     #[arg(long, value_delimiter = ',')]
     workloads: Vec<String>,
     /// Comma-separated concurrency levels (tasks issuing calls back to back).
@@ -48,6 +58,12 @@ struct Args {
     /// Rounds per side (kernel and raw interleaved).
     #[arg(long, default_value_t = 3)]
     rounds: usize,
+    /// Documents in the namespace the query workload searches.
+    #[arg(long, default_value_t = 10_000)]
+    docs: usize,
+    /// Appends per second of the subscription workload.
+    #[arg(long, default_value_t = 1000)]
+    rate: u32,
     /// Writes the rows as JSON to this file too.
     #[arg(long, value_name = "FILE")]
     json: Option<std::path::PathBuf>,
@@ -73,6 +89,8 @@ async fn bench(mut args: Args) -> Result<()> {
         args.seconds = 0.1;
         args.rounds = 1;
         args.concurrency = vec![1, 2];
+        args.docs = 1000;
+        args.rate = 200;
     }
     let workloads: Vec<Workload> = if args.workloads.is_empty() {
         Workload::ALL.to_vec()
@@ -84,14 +102,22 @@ async fn bench(mut args: Args) -> Result<()> {
     };
     let backends: Vec<&str> = match args.backend.as_str() {
         "all" => vec!["memory", "postgres", "redis"],
-        "memory" | "postgres" | "redis" => vec![args.backend.as_str()],
+        "memory" | "postgres" | "redis" | "memory-layers" => vec![args.backend.as_str()],
         other => {
             return Err(Error::invalid_input(format!(
-                "--backend must be memory, postgres, redis or all, not {other:?}"
+                "--backend must be memory, postgres, redis, all or memory-layers, not {other:?}"
             )));
         }
     };
-    let round = Duration::from_secs_f64(args.seconds.max(0.01));
+    if args.docs < 100 {
+        return Err(Error::invalid_input("--docs must be at least 100"));
+    }
+    let params = run::Params {
+        round: Duration::from_secs_f64(args.seconds.max(0.01)),
+        rounds: args.rounds,
+        docs: args.docs,
+        rate: args.rate.max(1),
+    };
     let mut rows: Vec<Row> = Vec::new();
     for backend in backends {
         let (kernel, raw, _guard) = raw::setup(backend).await?;
@@ -100,20 +126,23 @@ async fn bench(mut args: Args) -> Result<()> {
             "| workload | concurrency | kernel ops/s | raw ops/s | ratio | kernel p50 µs | kernel p99 µs |"
         );
         println!("|---|---|---|---|---|---|---|");
+        let kernel_side: Arc<dyn Side> = Arc::new(KernelSide(kernel.stores()));
+        let singles: Arc<dyn Side> = Arc::new(SinglePuts(kernel.stores()));
         for workload in &workloads {
+            if *workload == Workload::Subscription {
+                let row = run::subscription(&kernel, backend, params).await?;
+                print_row(&row);
+                rows.push(row);
+                continue;
+            }
+            let raw = if *workload == Workload::PutManySingles {
+                &singles
+            } else {
+                &raw
+            };
             for &c in &args.concurrency {
-                let row =
-                    run::compare(&kernel, &raw, backend, *workload, c, round, args.rounds).await?;
-                println!(
-                    "| {} | {} | {:.0} | {:.0} | {:.2} | {:.0} | {:.0} |",
-                    row.workload,
-                    row.concurrency,
-                    row.kernel_ops,
-                    row.raw_ops,
-                    row.ratio,
-                    row.p50_us,
-                    row.p99_us
-                );
+                let row = run::compare(&kernel_side, raw, backend, *workload, c, params).await?;
+                print_row(&row);
                 rows.push(row);
             }
         }
@@ -127,6 +156,19 @@ async fn bench(mut args: Args) -> Result<()> {
         })?;
     }
     Ok(())
+}
+
+fn print_row(row: &Row) {
+    println!(
+        "| {} | {} | {:.0} | {:.0} | {:.2} | {:.0} | {:.0} |",
+        row.workload,
+        row.concurrency,
+        row.kernel_ops,
+        row.raw_ops,
+        row.ratio,
+        row.p50_us,
+        row.p99_us
+    );
 }
 
 /// A kernel on one backend with the standard layers.

@@ -1,18 +1,22 @@
 //! The raw side of each backend: what a user would write without the kernel, on the same
 //! server with a pool of the same size.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::ops::Bound;
 use std::sync::{Arc, Mutex, RwLock};
 
 use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
-use fred::interfaces::{ClientLike, KeysInterface, ListInterface, LuaInterface};
+use fred::interfaces::{ClientLike, HashesInterface, KeysInterface, ListInterface, LuaInterface};
 use fred::types::{Expiration, SetOptions};
 use kernel_bootstrap::Kernel;
 use kernel_core::{Error, Result, Uuid, Value, json};
 use tokio_postgres::NoTls;
 
-use crate::run::{Side, TaskState, Workload};
+use crate::run::{
+    BATCH, KernelSide, LISTED, LOG_LEN, PAGE, STREAM_LEN, Side, TaskState, Workload, listed_key,
+    log_after, page_after, query_doc,
+};
 
 /// Pool size of both sides.
 const POOL: usize = 16;
@@ -34,6 +38,18 @@ pub(crate) async fn setup(backend: &str) -> Result<(Kernel, Arc<dyn Side>, Guard
         "memory" => {
             let kernel = crate::kernel(vec![("KERNEL_STORAGE_MODE", "memory".into())]).await?;
             Ok((kernel, Arc::new(Memory::default()), Guard::None))
+        }
+        "memory-layers" => {
+            // The same driver bare: the ratio is what the layer stack costs.
+            let kernel = crate::kernel(vec![("KERNEL_STORAGE_MODE", "memory".into())]).await?;
+            let bare = driver_memory::MemoryDriver::new();
+            let stores = kernel_bootstrap::layers::Stores {
+                storage: Arc::new(bare.clone()),
+                events: Arc::new(bare.clone()),
+                locks: Arc::new(bare.clone()),
+                rate_limiter: Arc::new(bare),
+            };
+            Ok((kernel, Arc::new(KernelSide(stores)), Guard::None))
         }
         "postgres" => {
             let db = kernel_testkit::postgres::fresh_database().await;
@@ -65,11 +81,14 @@ pub(crate) async fn setup(backend: &str) -> Result<(Kernel, Arc<dyn Side>, Guard
     }
 }
 
-/// A `RwLock<HashMap>` of documents and a map of event lists.
+/// A `RwLock<HashMap>` of documents and a map of event lists; for listing, a `BTreeMap` (what
+/// ordered pages need), and for reading the whole log, one list of every event.
 #[derive(Default)]
 struct Memory {
     docs: RwLock<HashMap<String, (Value, u64)>>,
+    sorted: RwLock<BTreeMap<String, (Value, u64)>>,
     streams: Mutex<HashMap<String, Vec<Value>>>,
+    log: RwLock<Vec<Value>>,
     locks: Mutex<HashMap<String, u64>>,
     counters: Mutex<HashMap<String, u64>>,
 }
@@ -91,6 +110,26 @@ impl Side for Memory {
             Workload::PutIfVersion => {
                 docs.insert(format!("{run}/cas{t}"), (json!({"n": 0}), 1));
                 st.cas_version = 1;
+            }
+            Workload::List => {
+                let mut sorted = self.sorted.write().map_err(|_| poisoned())?;
+                for j in 0..LISTED {
+                    sorted.insert(format!("{run}/{}", listed_key(t, j)), (json!({"j": j}), 1));
+                }
+            }
+            Workload::Query if t == 0 => {
+                for j in 0..st.docs {
+                    docs.insert(format!("{run}/q{j}"), (query_doc(j), 1));
+                }
+            }
+            Workload::ReadStream => {
+                let mut streams = self.streams.lock().map_err(|_| poisoned())?;
+                let list = streams.entry(format!("{run}-r{t}")).or_default();
+                list.extend((0..STREAM_LEN).map(|j| json!({"j": j})));
+            }
+            Workload::ReadAll if t == 0 => {
+                let mut log = self.log.write().map_err(|_| poisoned())?;
+                log.extend((0..LOG_LEN).map(|j| json!({"j": j})));
             }
             _ => {}
         }
@@ -152,6 +191,63 @@ impl Side for Memory {
                 let mut counters = self.counters.lock().map_err(|_| poisoned())?;
                 *counters.entry(format!("{run}-rl{t}")).or_default() += 1;
             }
+            Workload::PutMany | Workload::PutManySingles => {
+                let mut docs = self.docs.write().map_err(|_| poisoned())?;
+                for j in 0..BATCH {
+                    let slot = docs
+                        .entry(format!("{run}/m{t}-{j}"))
+                        .or_insert((Value::Null, 0));
+                    *slot = (json!({"i": i, "j": j}), slot.1 + 1);
+                }
+            }
+            Workload::List => {
+                let sorted = self.sorted.read().map_err(|_| poisoned())?;
+                let prefix = format!("{run}/l{t}-");
+                let from = match page_after(t, i) {
+                    Some(after) => Bound::Excluded(format!("{run}/{after}")),
+                    None => Bound::Included(prefix.clone()),
+                };
+                let page: Vec<(String, Value)> = sorted
+                    .range::<String, _>((from, Bound::Unbounded))
+                    .take_while(|(k, _)| k.starts_with(&prefix))
+                    .take(PAGE)
+                    .map(|(k, (v, _))| (k.clone(), v.clone()))
+                    .collect();
+                if page.len() != PAGE {
+                    return Err(Error::internal("a list page came back short"));
+                }
+            }
+            Workload::Query => {
+                let docs = self.docs.read().map_err(|_| poisoned())?;
+                let group = json!(i % 100);
+                let prefix = format!("{run}/");
+                let found: Vec<Value> = docs
+                    .iter()
+                    .filter(|(k, (v, _))| k.starts_with(&prefix) && v["group"] == group)
+                    .map(|(_, (v, _))| v.clone())
+                    .collect();
+                if found.len() != st.docs / 100 {
+                    return Err(Error::internal("the raw query found the wrong count"));
+                }
+            }
+            Workload::ReadStream => {
+                let streams = self.streams.lock().map_err(|_| poisoned())?;
+                let events = streams.get(&format!("{run}-r{t}")).cloned();
+                if events.is_none_or(|e| e.len() as u64 != STREAM_LEN) {
+                    return Err(Error::internal("the seeded stream came back short"));
+                }
+            }
+            Workload::ReadAll => {
+                let log = self.log.read().map_err(|_| poisoned())?;
+                let from = log_after(i) as usize;
+                let page: Vec<Value> = log.iter().skip(from).take(PAGE).cloned().collect();
+                if page.len() != PAGE {
+                    return Err(Error::internal("a read_all page came back short"));
+                }
+            }
+            Workload::Subscription => {
+                return Err(Error::internal("no raw subscription workload"));
+            }
         }
         Ok(())
     }
@@ -192,6 +288,21 @@ const APPEND: &str =
 const APPEND10: &str = "INSERT INTO bench_events (stream, version, id, payload) \
      SELECT $1, $2 + t.o, t.id, t.p FROM unnest($3::uuid[], $4::jsonb[]) WITH ORDINALITY \
      AS t(id, p, o)";
+/// One set-based upsert of a whole batch.
+const PUT_MANY: &str = "INSERT INTO bench_docs \
+     SELECT $1, t.k, t.v, 1, now() FROM unnest($2::text[], $3::jsonb[]) AS t(k, v) \
+     ON CONFLICT (namespace, key) DO UPDATE \
+     SET value = EXCLUDED.value, version = bench_docs.version + 1, updated_at = now()";
+/// A page by key order after a cursor, below an upper bound (the prefix's end).
+const LIST: &str = "SELECT key, value, version FROM bench_docs \
+     WHERE namespace = $1 AND key > $2 AND key < $3 ORDER BY key LIMIT 100";
+/// Containment on the value (no index on it: the kernel's tables have none either).
+const QUERY: &str = "SELECT key, value, version FROM bench_docs \
+     WHERE namespace = $1 AND value @> $2";
+const READ_STREAM: &str =
+    "SELECT seq, version, id, payload FROM bench_events WHERE stream = $1 ORDER BY version";
+const READ_ALL: &str = "SELECT seq, stream, version, id, payload FROM bench_events \
+     WHERE seq > $1 ORDER BY seq LIMIT 100";
 
 impl Postgres {
     async fn connect(url: &str) -> Result<Postgres> {
@@ -245,6 +356,32 @@ impl Side for Postgres {
                     .await
                     .map_err(pg_error)?;
                 st.cas_version = row.get::<_, i64>(0) as u64;
+            }
+            Workload::List => {
+                let keys: Vec<String> = (0..LISTED).map(|j| listed_key(t, j)).collect();
+                let values: Vec<Value> = (0..LISTED).map(|j| json!({"j": j})).collect();
+                let stmt = client.prepare_cached(PUT_MANY).await.map_err(pg_error)?;
+                client
+                    .execute(&stmt, &[&run, &keys, &values])
+                    .await
+                    .map_err(pg_error)?;
+            }
+            Workload::Query if t == 0 => {
+                let stmt = client.prepare_cached(PUT_MANY).await.map_err(pg_error)?;
+                for chunk in (0..st.docs).collect::<Vec<_>>().chunks(BATCH) {
+                    let keys: Vec<String> = chunk.iter().map(|j| format!("q{j}")).collect();
+                    let values: Vec<Value> = chunk.iter().map(|j| query_doc(*j)).collect();
+                    client
+                        .execute(&stmt, &[&run, &keys, &values])
+                        .await
+                        .map_err(pg_error)?;
+                }
+            }
+            Workload::ReadStream => {
+                seed_events(&client, &format!("{run}-r{t}"), STREAM_LEN).await?;
+            }
+            Workload::ReadAll if t == 0 => {
+                seed_events(&client, &format!("{run}-all"), LOG_LEN).await?;
             }
             _ => {}
         }
@@ -339,9 +476,77 @@ impl Side for Postgres {
                 let key = format!("{run}-rl{t}");
                 client.query_one(&stmt, &[&key]).await.map_err(pg_error)?;
             }
+            Workload::PutMany | Workload::PutManySingles => {
+                let stmt = client.prepare_cached(PUT_MANY).await.map_err(pg_error)?;
+                let keys: Vec<String> = (0..BATCH).map(|j| format!("m{t}-{j}")).collect();
+                let values: Vec<Value> = (0..BATCH).map(|j| json!({"i": i, "j": j})).collect();
+                client
+                    .execute(&stmt, &[&run, &keys, &values])
+                    .await
+                    .map_err(pg_error)?;
+            }
+            Workload::List => {
+                let stmt = client.prepare_cached(LIST).await.map_err(pg_error)?;
+                let after = page_after(t, i).unwrap_or_else(|| format!("l{t}-"));
+                let end = format!("l{t}.");
+                let rows = client
+                    .query(&stmt, &[&run, &after, &end])
+                    .await
+                    .map_err(pg_error)?;
+                let page: Vec<(String, Value)> =
+                    rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+                if page.len() != PAGE {
+                    return Err(Error::internal("a list page came back short"));
+                }
+            }
+            Workload::Query => {
+                let stmt = client.prepare_cached(QUERY).await.map_err(pg_error)?;
+                let probe = json!({"group": i % 100});
+                let rows = client
+                    .query(&stmt, &[&run, &probe])
+                    .await
+                    .map_err(pg_error)?;
+                let found: Vec<Value> = rows.iter().map(|r| r.get(1)).collect();
+                if found.len() != st.docs / 100 {
+                    return Err(Error::internal("the raw query found the wrong count"));
+                }
+            }
+            Workload::ReadStream => {
+                let stmt = client.prepare_cached(READ_STREAM).await.map_err(pg_error)?;
+                let stream = format!("{run}-r{t}");
+                let rows = client.query(&stmt, &[&stream]).await.map_err(pg_error)?;
+                let events: Vec<Value> = rows.iter().map(|r| r.get(3)).collect();
+                if events.len() as u64 != STREAM_LEN {
+                    return Err(Error::internal("the seeded stream came back short"));
+                }
+            }
+            Workload::ReadAll => {
+                let stmt = client.prepare_cached(READ_ALL).await.map_err(pg_error)?;
+                let after = log_after(i) as i64;
+                let rows = client.query(&stmt, &[&after]).await.map_err(pg_error)?;
+                let events: Vec<Value> = rows.iter().map(|r| r.get(4)).collect();
+                if events.len() != PAGE {
+                    return Err(Error::internal("a read_all page came back short"));
+                }
+            }
+            Workload::Subscription => {
+                return Err(Error::internal("no raw subscription workload"));
+            }
         }
         Ok(())
     }
+}
+
+/// Appends `n` events to a new stream in one statement.
+async fn seed_events(client: &deadpool_postgres::Client, stream: &str, n: u64) -> Result<()> {
+    let stmt = client.prepare_cached(APPEND10).await.map_err(pg_error)?;
+    let ids: Vec<Uuid> = (0..n).map(|_| Uuid::now_v7()).collect();
+    let payloads: Vec<Value> = (0..n).map(|j| json!({"j": j})).collect();
+    client
+        .execute(&stmt, &[&stream, &0i64, &ids, &payloads])
+        .await
+        .map_err(pg_error)?;
+    Ok(())
 }
 
 /// fred commands on a pool.
@@ -388,16 +593,61 @@ fn redis_error(e: fred::error::Error) -> Error {
 
 #[async_trait]
 impl Side for Redis {
-    async fn prepare(&self, w: Workload, t: usize, run: &str, _st: &mut TaskState) -> Result<()> {
-        if w == Workload::Get {
-            for k in 0..100 {
-                let key = format!("{}{run}:k{t}-{k}", self.prefix);
-                let _: () = self
+    async fn prepare(&self, w: Workload, t: usize, run: &str, st: &mut TaskState) -> Result<()> {
+        let p = &self.prefix;
+        match w {
+            Workload::Get => {
+                for k in 0..100 {
+                    let key = format!("{p}{run}:k{t}-{k}");
+                    let _: () = self
+                        .pool
+                        .set(key, json!({"n": k}).to_string(), None, None, false)
+                        .await
+                        .map_err(redis_error)?;
+                }
+            }
+            Workload::List => {
+                let values: Vec<String> =
+                    (0..LISTED).map(|j| json!({"j": j}).to_string()).collect();
+                let _: u64 = self
                     .pool
-                    .set(key, json!({"n": k}).to_string(), None, None, false)
+                    .rpush(format!("{p}{run}:l{t}"), values)
                     .await
                     .map_err(redis_error)?;
             }
+            Workload::Query if t == 0 => {
+                for chunk in (0..st.docs).collect::<Vec<_>>().chunks(BATCH) {
+                    let fields: Vec<(String, String)> = chunk
+                        .iter()
+                        .map(|j| (format!("q{j}"), query_doc(*j).to_string()))
+                        .collect();
+                    let _: u64 = self
+                        .pool
+                        .hset(format!("{p}{run}:q"), fields)
+                        .await
+                        .map_err(redis_error)?;
+                }
+            }
+            Workload::ReadStream => {
+                let values: Vec<String> = (0..STREAM_LEN)
+                    .map(|j| json!({"j": j}).to_string())
+                    .collect();
+                let _: u64 = self
+                    .pool
+                    .rpush(format!("{p}{run}:r{t}"), values)
+                    .await
+                    .map_err(redis_error)?;
+            }
+            Workload::ReadAll if t == 0 => {
+                let values: Vec<String> =
+                    (0..LOG_LEN).map(|j| json!({"j": j}).to_string()).collect();
+                let _: u64 = self
+                    .pool
+                    .rpush(format!("{p}{run}:all"), values)
+                    .await
+                    .map_err(redis_error)?;
+            }
+            _ => {}
         }
         Ok(())
     }
@@ -408,8 +658,9 @@ impl Side for Redis {
         t: usize,
         i: u64,
         run: &str,
-        _st: &mut TaskState,
+        st: &mut TaskState,
     ) -> Result<()> {
+        let p = &self.prefix;
         match w {
             Workload::Get => {
                 let key = format!("{}{run}:k{t}-{}", self.prefix, i % 100);
@@ -466,6 +717,69 @@ impl Side for Redis {
                     .evalsha(&self.count, vec![key], ())
                     .await
                     .map_err(redis_error)?;
+            }
+            Workload::PutMany | Workload::PutManySingles => {
+                let pairs: Vec<(String, String)> = (0..BATCH)
+                    .map(|j| {
+                        let value = json!({"i": i, "j": j}).to_string();
+                        (format!("{p}{run}:m{t}-{j}"), value)
+                    })
+                    .collect();
+                self.pool.mset(pairs).await.map_err(redis_error)?;
+            }
+            // Pages of a list by index: Redis has no ordered map of documents; a list is what
+            // a hand-written pager would keep.
+            Workload::List => {
+                let start = ((i as usize * PAGE) % LISTED) as i64;
+                let page: Vec<String> = self
+                    .pool
+                    .lrange(format!("{p}{run}:l{t}"), start, start + PAGE as i64 - 1)
+                    .await
+                    .map_err(redis_error)?;
+                if page.len() != PAGE {
+                    return Err(Error::internal("a list page came back short"));
+                }
+            }
+            // Every document of a hash, filtered here: Redis has no query of its own.
+            Workload::Query => {
+                let values: Vec<String> = self
+                    .pool
+                    .hvals(format!("{p}{run}:q"))
+                    .await
+                    .map_err(redis_error)?;
+                let group = json!(i % 100);
+                let found = values
+                    .iter()
+                    .filter_map(|v| serde_json::from_str::<Value>(v).ok())
+                    .filter(|v| v["group"] == group)
+                    .count();
+                if found != st.docs / 100 {
+                    return Err(Error::internal("the raw query found the wrong count"));
+                }
+            }
+            Workload::ReadStream => {
+                let events: Vec<String> = self
+                    .pool
+                    .lrange(format!("{p}{run}:r{t}"), 0, -1)
+                    .await
+                    .map_err(redis_error)?;
+                if events.len() as u64 != STREAM_LEN {
+                    return Err(Error::internal("the seeded stream came back short"));
+                }
+            }
+            Workload::ReadAll => {
+                let start = log_after(i) as i64;
+                let events: Vec<String> = self
+                    .pool
+                    .lrange(format!("{p}{run}:all"), start, start + PAGE as i64 - 1)
+                    .await
+                    .map_err(redis_error)?;
+                if events.len() != PAGE {
+                    return Err(Error::internal("a read_all page came back short"));
+                }
+            }
+            Workload::Subscription => {
+                return Err(Error::internal("no raw subscription workload"));
             }
         }
         Ok(())

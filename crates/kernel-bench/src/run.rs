@@ -4,7 +4,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use kernel_core::{Error, ExpectedVersion, NewEvent, PutOptions, Result, json};
+use futures::StreamExt;
+use kernel_core::{
+    BatchPut, Error, EventFilter, ExpectedVersion, Filter, ListOptions, NewEvent, PutOptions,
+    Query, ReadStream, Result, json,
+};
 use serde::Serialize;
 
 /// One kind of call, the same on both sides.
@@ -24,10 +28,28 @@ pub(crate) enum Workload {
     Lock,
     /// One rate-limit check of cost 1 on the task's own key (never refused).
     RateLimit,
+    /// `put_many` of 1,000 documents (ops/s counts documents). Raw: one set-based upsert
+    /// (PostgreSQL `unnest`), `MSET` (Redis), one write lock (memory).
+    PutMany,
+    /// The same `put_many` of 1,000 beside 1,000 single puts, both through the kernel: the
+    /// ratio is how many times faster a batch writes a document than single puts do.
+    PutManySingles,
+    /// A page of 100 from the task's 1,000 documents, by key order (`list` with a cursor).
+    List,
+    /// An equality query matching 1 % of the namespace's documents (`--docs`, 10,000 by
+    /// default).
+    Query,
+    /// The whole of the task's stream of 100 events.
+    ReadStream,
+    /// 100 events of the global log after a position.
+    ReadAll,
+    /// Delay from an append to its arrival at a subscriber, appends at `--rate` per second
+    /// (kernel only: the target is a delay, not a ratio; p50 / p99 are delays).
+    Subscription,
 }
 
 impl Workload {
-    pub(crate) const ALL: [Workload; 7] = [
+    pub(crate) const ALL: [Workload; 14] = [
         Workload::Get,
         Workload::Put,
         Workload::PutIfVersion,
@@ -35,6 +57,13 @@ impl Workload {
         Workload::Append10,
         Workload::Lock,
         Workload::RateLimit,
+        Workload::PutMany,
+        Workload::PutManySingles,
+        Workload::List,
+        Workload::Query,
+        Workload::ReadStream,
+        Workload::ReadAll,
+        Workload::Subscription,
     ];
 
     pub(crate) fn name(self) -> &'static str {
@@ -46,6 +75,13 @@ impl Workload {
             Workload::Append10 => "append10",
             Workload::Lock => "lock",
             Workload::RateLimit => "rate_limit",
+            Workload::PutMany => "put_many",
+            Workload::PutManySingles => "put_many_vs_single",
+            Workload::List => "list",
+            Workload::Query => "query",
+            Workload::ReadStream => "read_stream",
+            Workload::ReadAll => "read_all",
+            Workload::Subscription => "subscription",
         }
     }
 
@@ -55,8 +91,8 @@ impl Workload {
             .find(|w| w.name() == name)
             .ok_or_else(|| {
                 Error::invalid_input(format!(
-                    "unknown workload {name:?}; one of get, put, put_if_version, append, \
-                     append10, lock, rate_limit"
+                    "unknown workload {name:?}; one of {}",
+                    Workload::ALL.map(Workload::name).join(", ")
                 ))
             })
     }
@@ -65,16 +101,52 @@ impl Workload {
     fn weight(self) -> u64 {
         match self {
             Workload::Append10 => 10,
+            Workload::PutMany | Workload::PutManySingles => BATCH as u64,
             _ => 1,
         }
     }
 }
+
+/// Documents in one `put_many`.
+pub(crate) const BATCH: usize = 1000;
+/// Documents of a task that `list` pages through.
+pub(crate) const LISTED: usize = 1000;
+/// Entries in a `list` page and events in a `read_all` page.
+pub(crate) const PAGE: usize = 100;
+/// Events in a task's stream for `read_stream`.
+pub(crate) const STREAM_LEN: u64 = 100;
+/// Events in the log before `read_all` runs (seeded by task 0).
+pub(crate) const LOG_LEN: u64 = 1000;
 
 /// What a task carries between its calls: the version of its compare-and-set document.
 #[derive(Debug, Default)]
 pub(crate) struct TaskState {
     pub(crate) cas_version: u64,
     pub(crate) stream_version: u64,
+    /// Documents in the query workload's namespace (`--docs`).
+    pub(crate) docs: usize,
+}
+
+/// The key of document `j` of task `t` in the list workload (zero-padded: key order is
+/// number order).
+pub(crate) fn listed_key(t: usize, j: usize) -> String {
+    format!("l{t}-{j:04}")
+}
+
+/// Where page `i` of a list starts: after this key (`None`: from the first).
+pub(crate) fn page_after(t: usize, i: u64) -> Option<String> {
+    let start = (i as usize * PAGE) % LISTED;
+    (start > 0).then(|| listed_key(t, start - 1))
+}
+
+/// The position `read_all` call `i` reads after.
+pub(crate) fn log_after(i: u64) -> u64 {
+    (i * PAGE as u64) % (LOG_LEN - PAGE as u64)
+}
+
+/// The document seeded as number `j` of the query workload.
+pub(crate) fn query_doc(j: usize) -> kernel_core::Value {
+    json!({"i": j, "group": j % 100})
 }
 
 /// One side of the comparison.
@@ -123,6 +195,41 @@ impl Side for KernelSide {
                     .put(run, &format!("cas{t}"), json!({"n": 0}), PutOptions::new())
                     .await?
                     .version;
+            }
+            Workload::List => {
+                let items = (0..LISTED)
+                    .map(|j| BatchPut::new(listed_key(t, j), json!({"j": j})))
+                    .collect();
+                s.put_many(run, items).await?;
+            }
+            Workload::Query if t == 0 => {
+                for chunk in (0..st.docs).collect::<Vec<_>>().chunks(BATCH) {
+                    let items = chunk
+                        .iter()
+                        .map(|j| BatchPut::new(format!("q{j}"), query_doc(*j)))
+                        .collect();
+                    s.put_many(run, items).await?;
+                }
+            }
+            Workload::ReadStream => {
+                let events = (0..STREAM_LEN)
+                    .map(|j| NewEvent::new("Seeded", json!({"j": j})))
+                    .collect();
+                let stream = format!("{run}-r{t}");
+                self.0
+                    .events
+                    .append(&stream, ExpectedVersion::NoStream, events)
+                    .await?;
+            }
+            Workload::ReadAll if t == 0 => {
+                let events = (0..LOG_LEN)
+                    .map(|j| NewEvent::new("Seeded", json!({"j": j})))
+                    .collect();
+                let stream = format!("{run}-all");
+                self.0
+                    .events
+                    .append(&stream, ExpectedVersion::NoStream, events)
+                    .await?;
             }
             _ => {}
         }
@@ -193,6 +300,92 @@ impl Side for KernelSide {
                     return Err(Error::internal("a check under a huge quota was refused"));
                 }
             }
+            Workload::PutMany | Workload::PutManySingles => {
+                let items = (0..BATCH)
+                    .map(|j| BatchPut::new(format!("m{t}-{j}"), json!({"i": i, "j": j})))
+                    .collect();
+                s.put_many(run, items).await?;
+            }
+            Workload::List => {
+                let mut options = ListOptions::new().prefix(format!("l{t}-"));
+                options.after = page_after(t, i);
+                options.limit = Some(PAGE);
+                let page = s.list(run, &options).await?;
+                if page.entries.len() != PAGE {
+                    return Err(Error::internal("a list page came back short"));
+                }
+            }
+            Workload::Query => {
+                let group = i % 100;
+                let query = Query::new().filter(Filter::eq("group", group));
+                let found = s.query(run, &query).await?;
+                if found.len() != st.docs / 100 {
+                    return Err(Error::internal(format!(
+                        "the query found {} documents, not {}",
+                        found.len(),
+                        st.docs / 100
+                    )));
+                }
+            }
+            Workload::ReadStream => {
+                let stream = format!("{run}-r{t}");
+                let events = self
+                    .0
+                    .events
+                    .read_stream(&stream, ReadStream::forward())
+                    .await?;
+                if events.len() as u64 != STREAM_LEN {
+                    return Err(Error::internal("the seeded stream came back short"));
+                }
+            }
+            Workload::ReadAll => {
+                let events = self
+                    .0
+                    .events
+                    .read_all(log_after(i), &EventFilter::all(), PAGE)
+                    .await?;
+                if events.len() != PAGE {
+                    return Err(Error::internal("a read_all page came back short"));
+                }
+            }
+            Workload::Subscription => {
+                return Err(Error::internal(
+                    "the subscription workload is measured by run::subscription",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The raw side of `put_many_vs_single`: the same 1,000 documents written by 1,000 single puts
+/// through the kernel.
+pub(crate) struct SinglePuts(pub(crate) kernel_bootstrap::layers::Stores);
+
+#[async_trait]
+impl Side for SinglePuts {
+    async fn prepare(&self, _: Workload, _: usize, _: &str, _: &mut TaskState) -> Result<()> {
+        Ok(())
+    }
+
+    async fn call(
+        &self,
+        _: Workload,
+        t: usize,
+        i: u64,
+        run: &str,
+        _: &mut TaskState,
+    ) -> Result<()> {
+        for j in 0..BATCH {
+            self.0
+                .storage
+                .put(
+                    run,
+                    &format!("m{t}-{j}"),
+                    json!({"i": i, "j": j}),
+                    PutOptions::new(),
+                )
+                .await?;
         }
         Ok(())
     }
@@ -213,34 +406,42 @@ pub(crate) struct Row {
     pub(crate) round_seconds: f64,
 }
 
+/// What every measurement of a run shares.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Params {
+    /// Length of one round.
+    pub(crate) round: Duration,
+    /// Rounds per side.
+    pub(crate) rounds: usize,
+    /// Documents of the query workload.
+    pub(crate) docs: usize,
+    /// Appends per second of the subscription workload.
+    pub(crate) rate: u32,
+}
+
 /// Runs `workload` at `concurrency` on both sides, `rounds` times each, interleaved.
 pub(crate) async fn compare(
-    kernel: &kernel_bootstrap::Kernel,
+    kernel: &Arc<dyn Side>,
     raw: &Arc<dyn Side>,
     backend: &str,
     workload: Workload,
     concurrency: usize,
-    round: Duration,
-    rounds: usize,
+    params: Params,
 ) -> Result<Row> {
-    let kernel_side: Arc<dyn Side> = Arc::new(KernelSide(kernel.stores()));
+    let (round, rounds) = (params.round, params.rounds);
+    let kernel_side = kernel.clone();
     let mut ratios = Vec::with_capacity(rounds);
     let (mut k_ops, mut r_ops) = (Vec::new(), Vec::new());
     let mut latencies = Vec::new();
     for _ in 0..rounds.max(1) {
-        let (k, lat) = measure(&kernel_side, workload, concurrency, round).await?;
-        let (r, _) = measure(raw, workload, concurrency, round).await?;
+        let (k, lat) = measure(&kernel_side, workload, concurrency, round, params.docs).await?;
+        let (r, _) = measure(raw, workload, concurrency, round, params.docs).await?;
         latencies.extend(lat);
         ratios.push(if r > 0.0 { k / r } else { 0.0 });
         k_ops.push(k);
         r_ops.push(r);
     }
     latencies.sort_unstable();
-    let pct = |p: f64| {
-        latencies
-            .get(((latencies.len() as f64 - 1.0) * p).round() as usize)
-            .map_or(0.0, |d| d.as_secs_f64() * 1e6)
-    };
     Ok(Row {
         backend: backend.to_owned(),
         workload: workload.name(),
@@ -248,10 +449,92 @@ pub(crate) async fn compare(
         kernel_ops: median(&mut k_ops),
         raw_ops: median(&mut r_ops),
         ratio: median(&mut ratios),
-        p50_us: pct(0.5),
-        p99_us: pct(0.99),
+        p50_us: percentile(&latencies, 0.5),
+        p99_us: percentile(&latencies, 0.99),
         rounds,
         round_seconds: round.as_secs_f64(),
+    })
+}
+
+/// Percentile `p` of sorted latencies, in µs.
+fn percentile(sorted: &[Duration], p: f64) -> f64 {
+    sorted
+        .get(((sorted.len() as f64 - 1.0) * p).round() as usize)
+        .map_or(0.0, |d| d.as_secs_f64() * 1e6)
+}
+
+/// The subscription workload: one writer appends to a fresh stream at `params.rate` events
+/// per second for each round; a subscriber (opened first, on the stream's category) notes
+/// when each event arrives. The delay of an event runs from the start of its append to its
+/// arrival. Kernel only; ops/s is the rate reached.
+pub(crate) async fn subscription(
+    kernel: &kernel_bootstrap::Kernel,
+    backend: &str,
+    params: Params,
+) -> Result<Row> {
+    let events = kernel.events().clone();
+    let mut delays = Vec::new();
+    let mut rates = Vec::new();
+    for _ in 0..params.rounds.max(1) {
+        let category = format!("sub{}", kernel_core::Uuid::new_v4().simple());
+        let stream = format!("{category}-1");
+        let count = ((params.rate as f64 * params.round.as_secs_f64()).ceil() as u64).max(1);
+        let head = events.head_position().await?;
+        let mut feed = events
+            .subscribe(head, EventFilter::all().category(category.clone()))
+            .await?;
+        let sent: Arc<std::sync::Mutex<Vec<Option<Instant>>>> =
+            Arc::new(std::sync::Mutex::new(vec![None; count as usize]));
+        let writer = {
+            let (events, sent, stream) = (events.clone(), sent.clone(), stream.clone());
+            let period = Duration::from_secs_f64(1.0 / f64::from(params.rate.max(1)));
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(period);
+                for k in 0..count {
+                    tick.tick().await;
+                    if let Ok(mut s) = sent.lock() {
+                        s[k as usize] = Some(Instant::now());
+                    }
+                    let event = NewEvent::new("Tick", json!({"k": k}));
+                    events
+                        .append(&stream, ExpectedVersion::Exact(k), vec![event])
+                        .await?;
+                }
+                Ok::<_, Error>(())
+            })
+        };
+        let started = Instant::now();
+        for _ in 0..count {
+            let next = tokio::time::timeout(Duration::from_secs(10), feed.next())
+                .await
+                .map_err(|_| Error::timeout("no event reached the subscriber within 10 s"))?
+                .ok_or_else(|| Error::internal("the subscription ended"))??;
+            let arrived = Instant::now();
+            let k = next.payload["k"].as_u64().unwrap_or(u64::MAX);
+            let at = sent
+                .lock()
+                .map_err(|_| Error::internal("poisoned"))?
+                .get(k as usize)
+                .copied()
+                .flatten()
+                .ok_or_else(|| Error::internal("an event arrived that was not sent"))?;
+            delays.push(arrived.saturating_duration_since(at));
+        }
+        rates.push(count as f64 / started.elapsed().as_secs_f64());
+        join(writer).await??;
+    }
+    delays.sort_unstable();
+    Ok(Row {
+        backend: backend.to_owned(),
+        workload: Workload::Subscription.name(),
+        concurrency: 1,
+        kernel_ops: median(&mut rates),
+        raw_ops: 0.0,
+        ratio: 0.0,
+        p50_us: percentile(&delays, 0.5),
+        p99_us: percentile(&delays, 0.99),
+        rounds: params.rounds,
+        round_seconds: params.round.as_secs_f64(),
     })
 }
 
@@ -266,6 +549,7 @@ async fn measure(
     workload: Workload,
     concurrency: usize,
     round: Duration,
+    docs: usize,
 ) -> Result<(f64, Vec<Duration>)> {
     // A fresh namespace / stream prefix per round: rounds do not see each other's data.
     let run = format!("bench{}", kernel_core::Uuid::new_v4().simple());
@@ -273,7 +557,10 @@ async fn measure(
     for t in 0..concurrency {
         let (side, run) = (side.clone(), run.clone());
         tasks.push(tokio::spawn(async move {
-            let mut st = TaskState::default();
+            let mut st = TaskState {
+                docs,
+                ..TaskState::default()
+            };
             side.prepare(workload, t, &run, &mut st).await?;
             Ok::<_, Error>((side, run, st))
         }));

@@ -738,6 +738,49 @@ mod tests {
         assert!(e.to_string().contains("KERNEL_LIMITS_MAX_DEPTH"), "{e}");
     }
 
+    /// Cluster and Sentinel URLs pass the configuration as they are (the driver's fred reads
+    /// them), and WAIT durability is read from its two variables.
+    #[cfg(feature = "redis")]
+    #[test]
+    fn redis_topology_urls_and_wait_settings_are_accepted() {
+        for url in [
+            "redis-cluster://127.0.0.1:7000?node=127.0.0.1:7001&node=127.0.0.1:7002",
+            "rediss-cluster://:pw@cache.internal:7000",
+            "redis-sentinel://127.0.0.1:26379/0?sentinelServiceName=main&node=127.0.0.1:26380",
+        ] {
+            let cfg = KernelConfig::from_vars(vars(&[
+                ("KERNEL_STORAGE_MODE", "redis"),
+                ("KERNEL_REDIS_URL", url),
+                ("KERNEL_REDIS_WAIT_REPLICAS", "1"),
+                ("KERNEL_REDIS_WAIT_TIMEOUT_MS", "250"),
+            ]))
+            .unwrap();
+            cfg.validate().unwrap();
+            let redis = cfg.redis_config();
+            assert_eq!(redis.url, url);
+            assert_eq!(redis.wait_replicas, 1);
+            assert_eq!(redis.wait_timeout, std::time::Duration::from_millis(250));
+        }
+        let e = KernelConfig::from_vars(vars(&[
+            ("KERNEL_STORAGE_MODE", "redis"),
+            ("REDIS_URL", "redis://127.0.0.1:6379"),
+            ("KERNEL_REDIS_WAIT_REPLICAS", "1"),
+            ("KERNEL_REDIS_WAIT_TIMEOUT_MS", "0"),
+        ]))
+        .and_then(|cfg| cfg.validate())
+        .unwrap_err();
+        assert_eq!(
+            e.context_value("setting"),
+            Some("redis.wait_timeout_ms"),
+            "{e}"
+        );
+        assert_eq!(
+            e.context_value("env"),
+            Some("KERNEL_REDIS_WAIT_TIMEOUT_MS"),
+            "{e}"
+        );
+    }
+
     #[test]
     fn toml_errors_name_the_key() {
         let e = KernelConfig::from_toml_str("[retry]\nmax_attempts = \"three\"").unwrap_err();

@@ -10,7 +10,7 @@ use futures::future::BoxFuture;
 use kernel_core::{Error, EventStore, Lock, RateLimiter, Result, StorageDriver};
 use serde::Serialize;
 
-use crate::config::{KernelConfig, Role};
+use crate::config::{BackendKind, KernelConfig, Role};
 use crate::layers::circuit_breaker::CircuitBreaker;
 use crate::layers::{Layer, LayerSettings, StandardLayers, Stores};
 use crate::pipeline::{ChangeFailure, ChangePipeline, PipelineConfig};
@@ -46,6 +46,7 @@ pub struct Backend {
     stores: [Option<RoleStore>; 4],
     probe: Option<Probe>,
     shutdown: Option<Shutdown>,
+    in_process: bool,
 }
 
 #[derive(Clone)]
@@ -63,6 +64,7 @@ impl fmt::Debug for Backend {
             .field("roles", &self.roles().collect::<Vec<_>>())
             .field("probe", &self.probe.is_some())
             .field("shutdown", &self.shutdown.is_some())
+            .field("in_process", &self.in_process)
             .finish()
     }
 }
@@ -75,7 +77,19 @@ impl Backend {
             stores: [None, None, None, None],
             probe: None,
             shutdown: None,
+            in_process: false,
         }
+    }
+
+    /// Declares that the backend's calls never fail with a transient error: an in-process
+    /// store, with no connection to lose and nothing to wait for. The kernel then puts no retry
+    /// layer in front of it (the other standard layers stay): a retry layer could only copy
+    /// every repeatable write's arguments — a whole 1,000-entry `put_many` — for a second
+    /// attempt that never comes. [`Kernel::boot`] declares the built-in memory driver so.
+    #[must_use]
+    pub fn in_process(mut self) -> Backend {
+        self.in_process = true;
+        self
     }
 
     /// Serves every role with one driver (`D` implements all four traits), probed through
@@ -371,7 +385,14 @@ impl KernelBuilder {
             .zip(probes)
             .map(|(backend, probe)| Managed {
                 name: backend.name.clone(),
-                layers: StandardLayers::new(&backend.name, &self.layers),
+                layers: {
+                    let layers = StandardLayers::new(&backend.name, &self.layers);
+                    if backend.in_process {
+                        layers.without_retry()
+                    } else {
+                        layers
+                    }
+                },
                 probe,
                 shutdown: std::sync::Mutex::new(backend.shutdown.take()),
             })
@@ -511,9 +532,12 @@ impl Kernel {
                 continue;
             }
             connected.push(kind);
-            let backend = crate::drivers::connect(kind, &config)
+            let mut backend = crate::drivers::connect(kind, &config)
                 .await?
                 .only(|r| config.backend(r) == kind);
+            if kind == BackendKind::Memory {
+                backend = backend.in_process();
+            }
             builder = builder.backend(backend);
         }
         let mut kernel = builder.build().await?;

@@ -18,6 +18,7 @@
 //! assert!(q.filter.as_ref().unwrap().matches(&json!({"name": "Alice"})));
 //! ```
 
+pub mod companion;
 pub mod document;
 pub mod error;
 pub mod event;
@@ -31,6 +32,7 @@ pub mod redact;
 pub mod settings;
 pub mod storage;
 pub mod subscription;
+pub mod tenancy;
 pub mod validate;
 
 pub use document::{

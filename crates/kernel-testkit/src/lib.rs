@@ -46,6 +46,8 @@
 pub mod events;
 pub mod lock;
 #[cfg(feature = "postgres")]
+pub mod pgbouncer;
+#[cfg(feature = "postgres")]
 pub mod postgres;
 pub mod private;
 pub mod properties;
@@ -55,8 +57,10 @@ pub mod rate_limit;
 pub mod redis;
 pub mod storage;
 mod support;
+mod whole_suite;
 
 pub use support::*;
+pub use whole_suite::{__boxed, Run, run_all};
 
 #[doc(hidden)]
 pub mod __private {

@@ -251,6 +251,17 @@ where
 /// Terminates every session on `name`, checks its schema is still the template's, and empties
 /// every table.
 async fn reset(admin: &Client, name: &str, signature: &str) -> Result<(), String> {
+    terminate_sessions(admin, name).await?;
+    let db = connect(&database_config(&url_for(name))).await?;
+    if schema_signature(&db).await? != signature {
+        return Err("its schema changed".to_owned());
+    }
+    empty_tables(&db).await
+}
+
+/// Ends every session on database `name` but the caller's (`admin` is a connection to any
+/// database of the same server): what a test left behind must not hold locks on the next one.
+pub async fn terminate_sessions(admin: &Client, name: &str) -> Result<(), String> {
     admin
         .execute(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
@@ -258,11 +269,14 @@ async fn reset(admin: &Client, name: &str, signature: &str) -> Result<(), String
             &[&name],
         )
         .await
-        .map_err(|e| e.to_string())?;
-    let db = connect(&database_config(&url_for(name))).await?;
-    if schema_signature(&db).await? != signature {
-        return Err("its schema changed".to_owned());
-    }
+        .map(drop)
+        .map_err(|e| e.to_string())
+}
+
+/// Empties every table of the database `db` is connected to, except the record of applied
+/// migrations, and restarts every sequence: a database as fresh as its template, without the
+/// cost of creating one. The connected user must be a superuser (see below).
+pub async fn empty_tables(db: &Client) -> Result<(), String> {
     // DELETE, not TRUNCATE: the tables of a short test hold few rows, and TRUNCATE's new
     // files and their fsync cost more than deleting them.
     let statements: Option<String> = db

@@ -1,6 +1,7 @@
 //! Servers private to one test, which the test may kill with `SIGKILL` and start again: a
 //! PostgreSQL server of its own ([`PrivatePostgres`], feature `postgres`) and a Redis server of
-//! its own ([`PrivateRedis`]).
+//! its own ([`PrivateRedis`]), and Redis topologies: a 6-node Redis Cluster
+//! ([`PrivateRedisCluster`]) and a Sentinel set-up ([`PrivateRedisSentinel`]).
 //!
 //! The shared test servers (`KERNEL_TEST_POSTGRES_URL`, `KERNEL_TEST_REDIS_URL`) must never be
 //! stopped by a test: other tests use them at the same time. A fault test that needs a server to
@@ -40,6 +41,13 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
+
+#[path = "redis_topology.rs"]
+mod redis_topology;
+pub use redis_topology::{
+    ClusterMaster, FAILOVER_TIMEOUT, PrivateRedisCluster, PrivateRedisSentinel, SENTINEL_SERVICE,
+    TOPOLOGY_READY_TIMEOUT,
+};
 
 /// How long a (re)started server may take to accept connections, crash recovery or AOF replay
 /// included.

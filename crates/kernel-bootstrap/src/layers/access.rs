@@ -26,6 +26,7 @@
 
 use std::borrow::Cow;
 use std::fmt;
+use std::sync::Arc;
 
 use kernel_core::{Error, ErrorCode, Glob, NamespaceInfo, RecordedEvent, Result, Status, validate};
 
@@ -205,6 +206,11 @@ impl Principal {
 
 #[deny(clippy::missing_trait_methods)]
 impl ScopePolicy for Principal {
+    fn tenant(&self) -> Option<&Arc<str>> {
+        // Permissions only: the tenant, if any, comes from a Tenant scope below.
+        None
+    }
+
     fn check(&self, op: &Op<'_>) -> Result<()> {
         let (resource, name) = match op.role {
             Role::Storage => (Resource::Namespace, op.namespace),

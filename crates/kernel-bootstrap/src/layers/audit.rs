@@ -25,13 +25,21 @@
 //! ```
 //!
 //! Each record is one event appended to the stream `kernel.audit-<YYYYMMDD>` (UTC day of the
-//! call), type `Audited`, after the call returns, with the payload of [`AuditRecord`]. The
-//! record is written **after** the call, not in its transaction: a crash between the two loses
-//! the record of a write that happened. A record that cannot be stored is reported loudly — an
-//! `error` log line naming the operation and the target, the `kernel_audit_failures_total`
-//! counter, and [`Audit::failures`] — while the caller still gets the call's own result (the
-//! write did happen). Values and keys' contents are never recorded; keys, namespaces, streams and
-//! error codes are.
+//! call), type `Audited`, with the payload of [`AuditRecord`].
+//!
+//! **In the write's transaction, where the backend allows it.** With
+//! [`Audit::same_transaction`] (for a sink that is the same PostgreSQL database as the audited
+//! documents: the driver writes the record into its own event table), the record of a
+//! successful `put`, `delete`, `put_many` or `delete_many` is handed to the driver as a
+//! [`kernel_core::companion`] and appended in the write's own transaction: both commit or
+//! neither. Such a record says `ok` and has no `duration_ms` (it is written before the call
+//! ends). Every other record — other operations, failed calls, drivers that cannot (memory,
+//! Redis, SQLite), or without `same_transaction` — is written **after** the call returns: a
+//! crash between the two loses the record of a write that happened. A record that cannot be
+//! stored is reported loudly — an `error` log line naming the operation and the target, the
+//! `kernel_audit_failures_total` counter, and [`Audit::failures`] — while the caller still gets
+//! the call's own result (the write did happen). Values and keys' contents are never recorded;
+//! keys, namespaces, streams and error codes are.
 
 use std::fmt;
 use std::future::Future;
@@ -40,6 +48,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use futures::future::BoxFuture;
+use kernel_core::companion::{self, Companion};
 use kernel_core::{
     Error, EventFilter, EventStore, ExpectedVersion, NewEvent, RecordedEvent, Result,
 };
@@ -73,6 +82,7 @@ pub struct Audit {
     principal: Option<String>,
     tenant: Option<String>,
     reads: bool,
+    same_transaction: bool,
     failures: AtomicU64,
 }
 
@@ -82,6 +92,7 @@ impl fmt::Debug for Audit {
             .field("principal", &self.principal)
             .field("tenant", &self.tenant)
             .field("reads", &self.reads)
+            .field("same_transaction", &self.same_transaction)
             .field("failures", &self.failures.load(Ordering::Relaxed))
             .finish_non_exhaustive()
     }
@@ -96,8 +107,19 @@ impl Audit {
             principal: None,
             tenant: None,
             reads: false,
+            same_transaction: false,
             failures: AtomicU64::new(0),
         }
+    }
+
+    /// Offers each write's record to the driver, to append in the write's own transaction (see
+    /// the module docs). Only for a sink that is the **same PostgreSQL database** as the audited
+    /// documents (`kernel.events()` when documents and events both use one PostgreSQL backend):
+    /// the driver appends the record to its own event table, whatever the sink.
+    #[must_use]
+    pub fn same_transaction(mut self, on: bool) -> Audit {
+        self.same_transaction = on;
+        self
     }
 
     /// Who calls through this layer (a service, a user).
@@ -126,7 +148,13 @@ impl Audit {
         self.failures.load(Ordering::Relaxed)
     }
 
-    async fn record(&self, op: &Op<'_>, outcome: std::result::Result<(), &Error>, ms: f64) {
+    /// The record of `op` as an event for today's audit stream.
+    fn event(
+        &self,
+        op: &Op<'_>,
+        outcome: std::result::Result<(), &Error>,
+        ms: Option<f64>,
+    ) -> Result<(String, NewEvent)> {
         let at = SystemTime::now();
         let record = AuditRecord {
             principal: self.principal.clone(),
@@ -149,25 +177,27 @@ impl Audit {
             correlation_id: correlation(),
             recorded_at: None,
         };
-        let payload = match serde_json::to_value(&record) {
-            Ok(p) => p,
-            Err(e) => {
-                self.failed(
-                    op,
-                    &Error::internal("cannot encode an audit record").with_source(e),
-                );
-                return;
-            }
-        };
+        let payload = serde_json::to_value(&record)
+            .map_err(|e| Error::internal("cannot encode an audit record").with_source(e))?;
         let mut event = NewEvent::new(EVENT_TYPE, payload);
         event.correlation_id = record.correlation_id.clone();
-        let stream = format!("{CATEGORY}-{}", day(at));
+        Ok((format!("{CATEGORY}-{}", day(at)), event))
+    }
+
+    async fn store(&self, op: &Op<'_>, stream: &str, event: NewEvent) {
         if let Err(e) = self
             .sink
-            .append(&stream, ExpectedVersion::Any, vec![event])
+            .append(stream, ExpectedVersion::Any, vec![event])
             .await
         {
             self.failed(op, &e);
+        }
+    }
+
+    async fn record(&self, op: &Op<'_>, outcome: std::result::Result<(), &Error>, ms: f64) {
+        match self.event(op, outcome, Some(ms)) {
+            Ok((stream, event)) => self.store(op, &stream, event).await,
+            Err(e) => self.failed(op, &e),
         }
     }
 
@@ -195,6 +225,38 @@ impl Interceptor for Audit {
         if op.access == Access::Read && !self.reads {
             return call(super::Attempt::Final);
         }
+        if self.same_transaction && IN_TRANSACTION.contains(&op.name) {
+            return Box::pin(async move {
+                let started = Instant::now();
+                let offered = match self.event(&op, Ok(()), None) {
+                    Ok((stream, event)) => Some(Arc::new(Companion::new(stream, event))),
+                    Err(e) => {
+                        self.failed(&op, &e);
+                        None
+                    }
+                };
+                let Some(offered) = offered else {
+                    return call(super::Attempt::Final).await;
+                };
+                let outcome = companion::scope(offered.clone(), call(super::Attempt::Final)).await;
+                match &outcome {
+                    // Committed with the write.
+                    Ok(_) if offered.written() => {}
+                    // The driver could not take it: the same event (same id) now.
+                    Ok(_) => {
+                        self.store(&op, offered.stream(), offered.event().clone())
+                            .await;
+                    }
+                    // Rolled back with the write (or never offered to it): a record of the
+                    // failure, a new event.
+                    Err(e) => {
+                        let ms = started.elapsed().as_secs_f64() * 1000.0;
+                        self.record(&op, Err(e), ms).await;
+                    }
+                }
+                outcome
+            });
+        }
         Box::pin(async move {
             let started = Instant::now();
             let outcome = call(super::Attempt::Final).await;
@@ -204,6 +266,9 @@ impl Interceptor for Audit {
         })
     }
 }
+
+/// The operations whose record a driver may write in the write's transaction.
+const IN_TRANSACTION: &[&str] = &["put", "delete", "put_many", "delete_many"];
 
 /// `YYYYMMDD` of a time, UTC (civil-from-days; no calendar crate for one date).
 fn day(t: SystemTime) -> String {
@@ -247,8 +312,9 @@ pub struct AuditRecord {
     pub outcome: String,
     /// The error's message, when it failed.
     pub error: Option<String>,
-    /// How long the call took.
-    pub duration_ms: f64,
+    /// How long the call took; `None` for a record written in the write's transaction
+    /// ([`Audit::same_transaction`]), which is stored before the call ends.
+    pub duration_ms: Option<f64>,
     /// The correlation id of [`with_correlation`], if any.
     pub correlation_id: Option<String>,
     /// When the record was stored (filled in by [`query`] from the event).

@@ -10,6 +10,7 @@
 //! One breaker is meant to be shared by every store on one backend (the kernel does this), so
 //! when a backend goes away every role it serves fails fast together.
 
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -68,19 +69,29 @@ pub enum CircuitState {
     HalfOpen,
 }
 
+/// The state behind the mutex. A closed circuit's failure count lives in an atomic beside it.
 #[derive(Debug)]
 enum State {
-    Closed { failures: u32 },
+    Closed,
     Open { until: Instant },
     HalfOpen { probing: bool },
 }
 
 /// A circuit breaker (an [`Interceptor`]). Share one through an `Arc` (see
 /// [`super::Layered::shared`]) to cover several stores with one state.
+///
+/// A closed circuit that sees no trouble costs a call two atomic loads: every call of every
+/// role on a backend passes through one breaker, so a mutex taken twice per call (admission,
+/// then the outcome) would serialise them all. The mutex is taken only to change state: a
+/// failure, a probe, a circuit that is not closed.
 #[derive(Debug)]
 pub struct CircuitBreaker {
     name: String,
     config: CircuitBreakerConfig,
+    /// Whether the state is `Open` or `HalfOpen`; written under the mutex only.
+    tripped: AtomicBool,
+    /// Consecutive backend failures while closed.
+    failures: AtomicU32,
     state: Mutex<State>,
 }
 
@@ -114,7 +125,9 @@ impl CircuitBreaker {
         CircuitBreaker {
             name: name.into(),
             config,
-            state: Mutex::new(State::Closed { failures: 0 }),
+            tripped: AtomicBool::new(false),
+            failures: AtomicU32::new(0),
+            state: Mutex::new(State::Closed),
         }
     }
 
@@ -126,8 +139,8 @@ impl CircuitBreaker {
     /// Its current state.
     pub fn state(&self) -> CircuitState {
         match &*self.lock() {
-            State::Closed { failures } => CircuitState::Closed {
-                failures: *failures,
+            State::Closed => CircuitState::Closed {
+                failures: self.failures.load(Ordering::Relaxed),
             },
             State::Open { until } if Instant::now() < *until => CircuitState::Open,
             State::Open { .. } | State::HalfOpen { .. } => CircuitState::HalfOpen,
@@ -140,7 +153,7 @@ impl CircuitBreaker {
     pub fn backend_answered_probe(&self) {
         let mut s = self.lock();
         if matches!(*s, State::Open { .. } | State::HalfOpen { .. }) {
-            *s = State::Closed { failures: 0 };
+            self.close(&mut s);
             tracing::info!(circuit = %self.name, "circuit breaker closed: a health probe reached the backend");
             metrics::gauge!("kernel_circuit_open", "circuit" => self.name.clone()).set(0.0);
         }
@@ -151,11 +164,22 @@ impl CircuitBreaker {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// Closes the circuit (the caller holds the lock): the count starts again from zero.
+    fn close(&self, s: &mut State) {
+        *s = State::Closed;
+        self.failures.store(0, Ordering::Relaxed);
+        self.tripped.store(false, Ordering::Release);
+    }
+
     fn admit(&self) -> Admission {
+        // A closed circuit admits without the lock.
+        if !self.tripped.load(Ordering::Acquire) {
+            return Admission::Normal;
+        }
         let now = Instant::now();
         let mut s = self.lock();
         match &mut *s {
-            State::Closed { .. } => Admission::Normal,
+            State::Closed => Admission::Normal,
             State::Open { until } if now < *until => Admission::Reject(*until - now),
             State::Open { .. } => {
                 *s = State::HalfOpen { probing: true };
@@ -170,22 +194,27 @@ impl CircuitBreaker {
     }
 
     fn record(&self, probe: bool, trouble: bool) {
+        if !probe && !trouble {
+            // A success of an ordinary call resets the count of a closed circuit; a late answer
+            // of a call admitted before the circuit opened says nothing new. Neither needs the
+            // lock: a count reset while the circuit opens is reset again when it closes.
+            if !self.tripped.load(Ordering::Acquire) && self.failures.load(Ordering::Relaxed) != 0 {
+                self.failures.store(0, Ordering::Relaxed);
+            }
+            return;
+        }
         let mut s = self.lock();
         let opened = match (&mut *s, probe) {
             (State::HalfOpen { .. }, true) if trouble => true,
             (State::HalfOpen { .. }, true) => {
-                *s = State::Closed { failures: 0 };
+                self.close(&mut s);
                 tracing::info!(circuit = %self.name, "circuit breaker closed: the probe succeeded");
                 metrics::gauge!("kernel_circuit_open", "circuit" => self.name.clone()).set(0.0);
                 false
             }
-            (State::Closed { failures }, false) if trouble => {
-                *failures += 1;
-                *failures >= self.config.failure_threshold
-            }
-            (State::Closed { failures }, false) => {
-                *failures = 0;
-                false
+            (State::Closed, false) => {
+                let failures = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
+                failures >= self.config.failure_threshold
             }
             // Late answers of calls admitted before the circuit opened say nothing new.
             _ => false,
@@ -194,6 +223,7 @@ impl CircuitBreaker {
             *s = State::Open {
                 until: Instant::now() + self.config.cool_down,
             };
+            self.tripped.store(true, Ordering::Release);
             tracing::warn!(
                 circuit = %self.name,
                 cool_down_ms = u64::try_from(self.config.cool_down.as_millis()).unwrap_or(u64::MAX),
@@ -201,6 +231,52 @@ impl CircuitBreaker {
             );
             metrics::gauge!("kernel_circuit_open", "circuit" => self.name.clone()).set(1.0);
         }
+    }
+
+    /// The error of a call refused while the circuit is open.
+    fn rejection(&self, op: &Op<'_>, left: Duration) -> Error {
+        op.annotate(
+            Error::unavailable(format!(
+                "circuit breaker is open after {} consecutive backend failures; \
+                 failing fast (next probe in {} ms)",
+                self.config.failure_threshold,
+                left.as_millis()
+            ))
+            .with_context("circuit", &self.name),
+        )
+    }
+
+    /// Admits a call (or refuses it at once while the circuit is open); the ticket counts
+    /// its outcome, and frees the half-open probe slot if the call is dropped unfinished.
+    pub(crate) fn enter(&self, op: &Op<'_>) -> Result<Ticket<'_>> {
+        let probe = match self.admit() {
+            Admission::Normal => false,
+            Admission::Probe => true,
+            Admission::Reject(left) => return Err(self.rejection(op, left)),
+        };
+        Ok(Ticket {
+            slot: ProbeSlot {
+                breaker: self,
+                armed: probe,
+            },
+            probe,
+        })
+    }
+}
+
+/// An admitted call: [`Ticket::done`] counts its outcome.
+pub(crate) struct Ticket<'a> {
+    slot: ProbeSlot<'a>,
+    probe: bool,
+}
+
+impl Ticket<'_> {
+    /// Counts the call's outcome.
+    pub(crate) fn done<R>(mut self, outcome: &Result<R>) {
+        self.slot.armed = false;
+        self.slot
+            .breaker
+            .record(self.probe, outcome.as_ref().err().is_some_and(is_trouble));
     }
 }
 
@@ -217,30 +293,13 @@ impl Interceptor for CircuitBreaker {
         op: Op<'a>,
         mut call: Call<'a, R>,
     ) -> BoxFuture<'a, Result<R>> {
-        let probe = match self.admit() {
-            Admission::Normal => false,
-            Admission::Probe => true,
-            Admission::Reject(left) => {
-                let err = op.annotate(
-                    Error::unavailable(format!(
-                        "circuit breaker is open after {} consecutive backend failures; \
-                         failing fast (next probe in {} ms)",
-                        self.config.failure_threshold,
-                        left.as_millis()
-                    ))
-                    .with_context("circuit", &self.name),
-                );
-                return Box::pin(async move { Err(err) });
-            }
+        let ticket = match self.enter(&op) {
+            Ok(ticket) => ticket,
+            Err(err) => return Box::pin(async move { Err(err) }),
         };
         Box::pin(async move {
-            let mut slot = ProbeSlot {
-                breaker: self,
-                armed: probe,
-            };
             let outcome = call(Attempt::Final).await;
-            slot.armed = false;
-            self.record(probe, outcome.as_ref().err().is_some_and(is_trouble));
+            ticket.done(&outcome);
             outcome
         })
     }

@@ -1,6 +1,8 @@
-//! [`Layered`]: any [`Interceptor`] over any implementation of the four traits.
+//! [`Layered`]: any [`Around`] (every [`super::Interceptor`] is one) over any implementation of the
+//! four traits.
 
 use std::fmt;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,7 +17,7 @@ use kernel_core::{
 };
 use kernel_core::{Applied, OperationId, Outcome, Write as WriteOp};
 
-use super::{Attempt, Interceptor, Op, ops};
+use super::{Around, Attempt, Op, ops};
 
 /// An inner store with an interceptor around every call. Implements whichever of
 /// [`StorageDriver`], [`EventStore`], [`Lock`] and [`RateLimiter`] the inner one does, so
@@ -78,13 +80,13 @@ impl<I: fmt::Debug, T: fmt::Debug + ?Sized> fmt::Debug for Layered<I, T> {
     }
 }
 
-impl<I: Interceptor, T: ?Sized> Layered<I, T> {
+impl<I: Around, T: ?Sized> Layered<I, T> {
     fn around<'a, R: Send + 'a>(
         &'a self,
         op: Op<'a>,
         call: impl FnMut(Attempt) -> BoxFuture<'a, Result<R>> + Send + 'a,
-    ) -> BoxFuture<'a, Result<R>> {
-        self.interceptor.around(op, Box::new(call))
+    ) -> impl Future<Output = Result<R>> + Send + 'a {
+        self.interceptor.run(op, call)
     }
 }
 
@@ -109,7 +111,7 @@ fn once<'a, R: Send + 'a>(
 
 #[deny(clippy::missing_trait_methods)]
 #[async_trait]
-impl<I: Interceptor, T: StorageDriver + ?Sized> StorageDriver for Layered<I, T> {
+impl<I: Around, T: StorageDriver + ?Sized> StorageDriver for Layered<I, T> {
     fn capabilities(&self) -> Capabilities {
         self.inner.capabilities()
     }
@@ -288,11 +290,11 @@ struct LayeredTx<I> {
 
 #[deny(clippy::missing_trait_methods)]
 #[async_trait]
-impl<I: Interceptor> Transaction for LayeredTx<I> {
+impl<I: Around> Transaction for LayeredTx<I> {
     async fn get(&mut self, namespace: &str, key: &str) -> Result<Option<Entry>> {
         let op = ops::tx_get(namespace, key);
         let fut = self.inner.get(namespace, key);
-        self.interceptor.around(op, Box::new(once(op, fut))).await
+        self.interceptor.run(op, once(op, fut)).await
     }
 
     async fn put(
@@ -304,7 +306,7 @@ impl<I: Interceptor> Transaction for LayeredTx<I> {
     ) -> Result<Entry> {
         let op = ops::tx_put(namespace, key);
         let fut = self.inner.put(namespace, key, value, options);
-        self.interceptor.around(op, Box::new(once(op, fut))).await
+        self.interceptor.run(op, once(op, fut)).await
     }
 
     async fn delete(
@@ -315,37 +317,33 @@ impl<I: Interceptor> Transaction for LayeredTx<I> {
     ) -> Result<bool> {
         let op = ops::tx_delete(namespace, key);
         let fut = self.inner.delete(namespace, key, condition);
-        self.interceptor.around(op, Box::new(once(op, fut))).await
+        self.interceptor.run(op, once(op, fut)).await
     }
 
     async fn commit(self: Box<Self>) -> Result<()> {
         let op = ops::tx_commit();
         let LayeredTx { interceptor, inner } = *self;
-        interceptor
-            .around(op, Box::new(once(op, inner.commit())))
-            .await
+        interceptor.run(op, once(op, inner.commit())).await
     }
 
     async fn commit_once(self: Box<Self>, namespace: &str, id: &OperationId) -> Result<Applied> {
         let op = ops::tx_commit_once(namespace);
         let LayeredTx { interceptor, inner } = *self;
         interceptor
-            .around(op, Box::new(once(op, inner.commit_once(namespace, id))))
+            .run(op, once(op, inner.commit_once(namespace, id)))
             .await
     }
 
     async fn rollback(self: Box<Self>) -> Result<()> {
         let op = ops::tx_rollback();
         let LayeredTx { interceptor, inner } = *self;
-        interceptor
-            .around(op, Box::new(once(op, inner.rollback())))
-            .await
+        interceptor.run(op, once(op, inner.rollback())).await
     }
 }
 
 #[deny(clippy::missing_trait_methods)]
 #[async_trait]
-impl<I: Interceptor, T: EventStore + ?Sized> EventStore for Layered<I, T> {
+impl<I: Around, T: EventStore + ?Sized> EventStore for Layered<I, T> {
     async fn append(
         &self,
         stream: &str,
@@ -410,7 +408,7 @@ impl<I: Interceptor, T: EventStore + ?Sized> EventStore for Layered<I, T> {
 
 #[deny(clippy::missing_trait_methods)]
 #[async_trait]
-impl<I: Interceptor, T: Lock + ?Sized> Lock for Layered<I, T> {
+impl<I: Around, T: Lock + ?Sized> Lock for Layered<I, T> {
     async fn try_acquire(&self, key: &str, ttl: Duration) -> Result<Option<Lease>> {
         let op = ops::try_acquire(key);
         self.around(op, move |_| self.inner.try_acquire(key, ttl))
@@ -437,7 +435,7 @@ impl<I: Interceptor, T: Lock + ?Sized> Lock for Layered<I, T> {
 
 #[deny(clippy::missing_trait_methods)]
 #[async_trait]
-impl<I: Interceptor, T: RateLimiter + ?Sized> RateLimiter for Layered<I, T> {
+impl<I: Around, T: RateLimiter + ?Sized> RateLimiter for Layered<I, T> {
     async fn check(&self, key: &str, quota: &Quota, cost: u32) -> Result<RateDecision> {
         let op = ops::check(key, cost);
         self.around(op, move |_| self.inner.check(key, quota, cost))

@@ -62,12 +62,14 @@ pub mod ops;
 pub mod retry;
 pub mod scope;
 pub mod shutdown;
+mod standard;
 pub mod tenant;
 #[cfg(test)]
 mod testing;
 pub mod timeout;
 
 use std::fmt;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -80,11 +82,11 @@ use kernel_core::{
 use crate::config::{KernelConfig, Role, TimeoutSettings};
 
 pub use layered::Layered;
+pub use standard::Standard;
 
 use circuit_breaker::{CircuitBreaker, CircuitBreakerConfig};
 use observe::Observer;
 use retry::RetryPolicy;
-use shutdown::ShutdownGate;
 use timeout::TimeoutPolicy;
 
 /// Whether an operation reads or writes.
@@ -242,6 +244,30 @@ pub trait Interceptor: Send + Sync + fmt::Debug + 'static {
     ) -> BoxFuture<'a, Result<R>>;
 }
 
+/// How a wrapper runs one call: what [`Layered`] is generic over.
+///
+/// Every [`Interceptor`] is one (it boxes the call and its own future: any interceptor, written
+/// in a few lines). The kernel's standard stack ([`StandardLayers`]) implements it directly, so
+/// its five layers run inline in the wrapper's future, with no allocation of their own per call.
+pub trait Around: Send + Sync + fmt::Debug + 'static {
+    /// Runs `call` (once, or again with [`Attempt::Again`] while more attempts may follow) for
+    /// `op` and returns the outcome.
+    fn run<'a, R, C>(&'a self, op: Op<'a>, call: C) -> impl Future<Output = Result<R>> + Send + 'a
+    where
+        R: Send + 'a,
+        C: FnMut(Attempt) -> BoxFuture<'a, Result<R>> + Send + 'a;
+}
+
+impl<I: Interceptor> Around for I {
+    fn run<'a, R, C>(&'a self, op: Op<'a>, call: C) -> impl Future<Output = Result<R>> + Send + 'a
+    where
+        R: Send + 'a,
+        C: FnMut(Attempt) -> BoxFuture<'a, Result<R>> + Send + 'a,
+    {
+        self.around(op, Box::new(call))
+    }
+}
+
 /// The four stores of a kernel, as trait objects: what layers wrap and callers use.
 #[derive(Debug, Clone)]
 pub struct Stores {
@@ -362,13 +388,13 @@ impl LayerSettings {
 /// * **Observability outermost** records what the caller experiences: one span and one metric
 ///   sample per call, with the final outcome and the total latency including retries (each
 ///   retry is an event inside that span).
+///
+/// The five run as one wrapper, [`Standard`] (one [`Layered`] per store, no allocation of the
+/// layers' own per call); each behaves exactly as its interceptor of this module does when
+/// stacked in the order above.
 #[derive(Debug, Clone)]
 pub struct StandardLayers {
-    timeout: Arc<TimeoutPolicy>,
-    breaker: Option<Arc<CircuitBreaker>>,
-    retry: Option<Arc<RetryPolicy>>,
-    gate: Arc<ShutdownGate>,
-    observer: Arc<Observer>,
+    stack: Arc<Standard>,
 }
 
 impl StandardLayers {
@@ -376,60 +402,56 @@ impl StandardLayers {
     /// circuit breaker is shared by every role that backend serves).
     pub fn new(backend: &str, settings: &LayerSettings) -> StandardLayers {
         StandardLayers {
-            timeout: Arc::new(TimeoutPolicy::new(settings.timeouts.operation)),
-            breaker: settings
-                .circuit_breaker
-                .enabled
-                .then(|| Arc::new(CircuitBreaker::new(backend, settings.circuit_breaker))),
-            retry: (settings.retry.max_attempts > 1).then(|| Arc::new(settings.retry)),
-            gate: Arc::new(ShutdownGate::new()),
-            observer: Arc::new(Observer::new(backend)),
+            stack: Arc::new(Standard::new(
+                Observer::new(backend),
+                TimeoutPolicy::new(settings.timeouts.operation),
+                (settings.retry.max_attempts > 1).then_some(settings.retry),
+                settings
+                    .circuit_breaker
+                    .enabled
+                    .then(|| Arc::new(CircuitBreaker::new(backend, settings.circuit_breaker))),
+            )),
+        }
+    }
+
+    /// The same stack without its retry layer, for a backend whose calls never fail with a
+    /// transient error (an in-process store: no connection to lose, nothing to wait for). A
+    /// retry layer there would only copy every write's arguments (a 1,000-entry batch, for
+    /// `put_many`) for an attempt that never comes.
+    #[must_use]
+    pub fn without_retry(self) -> StandardLayers {
+        StandardLayers {
+            stack: Arc::new(self.stack.without_retry()),
         }
     }
 
     /// Closes the stack's shutdown gate: every later call through it fails at once with a
     /// permanent "shut down" error that no retry repeats and no breaker counts.
     pub fn close(&self) {
-        self.gate.close();
+        self.stack.gate().close();
     }
 
     /// The circuit breaker, when enabled.
     pub fn circuit_breaker(&self) -> Option<&CircuitBreaker> {
-        self.breaker.as_deref()
+        self.stack.circuit_breaker()
     }
-}
-
-// One expansion per trait: the layers are the same, only the trait object differs.
-macro_rules! standard_wrap {
-    ($self:ident, $inner:ident, $dyn:ty) => {{
-        let mut s: Arc<$dyn> = Arc::new(Layered::shared($inner, $self.timeout.clone()));
-        if let Some(r) = &$self.retry {
-            s = Arc::new(Layered::shared(s, r.clone()));
-        }
-        if let Some(b) = &$self.breaker {
-            s = Arc::new(Layered::shared(s, b.clone()));
-        }
-        s = Arc::new(Layered::shared(s, $self.gate.clone()));
-        let s: Arc<$dyn> = Arc::new(Layered::shared(s, $self.observer.clone()));
-        s
-    }};
 }
 
 impl Layer for StandardLayers {
     fn storage(&self, inner: Arc<dyn StorageDriver>) -> Arc<dyn StorageDriver> {
-        standard_wrap!(self, inner, dyn StorageDriver)
+        Arc::new(Layered::shared(inner, self.stack.clone()))
     }
 
     fn events(&self, inner: Arc<dyn EventStore>) -> Arc<dyn EventStore> {
-        standard_wrap!(self, inner, dyn EventStore)
+        Arc::new(Layered::shared(inner, self.stack.clone()))
     }
 
     fn locks(&self, inner: Arc<dyn Lock>) -> Arc<dyn Lock> {
-        standard_wrap!(self, inner, dyn Lock)
+        Arc::new(Layered::shared(inner, self.stack.clone()))
     }
 
     fn rate_limiter(&self, inner: Arc<dyn RateLimiter>) -> Arc<dyn RateLimiter> {
-        standard_wrap!(self, inner, dyn RateLimiter)
+        Arc::new(Layered::shared(inner, self.stack.clone()))
     }
 }
 

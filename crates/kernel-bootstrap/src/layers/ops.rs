@@ -50,6 +50,50 @@ use super::Access::{Read, Write};
 use super::{Access, Op};
 use crate::config::Role;
 
+/// Every operation of the table by role and name: what the observability layer builds its
+/// metric keys from, once (a test checks it against the constructors below).
+pub(crate) const NAMES: [(Role, &str); 39] = [
+    (Role::Storage, "status"),
+    (Role::Storage, "get"),
+    (Role::Storage, "put"),
+    (Role::Storage, "delete"),
+    (Role::Storage, "exists"),
+    (Role::Storage, "get_many"),
+    (Role::Storage, "put_many"),
+    (Role::Storage, "delete_many"),
+    (Role::Storage, "list"),
+    (Role::Storage, "query"),
+    (Role::Storage, "count"),
+    (Role::Storage, "clear"),
+    (Role::Storage, "create_namespace"),
+    (Role::Storage, "drop_namespace"),
+    (Role::Storage, "list_namespaces"),
+    (Role::Storage, "get_metadata"),
+    (Role::Storage, "set_metadata"),
+    (Role::Storage, "begin"),
+    (Role::Storage, "write_once"),
+    (Role::Storage, "operation"),
+    (Role::Storage, "tx.get"),
+    (Role::Storage, "tx.put"),
+    (Role::Storage, "tx.delete"),
+    (Role::Storage, "tx.commit"),
+    (Role::Storage, "tx.commit_once"),
+    (Role::Storage, "tx.rollback"),
+    (Role::Events, "append"),
+    (Role::Events, "read_stream"),
+    (Role::Events, "read_all"),
+    (Role::Events, "head_position"),
+    (Role::Events, "subscribe"),
+    (Role::Events, "save_snapshot"),
+    (Role::Events, "load_snapshot"),
+    (Role::Locks, "try_acquire"),
+    (Role::Locks, "release"),
+    (Role::Locks, "extend"),
+    (Role::Locks, "acquire"),
+    (Role::RateLimits, "check"),
+    (Role::RateLimits, "reset"),
+];
+
 fn storage<'a>(name: &'static str, access: Access, repeatable: bool) -> Op<'a> {
     Op::new(Role::Storage, name, access, repeatable)
 }
@@ -374,6 +418,20 @@ pub(crate) mod tests {
             super::check("k", 0),
             super::reset("k"),
         ]
+    }
+
+    #[test]
+    fn the_name_list_holds_every_operation_once() {
+        let listed: BTreeSet<(&str, &str)> = super::NAMES
+            .iter()
+            .map(|(role, name)| (role.as_str(), *name))
+            .collect();
+        assert_eq!(listed.len(), super::NAMES.len(), "no name twice");
+        let made: BTreeSet<(&str, &str)> = every_op()
+            .iter()
+            .map(|op| (op.role.as_str(), op.name))
+            .collect();
+        assert_eq!(listed, made);
     }
 
     #[test]

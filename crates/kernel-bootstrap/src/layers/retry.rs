@@ -51,12 +51,14 @@
 //! max_elapsed_ms = 10000    # KERNEL_RETRY_MAX_ELAPSED_MS
 //! ```
 
-use std::time::{Duration, Instant};
+use std::future::Future;
+use std::time::Duration;
 
 use futures::future::BoxFuture;
 use kernel_core::settings::duration_ms;
 use kernel_core::{Error, ErrorStatus, Result};
 use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
 
 use super::{Attempt, Call, Interceptor, Op};
 
@@ -124,6 +126,79 @@ impl RetryPolicy {
     }
 }
 
+impl RetryPolicy {
+    /// Runs `op`: once when it is not repeatable (or retries are off), else attempt after
+    /// attempt while the error is transient, waiting the backoff in between. `started` is when
+    /// the call began (`max_elapsed` counts from it).
+    pub(crate) async fn attempts<R, F>(
+        &self,
+        op: &Op<'_>,
+        started: Instant,
+        mut attempt: impl FnMut(Attempt) -> F,
+    ) -> Result<R>
+    where
+        F: Future<Output = Result<R>>,
+    {
+        if !op.repeatable || self.max_attempts <= 1 {
+            return attempt(Attempt::Final).await;
+        }
+        let mut n = 1u32;
+        // Whether an earlier attempt may have been applied: then so may the call, whatever
+        // the last attempt says (a later "cannot connect" does not undo a landed write).
+        let mut maybe_applied = false;
+        loop {
+            let last = n >= self.max_attempts;
+            let outcome = attempt(if last { Attempt::Final } else { Attempt::Again }).await;
+            let error = match outcome {
+                Ok(v) => return Ok(v),
+                Err(e) => e,
+            };
+            let transient = matches!(
+                error.status(),
+                ErrorStatus::Temporary | ErrorStatus::MaybeApplied
+            );
+            if !transient {
+                return Err(named_attempts(error, n));
+            }
+            if last {
+                return Err(exhausted(named_attempts(error, n), maybe_applied));
+            }
+            maybe_applied |= error.status() == ErrorStatus::MaybeApplied;
+            let wait = self.backoff(n);
+            if started.elapsed() + wait > self.max_elapsed {
+                return Err(exhausted(
+                    error.with_context("attempts", n).with_context(
+                        "retry",
+                        format!(
+                            "stopped: the next wait would pass max_elapsed {} ms",
+                            self.max_elapsed.as_millis()
+                        ),
+                    ),
+                    maybe_applied,
+                ));
+            }
+            tracing::warn!(
+                role = op.role.as_str(),
+                operation = op.name,
+                attempt = n,
+                wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
+                error = %error,
+                "kernel operation failed with a retryable error; retrying"
+            );
+            metrics::counter!(
+                "kernel_retries_total",
+                "role" => op.role.as_str(),
+                "operation" => op.name,
+                "code" => error.code().as_str(),
+            )
+            .increment(1);
+            // Boxed for the reason `TimeoutPolicy::bounded` boxes its timer: only a retry pays.
+            Box::pin(tokio::time::sleep(wait)).await;
+            n += 1;
+        }
+    }
+}
+
 impl Interceptor for RetryPolicy {
     fn around<'a, R: Send + 'a>(
         &'a self,
@@ -133,62 +208,7 @@ impl Interceptor for RetryPolicy {
         if !op.repeatable || self.max_attempts <= 1 {
             return call(Attempt::Final);
         }
-        Box::pin(async move {
-            let started = Instant::now();
-            let mut attempt = 1u32;
-            // Whether an earlier attempt may have been applied: then so may the call, whatever
-            // the last attempt says (a later "cannot connect" does not undo a landed write).
-            let mut maybe_applied = false;
-            loop {
-                let last = attempt >= self.max_attempts;
-                let outcome = call(if last { Attempt::Final } else { Attempt::Again }).await;
-                let error = match outcome {
-                    Ok(v) => return Ok(v),
-                    Err(e) => e,
-                };
-                let transient = matches!(
-                    error.status(),
-                    ErrorStatus::Temporary | ErrorStatus::MaybeApplied
-                );
-                if !transient {
-                    return Err(named_attempts(error, attempt));
-                }
-                if last {
-                    return Err(exhausted(named_attempts(error, attempt), maybe_applied));
-                }
-                maybe_applied |= error.status() == ErrorStatus::MaybeApplied;
-                let wait = self.backoff(attempt);
-                if started.elapsed() + wait > self.max_elapsed {
-                    return Err(exhausted(
-                        error.with_context("attempts", attempt).with_context(
-                            "retry",
-                            format!(
-                                "stopped: the next wait would pass max_elapsed {} ms",
-                                self.max_elapsed.as_millis()
-                            ),
-                        ),
-                        maybe_applied,
-                    ));
-                }
-                tracing::warn!(
-                    role = op.role.as_str(),
-                    operation = op.name,
-                    attempt,
-                    wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
-                    error = %error,
-                    "kernel operation failed with a retryable error; retrying"
-                );
-                metrics::counter!(
-                    "kernel_retries_total",
-                    "role" => op.role.as_str(),
-                    "operation" => op.name,
-                    "code" => error.code().as_str(),
-                )
-                .increment(1);
-                tokio::time::sleep(wait).await;
-                attempt += 1;
-            }
-        })
+        Box::pin(async move { self.attempts(&op, Instant::now(), call).await })
     }
 }
 

@@ -51,6 +51,7 @@
 
 use std::borrow::Cow;
 use std::fmt;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -127,6 +128,13 @@ pub trait ScopePolicy: Send + Sync + fmt::Debug + 'static {
 
     /// Removes from a backend's status what the caller must not see, or adds what it should.
     fn status_out(&self, _status: &mut Status) {}
+
+    /// The tenant the calls of this scope run for, if any: every call of the store below runs
+    /// inside [`kernel_core::tenancy::scope`] with it, so a driver that enforces tenants
+    /// itself (PostgreSQL with row-level security) knows whose call it is.
+    fn tenant(&self) -> Option<&Arc<str>> {
+        None
+    }
 }
 
 /// Any policy scopes each of the four stores (each gets its own copy of the policy).
@@ -212,6 +220,14 @@ fn admit<P: ScopePolicy>(policy: &P, op: &Op<'_>) -> Result<()> {
     policy.check(op).map_err(|e| op.annotate(e))
 }
 
+/// Runs a call of the inner store in the policy's tenant, if it has one.
+async fn within<P: ScopePolicy + ?Sized, F: Future>(policy: &P, call: F) -> F::Output {
+    match policy.tenant() {
+        Some(tenant) => kernel_core::tenancy::scope(tenant.clone(), call).await,
+        None => call.await,
+    }
+}
+
 /// Names the operation in an error of the inner store that does not name one; its other
 /// context stays, as it names what the store saw.
 fn inner_err<R>(op: &Op<'_>, result: Result<R>) -> Result<R> {
@@ -267,7 +283,7 @@ impl<P: ScopePolicy, T: StorageDriver + ?Sized> StorageDriver for Scoped<P, T> {
     async fn status(&self) -> Result<Status> {
         let op = ops::status();
         admit(&*self.policy, &op)?;
-        let mut status = inner_err(&op, self.inner.status().await)?;
+        let mut status = inner_err(&op, within(&*self.policy, self.inner.status()).await)?;
         self.policy.status_out(&mut status);
         Ok(status)
     }
@@ -275,7 +291,7 @@ impl<P: ScopePolicy, T: StorageDriver + ?Sized> StorageDriver for Scoped<P, T> {
     async fn get(&self, namespace: &str, key: &str) -> Result<Option<Entry>> {
         let op = ops::get(namespace, key);
         let ns = enter(&*self.policy, &op)?;
-        let found = inner_err(&op, self.inner.get(&ns, key).await)?;
+        let found = inner_err(&op, within(&*self.policy, self.inner.get(&ns, key)).await)?;
         Ok(found.map(|e| named(e, namespace)))
     }
 
@@ -288,26 +304,38 @@ impl<P: ScopePolicy, T: StorageDriver + ?Sized> StorageDriver for Scoped<P, T> {
     ) -> Result<Entry> {
         let op = ops::put(namespace, key, options.condition);
         let ns = enter(&*self.policy, &op)?;
-        let entry = inner_err(&op, self.inner.put(&ns, key, value, options).await)?;
+        let entry = inner_err(
+            &op,
+            within(&*self.policy, self.inner.put(&ns, key, value, options)).await,
+        )?;
         Ok(named(entry, namespace))
     }
 
     async fn delete(&self, namespace: &str, key: &str, condition: DeleteCondition) -> Result<bool> {
         let op = ops::delete(namespace, key, condition);
         let ns = enter(&*self.policy, &op)?;
-        inner_err(&op, self.inner.delete(&ns, key, condition).await)
+        inner_err(
+            &op,
+            within(&*self.policy, self.inner.delete(&ns, key, condition)).await,
+        )
     }
 
     async fn exists(&self, namespace: &str, key: &str) -> Result<bool> {
         let op = ops::exists(namespace, key);
         let ns = enter(&*self.policy, &op)?;
-        inner_err(&op, self.inner.exists(&ns, key).await)
+        inner_err(
+            &op,
+            within(&*self.policy, self.inner.exists(&ns, key)).await,
+        )
     }
 
     async fn get_many(&self, namespace: &str, keys: &[String]) -> Result<Vec<Option<Entry>>> {
         let op = ops::get_many(namespace);
         let ns = enter(&*self.policy, &op)?;
-        let found = inner_err(&op, self.inner.get_many(&ns, keys).await)?;
+        let found = inner_err(
+            &op,
+            within(&*self.policy, self.inner.get_many(&ns, keys)).await,
+        )?;
         Ok(found
             .into_iter()
             .map(|e| e.map(|e| named(e, namespace)))
@@ -317,20 +345,29 @@ impl<P: ScopePolicy, T: StorageDriver + ?Sized> StorageDriver for Scoped<P, T> {
     async fn put_many(&self, namespace: &str, items: Vec<BatchPut>) -> Result<Vec<Entry>> {
         let op = ops::put_many(namespace, &items);
         let ns = enter(&*self.policy, &op)?;
-        let entries = inner_err(&op, self.inner.put_many(&ns, items).await)?;
+        let entries = inner_err(
+            &op,
+            within(&*self.policy, self.inner.put_many(&ns, items)).await,
+        )?;
         Ok(entries.into_iter().map(|e| named(e, namespace)).collect())
     }
 
     async fn delete_many(&self, namespace: &str, items: Vec<BatchDelete>) -> Result<u64> {
         let op = ops::delete_many(namespace, &items);
         let ns = enter(&*self.policy, &op)?;
-        inner_err(&op, self.inner.delete_many(&ns, items).await)
+        inner_err(
+            &op,
+            within(&*self.policy, self.inner.delete_many(&ns, items)).await,
+        )
     }
 
     async fn list(&self, namespace: &str, options: &ListOptions) -> Result<ListPage> {
         let op = ops::list(namespace);
         let ns = enter(&*self.policy, &op)?;
-        let mut page = inner_err(&op, self.inner.list(&ns, options).await)?;
+        let mut page = inner_err(
+            &op,
+            within(&*self.policy, self.inner.list(&ns, options)).await,
+        )?;
         for e in &mut page.entries {
             namespace.clone_into(&mut e.namespace);
         }
@@ -340,26 +377,35 @@ impl<P: ScopePolicy, T: StorageDriver + ?Sized> StorageDriver for Scoped<P, T> {
     async fn query(&self, namespace: &str, query: &Query) -> Result<Vec<Entry>> {
         let op = ops::query(namespace);
         let ns = enter(&*self.policy, &op)?;
-        let entries = inner_err(&op, self.inner.query(&ns, query).await)?;
+        let entries = inner_err(
+            &op,
+            within(&*self.policy, self.inner.query(&ns, query)).await,
+        )?;
         Ok(entries.into_iter().map(|e| named(e, namespace)).collect())
     }
 
     async fn count(&self, namespace: &str, filter: Option<&Filter>) -> Result<u64> {
         let op = ops::count(namespace);
         let ns = enter(&*self.policy, &op)?;
-        inner_err(&op, self.inner.count(&ns, filter).await)
+        inner_err(
+            &op,
+            within(&*self.policy, self.inner.count(&ns, filter)).await,
+        )
     }
 
     async fn clear(&self, namespace: &str) -> Result<u64> {
         let op = ops::clear(namespace);
         let ns = enter(&*self.policy, &op)?;
-        inner_err(&op, self.inner.clear(&ns).await)
+        inner_err(&op, within(&*self.policy, self.inner.clear(&ns)).await)
     }
 
     async fn create_namespace(&self, namespace: &str, metadata: Metadata) -> Result<NamespaceInfo> {
         let op = ops::create_namespace(namespace);
         let ns = enter(&*self.policy, &op)?;
-        let mut info = inner_err(&op, self.inner.create_namespace(&ns, metadata).await)?;
+        let mut info = inner_err(
+            &op,
+            within(&*self.policy, self.inner.create_namespace(&ns, metadata)).await,
+        )?;
         namespace.clone_into(&mut info.name);
         Ok(info)
     }
@@ -367,13 +413,19 @@ impl<P: ScopePolicy, T: StorageDriver + ?Sized> StorageDriver for Scoped<P, T> {
     async fn drop_namespace(&self, namespace: &str, recursive: bool) -> Result<bool> {
         let op = ops::drop_namespace(namespace);
         let ns = enter(&*self.policy, &op)?;
-        inner_err(&op, self.inner.drop_namespace(&ns, recursive).await)
+        inner_err(
+            &op,
+            within(&*self.policy, self.inner.drop_namespace(&ns, recursive)).await,
+        )
     }
 
     async fn list_namespaces(&self) -> Result<Vec<NamespaceInfo>> {
         let op = ops::list_namespaces();
         admit(&*self.policy, &op)?;
-        let mut all = inner_err(&op, self.inner.list_namespaces().await)?;
+        let mut all = inner_err(
+            &op,
+            within(&*self.policy, self.inner.list_namespaces()).await,
+        )?;
         all.retain_mut(|info| self.policy.keep_namespace(info));
         Ok(all)
     }
@@ -381,7 +433,10 @@ impl<P: ScopePolicy, T: StorageDriver + ?Sized> StorageDriver for Scoped<P, T> {
     async fn get_metadata(&self, namespace: &str, key: &str) -> Result<Option<Metadata>> {
         let op = ops::get_metadata(namespace, key);
         let ns = enter(&*self.policy, &op)?;
-        inner_err(&op, self.inner.get_metadata(&ns, key).await)
+        inner_err(
+            &op,
+            within(&*self.policy, self.inner.get_metadata(&ns, key)).await,
+        )
     }
 
     async fn set_metadata(
@@ -393,14 +448,21 @@ impl<P: ScopePolicy, T: StorageDriver + ?Sized> StorageDriver for Scoped<P, T> {
     ) -> Result<Entry> {
         let op = ops::set_metadata(namespace, key);
         let ns = enter(&*self.policy, &op)?;
-        let entry = inner_err(&op, self.inner.set_metadata(&ns, key, metadata, mode).await)?;
+        let entry = inner_err(
+            &op,
+            within(
+                &*self.policy,
+                self.inner.set_metadata(&ns, key, metadata, mode),
+            )
+            .await,
+        )?;
         Ok(named(entry, namespace))
     }
 
     async fn begin(&self) -> Result<Box<dyn Transaction>> {
         let op = ops::begin();
         admit(&*self.policy, &op)?;
-        let inner = inner_err(&op, self.inner.begin().await)?;
+        let inner = inner_err(&op, within(&*self.policy, self.inner.begin()).await)?;
         Ok(Box::new(ScopedTx {
             policy: self.policy.clone(),
             inner,
@@ -416,7 +478,10 @@ impl<P: ScopePolicy, T: StorageDriver + ?Sized> StorageDriver for Scoped<P, T> {
         let key = write.key().map(str::to_owned);
         let op = ops::write_once(namespace, key.as_deref());
         let ns = enter(&*self.policy, &op)?;
-        let mut applied = inner_err(&op, self.inner.write_once(&ns, id, write).await)?;
+        let mut applied = inner_err(
+            &op,
+            within(&*self.policy, self.inner.write_once(&ns, id, write)).await,
+        )?;
         applied.outcome = outcome_named(applied.outcome, namespace);
         Ok(applied)
     }
@@ -424,7 +489,10 @@ impl<P: ScopePolicy, T: StorageDriver + ?Sized> StorageDriver for Scoped<P, T> {
     async fn operation(&self, namespace: &str, id: &OperationId) -> Result<Option<Outcome>> {
         let op = ops::operation(namespace);
         let ns = enter(&*self.policy, &op)?;
-        let found = inner_err(&op, self.inner.operation(&ns, id).await)?;
+        let found = inner_err(
+            &op,
+            within(&*self.policy, self.inner.operation(&ns, id)).await,
+        )?;
         Ok(found.map(|o| outcome_named(o, namespace)))
     }
 }
@@ -452,7 +520,7 @@ impl<P: ScopePolicy> Transaction for ScopedTx<P> {
     async fn get(&mut self, namespace: &str, key: &str) -> Result<Option<Entry>> {
         let op = ops::tx_get(namespace, key);
         let ns = enter(&*self.policy, &op)?;
-        let found = inner_err(&op, self.inner.get(&ns, key).await)?;
+        let found = inner_err(&op, within(&*self.policy, self.inner.get(&ns, key)).await)?;
         Ok(found.map(|e| named(e, namespace)))
     }
 
@@ -465,7 +533,10 @@ impl<P: ScopePolicy> Transaction for ScopedTx<P> {
     ) -> Result<Entry> {
         let op = ops::tx_put(namespace, key);
         let ns = enter(&*self.policy, &op)?;
-        let entry = inner_err(&op, self.inner.put(&ns, key, value, options).await)?;
+        let entry = inner_err(
+            &op,
+            within(&*self.policy, self.inner.put(&ns, key, value, options)).await,
+        )?;
         Ok(named(entry, namespace))
     }
 
@@ -477,26 +548,32 @@ impl<P: ScopePolicy> Transaction for ScopedTx<P> {
     ) -> Result<bool> {
         let op = ops::tx_delete(namespace, key);
         let ns = enter(&*self.policy, &op)?;
-        inner_err(&op, self.inner.delete(&ns, key, condition).await)
+        inner_err(
+            &op,
+            within(&*self.policy, self.inner.delete(&ns, key, condition)).await,
+        )
     }
 
     async fn commit(self: Box<Self>) -> Result<()> {
         let op = ops::tx_commit();
         // A refused commit drops the transaction, which rolls it back.
         admit(&*self.policy, &op)?;
-        inner_err(&op, self.inner.commit().await)
+        inner_err(&op, within(&*self.policy, self.inner.commit()).await)
     }
 
     async fn commit_once(self: Box<Self>, namespace: &str, id: &OperationId) -> Result<Applied> {
         let op = ops::tx_commit_once(namespace);
         let ns = enter(&*self.policy, &op)?;
-        inner_err(&op, self.inner.commit_once(&ns, id).await)
+        inner_err(
+            &op,
+            within(&*self.policy, self.inner.commit_once(&ns, id)).await,
+        )
     }
 
     async fn rollback(self: Box<Self>) -> Result<()> {
         let op = ops::tx_rollback();
         admit(&*self.policy, &op)?;
-        inner_err(&op, self.inner.rollback().await)
+        inner_err(&op, within(&*self.policy, self.inner.rollback()).await)
     }
 }
 
@@ -511,13 +588,19 @@ impl<P: ScopePolicy, T: EventStore + ?Sized> EventStore for Scoped<P, T> {
     ) -> Result<AppendResult> {
         let op = ops::append(stream);
         let s = enter(&*self.policy, &op)?;
-        inner_err(&op, self.inner.append(&s, expected, events).await)
+        inner_err(
+            &op,
+            within(&*self.policy, self.inner.append(&s, expected, events)).await,
+        )
     }
 
     async fn read_stream(&self, stream: &str, options: ReadStream) -> Result<Vec<RecordedEvent>> {
         let op = ops::read_stream(stream);
         let s = enter(&*self.policy, &op)?;
-        let mut events = inner_err(&op, self.inner.read_stream(&s, options).await)?;
+        let mut events = inner_err(
+            &op,
+            within(&*self.policy, self.inner.read_stream(&s, options)).await,
+        )?;
         for e in &mut events {
             stream.clone_into(&mut e.stream);
         }
@@ -535,19 +618,22 @@ impl<P: ScopePolicy, T: EventStore + ?Sized> EventStore for Scoped<P, T> {
         let kept = read_all_kept(&*self.inner, after, &filter, limit, |e| {
             self.policy.keep_event(e)
         });
-        inner_err(&op, kept.await)
+        inner_err(&op, within(&*self.policy, kept).await)
     }
 
     async fn head_position(&self) -> Result<u64> {
         let op = ops::head_position();
         admit(&*self.policy, &op)?;
-        inner_err(&op, self.inner.head_position().await)
+        inner_err(&op, within(&*self.policy, self.inner.head_position()).await)
     }
 
     async fn subscribe(&self, after: u64, filter: EventFilter) -> Result<EventSubscription> {
         let op = ops::subscribe();
         let filter = filter_in(&*self.policy, &op, &filter)?.into_owned();
-        let feed = inner_err(&op, self.inner.subscribe(after, filter).await)?;
+        let feed = inner_err(
+            &op,
+            within(&*self.policy, self.inner.subscribe(after, filter)).await,
+        )?;
         let policy = self.policy.clone();
         // Errors of the feed go on to the caller: they end it, and the caller resumes.
         Ok(feed
@@ -564,13 +650,19 @@ impl<P: ScopePolicy, T: EventStore + ?Sized> EventStore for Scoped<P, T> {
     async fn save_snapshot(&self, stream: &str, version: u64, state: Value) -> Result<()> {
         let op = ops::save_snapshot(stream);
         let s = enter(&*self.policy, &op)?;
-        inner_err(&op, self.inner.save_snapshot(&s, version, state).await)
+        inner_err(
+            &op,
+            within(&*self.policy, self.inner.save_snapshot(&s, version, state)).await,
+        )
     }
 
     async fn load_snapshot(&self, stream: &str) -> Result<Option<Snapshot>> {
         let op = ops::load_snapshot(stream);
         let s = enter(&*self.policy, &op)?;
-        let found = inner_err(&op, self.inner.load_snapshot(&s).await)?;
+        let found = inner_err(
+            &op,
+            within(&*self.policy, self.inner.load_snapshot(&s)).await,
+        )?;
         Ok(found.map(|mut snap| {
             stream.clone_into(&mut snap.stream);
             snap
@@ -584,7 +676,10 @@ impl<P: ScopePolicy, T: Lock + ?Sized> Lock for Scoped<P, T> {
     async fn try_acquire(&self, key: &str, ttl: Duration) -> Result<Option<Lease>> {
         let op = ops::try_acquire(key);
         let k = enter(&*self.policy, &op)?;
-        let lease = inner_err(&op, self.inner.try_acquire(&k, ttl).await)?;
+        let lease = inner_err(
+            &op,
+            within(&*self.policy, self.inner.try_acquire(&k, ttl)).await,
+        )?;
         Ok(lease.map(|mut lease| {
             key.clone_into(&mut lease.key);
             lease
@@ -594,13 +689,19 @@ impl<P: ScopePolicy, T: Lock + ?Sized> Lock for Scoped<P, T> {
     async fn release(&self, lease: &Lease) -> Result<()> {
         let op = ops::release(lease);
         let k = enter(&*self.policy, &op)?;
-        inner_err(&op, self.inner.release(&lease_in(lease, k)).await)
+        inner_err(
+            &op,
+            within(&*self.policy, self.inner.release(&lease_in(lease, k))).await,
+        )
     }
 
     async fn extend(&self, lease: &Lease, ttl: Duration) -> Result<Lease> {
         let op = ops::extend(lease);
         let k = enter(&*self.policy, &op)?;
-        let mut extended = inner_err(&op, self.inner.extend(&lease_in(lease, k), ttl).await)?;
+        let mut extended = inner_err(
+            &op,
+            within(&*self.policy, self.inner.extend(&lease_in(lease, k), ttl)).await,
+        )?;
         extended.key.clone_from(&lease.key);
         Ok(extended)
     }
@@ -608,7 +709,10 @@ impl<P: ScopePolicy, T: Lock + ?Sized> Lock for Scoped<P, T> {
     async fn acquire(&self, key: &str, ttl: Duration, wait: Duration) -> Result<Lease> {
         let op = ops::acquire(key, wait);
         let k = enter(&*self.policy, &op)?;
-        let mut lease = inner_err(&op, self.inner.acquire(&k, ttl, wait).await)?;
+        let mut lease = inner_err(
+            &op,
+            within(&*self.policy, self.inner.acquire(&k, ttl, wait)).await,
+        )?;
         key.clone_into(&mut lease.key);
         Ok(lease)
     }
@@ -620,13 +724,16 @@ impl<P: ScopePolicy, T: RateLimiter + ?Sized> RateLimiter for Scoped<P, T> {
     async fn check(&self, key: &str, quota: &Quota, cost: u32) -> Result<RateDecision> {
         let op = ops::check(key, cost);
         let k = enter(&*self.policy, &op)?;
-        inner_err(&op, self.inner.check(&k, quota, cost).await)
+        inner_err(
+            &op,
+            within(&*self.policy, self.inner.check(&k, quota, cost)).await,
+        )
     }
 
     async fn reset(&self, key: &str) -> Result<()> {
         let op = ops::reset(key);
         let k = enter(&*self.policy, &op)?;
-        inner_err(&op, self.inner.reset(&k).await)
+        inner_err(&op, within(&*self.policy, self.inner.reset(&k)).await)
     }
 }
 

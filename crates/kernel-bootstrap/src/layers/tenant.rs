@@ -31,6 +31,7 @@
 //! the caller's name.
 
 use std::borrow::Cow;
+use std::sync::Arc;
 
 use kernel_core::{Error, NamespaceInfo, RecordedEvent, Result, Status, validate};
 
@@ -70,6 +71,8 @@ impl<T: ?Sized> Scoped<Tenant, T> {
 pub struct Tenant {
     id: String,
     prefix: String,
+    /// The id as the calls below carry it ([`kernel_core::tenancy`]).
+    scope_id: Arc<str>,
 }
 
 impl Tenant {
@@ -90,7 +93,12 @@ impl Tenant {
             .with_context("tenant", validate::escape(&id)));
         }
         let prefix = format!("t_{id}.");
-        Ok(Tenant { id, prefix })
+        let scope_id = Arc::from(id.as_str());
+        Ok(Tenant {
+            id,
+            prefix,
+            scope_id,
+        })
     }
 
     /// The id.
@@ -165,6 +173,12 @@ impl Tenant {
 
 #[deny(clippy::missing_trait_methods)]
 impl ScopePolicy for Tenant {
+    fn tenant(&self) -> Option<&Arc<str>> {
+        // A driver that enforces tenants itself (PostgreSQL with row-level security) learns
+        // whose call it is; the names are moved into the tenant's space all the same.
+        Some(&self.scope_id)
+    }
+
     fn check(&self, _op: &Op<'_>) -> Result<()> {
         // Confinement is by name alone: every name is moved into the tenant's space below.
         Ok(())

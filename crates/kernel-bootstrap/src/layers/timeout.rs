@@ -7,10 +7,13 @@
 //! Abandoning a write does not undo it: a timed-out write may or may not have been applied,
 //! which is exactly the case the retry layer's safety table is about.
 
+use std::future::Future;
+use std::task::Poll;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
 use kernel_core::{Error, ErrorStatus, Result};
+use tokio::time::Instant;
 
 use super::{Access, Attempt, Call, Interceptor, Op};
 
@@ -28,30 +31,63 @@ impl TimeoutPolicy {
     }
 }
 
+impl TimeoutPolicy {
+    /// Runs one attempt of `op` within the deadline counted from `started` (when the attempt
+    /// began).
+    ///
+    /// The attempt is polled once before any timer exists: a call that finishes at once (an
+    /// in-process store) never registers one. Only an attempt still pending after its first
+    /// poll arms the deadline, which still counts from `started`.
+    pub(crate) async fn bounded<R>(
+        &self,
+        op: &Op<'_>,
+        started: Instant,
+        attempt: impl Future<Output = Result<R>>,
+    ) -> Result<R> {
+        let limit = self.operation.saturating_add(op.allowance);
+        let mut attempt = std::pin::pin!(attempt);
+        // `Ready(Pending)` when the first poll did not finish it: its waker is registered, and
+        // the timeout below polls it again.
+        if let Poll::Ready(outcome) =
+            std::future::poll_fn(|cx| Poll::Ready(attempt.as_mut().poll(cx))).await
+        {
+            return outcome;
+        }
+        // Boxed: the timer is large, and held inline it would make every call's future (and
+        // each move of it) larger, also for the calls that never get here.
+        match Box::pin(tokio::time::timeout_at(started + limit, attempt)).await {
+            Ok(outcome) => outcome,
+            Err(_) => Err(timed_out(op, limit)),
+        }
+    }
+}
+
+/// The error of an attempt that missed its deadline.
+fn timed_out(op: &Op<'_>, limit: Duration) -> Error {
+    // An abandoned write may still be applied by the backend: its outcome is unknown, so it
+    // must not read as "safe to retry".
+    op.annotate(
+        Error::timeout(format!(
+            "{} did not finish within {} ms",
+            op.name,
+            limit.as_millis()
+        ))
+        .with_status(match op.access {
+            Access::Write => ErrorStatus::MaybeApplied,
+            _ => ErrorStatus::Temporary,
+        }),
+    )
+}
+
 impl Interceptor for TimeoutPolicy {
     fn around<'a, R: Send + 'a>(
         &'a self,
         op: Op<'a>,
         mut call: Call<'a, R>,
     ) -> BoxFuture<'a, Result<R>> {
-        let limit = self.operation.saturating_add(op.allowance);
         Box::pin(async move {
-            match tokio::time::timeout(limit, call(Attempt::Final)).await {
-                Ok(outcome) => outcome,
-                // An abandoned write may still be applied by the backend: its outcome is
-                // unknown, so it must not read as "safe to retry".
-                Err(_) => Err(op.annotate(
-                    Error::timeout(format!(
-                        "{} did not finish within {} ms",
-                        op.name,
-                        limit.as_millis()
-                    ))
-                    .with_status(match op.access {
-                        Access::Write => ErrorStatus::MaybeApplied,
-                        _ => ErrorStatus::Temporary,
-                    }),
-                )),
-            }
+            self.bounded(&op, Instant::now(), call(Attempt::Final))
+                .await
         })
     }
 }
