@@ -1,4 +1,4 @@
-//! The storage, event and lock conformance suites through Redis Sentinel: a
+//! The whole conformance suite (storage, events, locks, rate limits) through Redis Sentinel: a
 //! private master, its replica and one sentinel started by this test binary
 //! ([`PrivateRedisSentinel::shared`]); the driver connects with a `redis-sentinel://` URL
 //! naming the sentinel, which tells it where the master is. Plus WAIT-based durability on that
@@ -34,8 +34,7 @@ async fn driver() -> (RedisDriver, Prefix) {
 kernel_testkit::storage_suite!(driver());
 kernel_testkit::event_suite!(driver());
 kernel_testkit::lock_suite!(driver());
-// The rate-limit suite is left out to keep the run short: it is one single-key script like the
-// lock operations, which run here, and it runs on the cluster and the single server.
+kernel_testkit::rate_limit_suite!(driver());
 
 fn run(test: impl AsyncFnOnce() + Send) {
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -86,10 +86,11 @@ async fn main() -> std::process::ExitCode {
 
 async fn bench(mut args: Args) -> Result<()> {
     if args.smoke {
-        args.seconds = 0.1;
+        // Every workload runs, briefly: the smoke proves the code paths, not the speed.
+        args.seconds = 0.03;
         args.rounds = 1;
         args.concurrency = vec![1, 2];
-        args.docs = 1000;
+        args.docs = 200;
         args.rate = 200;
     }
     let workloads: Vec<Workload> = if args.workloads.is_empty() {
