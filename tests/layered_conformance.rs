@@ -9,11 +9,10 @@
 //! * `tenant_over_memory`: a tenant scope alone over the in-process driver.
 //!
 //! The two tenant runs pass the whole contract of every trait but one storage behaviour, left
-//! out by design and listed in [`LEFT_OUT`]: inside a tenant a namespace has 128 bytes minus the
-//! tenant prefix, so the suite's "a 128-byte namespace is accepted" cannot hold (see
-//! `layers::tenant`); `a_namespace_in_a_tenant_has_what_the_prefix_leaves` checks the tenant's
-//! version of that rule instead, and `the_tenant_runs_cover_the_whole_storage_suite` fails when
-//! the suite gains a behaviour these runs do not list.
+//! out by design (`kernel_testkit::prefixed_storage_suite!`): inside a tenant a namespace has 128
+//! bytes minus the tenant prefix, so the suite's "a 128-byte namespace is accepted" cannot hold
+//! (see `layers::tenant`); `a_namespace_in_a_tenant_has_what_the_prefix_leaves` checks the
+//! tenant's version of that rule instead.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -101,8 +100,6 @@ fn tenant_only() -> TenantScope<MemoryDriver> {
     TenantScope::new(Arc::new(MemoryDriver::new()), tenant())
 }
 
-use kernel_integration_tests::TENANT_LEFT_OUT as LEFT_OUT;
-
 mod standard_stack {
     use super::*;
 
@@ -124,7 +121,7 @@ mod sqlite_standard_stack {
 mod tenant_scope {
     use super::*;
 
-    kernel_integration_tests::storage_suite_in_a_tenant!(async { (scoped(), ()) });
+    kernel_testkit::prefixed_storage_suite!(async { (scoped(), ()) });
     kernel_testkit::event_suite!(async { (scoped(), ()) });
     kernel_testkit::lock_suite!(async { (scoped(), ()) });
     kernel_testkit::rate_limit_suite!(async { (scoped(), ()) });
@@ -133,28 +130,10 @@ mod tenant_scope {
 mod tenant_over_memory {
     use super::*;
 
-    kernel_integration_tests::storage_suite_in_a_tenant!(async { (tenant_only(), ()) });
+    kernel_testkit::prefixed_storage_suite!(async { (tenant_only(), ()) });
     kernel_testkit::event_suite!(async { (tenant_only(), ()) });
     kernel_testkit::lock_suite!(async { (tenant_only(), ()) });
     kernel_testkit::rate_limit_suite!(async { (tenant_only(), ()) });
-}
-
-#[test]
-fn the_tenant_runs_cover_the_whole_storage_suite() {
-    let mut suite = kernel_testkit::storage::BEHAVIOURS.to_vec();
-    suite.sort_unstable();
-    for (run, names) in [
-        ("tenant_scope", tenant_scope::STORAGE_RUN),
-        ("tenant_over_memory", tenant_over_memory::STORAGE_RUN),
-    ] {
-        let mut covered: Vec<&str> = names.iter().chain(LEFT_OUT).copied().collect();
-        covered.sort_unstable();
-        assert_eq!(
-            covered, suite,
-            "{run}: list every storage behaviour in `storage_suite_in_a_tenant!` or, with a \
-             reason, in LEFT_OUT"
-        );
-    }
 }
 
 /// The tenant's version of `rejects_long_namespace`: a namespace has 128 bytes minus the

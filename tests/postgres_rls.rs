@@ -114,7 +114,7 @@ async fn scoped() -> (TenantScope<PostgresDriver>, TestDatabase) {
 mod conformance {
     use super::*;
 
-    kernel_integration_tests::storage_suite_in_a_tenant!(scoped());
+    kernel_testkit::prefixed_storage_suite!(scoped());
     kernel_testkit::event_suite!(scoped());
     kernel_testkit::lock_suite!(scoped());
     kernel_testkit::rate_limit_suite!(scoped());

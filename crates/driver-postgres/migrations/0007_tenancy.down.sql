@@ -31,19 +31,16 @@ ALTER FUNCTION kernel_events_unpositioned(bigint) SECURITY INVOKER;
 ALTER FUNCTION kernel_last_append_positions() SECURITY INVOKER;
 ALTER FUNCTION kernel_event_positions(bigint[]) SECURITY INVOKER;
 DROP POLICY IF EXISTS kernel_maintenance ON kernel_events;
-DROP POLICY kernel_tenant ON kernel_rate_limits;
-DROP POLICY kernel_tenant ON kernel_locks;
-DROP POLICY kernel_tenant ON kernel_snapshots;
-DROP POLICY kernel_tenant ON kernel_events;
-DROP POLICY kernel_tenant ON kernel_operations;
-DROP POLICY kernel_tenant ON kernel_documents;
-DROP POLICY kernel_tenant ON kernel_namespaces;
 DROP INDEX kernel_events_tenant_idx;
-ALTER TABLE kernel_rate_limits DROP COLUMN tenant;
-ALTER TABLE kernel_locks DROP COLUMN tenant;
-ALTER TABLE kernel_snapshots DROP COLUMN tenant;
-ALTER TABLE kernel_events DROP COLUMN tenant;
-ALTER TABLE kernel_operations DROP COLUMN tenant;
-ALTER TABLE kernel_documents DROP COLUMN tenant;
-ALTER TABLE kernel_namespaces DROP COLUMN tenant;
+DO $$
+DECLARE
+    t record;
+BEGIN
+    FOR t IN SELECT * FROM kernel_tenant_tables() LOOP
+        EXECUTE format('DROP POLICY kernel_tenant ON %I', t.table_name);
+        EXECUTE format('ALTER TABLE %I DROP COLUMN tenant', t.table_name);
+    END LOOP;
+END
+$$;
+DROP FUNCTION kernel_tenant_tables();
 DROP FUNCTION kernel_tenant_of(text);

@@ -23,20 +23,34 @@ LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $$
     SELECT substring(name FROM '^t_([A-Za-z0-9_]{1,32})\.')
 $$;
 
-ALTER TABLE kernel_namespaces ADD COLUMN tenant text COLLATE "C"
-    GENERATED ALWAYS AS (kernel_tenant_of(name)) STORED;
-ALTER TABLE kernel_documents ADD COLUMN tenant text COLLATE "C"
-    GENERATED ALWAYS AS (kernel_tenant_of(namespace)) STORED;
-ALTER TABLE kernel_operations ADD COLUMN tenant text COLLATE "C"
-    GENERATED ALWAYS AS (kernel_tenant_of(namespace)) STORED;
-ALTER TABLE kernel_events ADD COLUMN tenant text COLLATE "C"
-    GENERATED ALWAYS AS (kernel_tenant_of(stream)) STORED;
-ALTER TABLE kernel_snapshots ADD COLUMN tenant text COLLATE "C"
-    GENERATED ALWAYS AS (kernel_tenant_of(stream)) STORED;
-ALTER TABLE kernel_locks ADD COLUMN tenant text COLLATE "C"
-    GENERATED ALWAYS AS (kernel_tenant_of(key)) STORED;
-ALTER TABLE kernel_rate_limits ADD COLUMN tenant text COLLATE "C"
-    GENERATED ALWAYS AS (kernel_tenant_of(key)) STORED;
+-- The tables holding callers' data, and the column naming a row: the one list every step
+-- below (columns, policies, the switch, the boot check) and the down migration go by.
+CREATE FUNCTION kernel_tenant_tables(OUT table_name text, OUT name_column text)
+RETURNS SETOF record
+LANGUAGE sql IMMUTABLE AS $$
+    VALUES ('kernel_namespaces', 'name'), ('kernel_documents', 'namespace'),
+           ('kernel_operations', 'namespace'), ('kernel_events', 'stream'),
+           ('kernel_snapshots', 'stream'), ('kernel_locks', 'key'),
+           ('kernel_rate_limits', 'key')
+$$;
+
+-- current_setting(.., true) is NULL when the setting was never made and '' after a
+-- transaction that set it locally ended: neither equals any tenant, so both see nothing.
+DO $$
+DECLARE
+    t record;
+BEGIN
+    FOR t IN SELECT * FROM kernel_tenant_tables() LOOP
+        EXECUTE format('ALTER TABLE %I ADD COLUMN tenant text COLLATE "C" '
+                       'GENERATED ALWAYS AS (kernel_tenant_of(%I)) STORED',
+                       t.table_name, t.name_column);
+        EXECUTE format('CREATE POLICY kernel_tenant ON %I '
+                       'USING (tenant = current_setting(''kernel.tenant'', true)) '
+                       'WITH CHECK (tenant = current_setting(''kernel.tenant'', true))',
+                       t.table_name);
+    END LOOP;
+END
+$$;
 
 -- A view reads with its owner's rights, which would show a tenant role every tenant's events
 -- through 0006's kernel_events_view: from PostgreSQL 15 on it reads with the caller's
@@ -53,30 +67,6 @@ $$;
 -- A tenant's events in order of writing, for the reads of a tenant role (its read_all scans
 -- only its own rows).
 CREATE INDEX kernel_events_tenant_idx ON kernel_events (tenant, seq) WHERE tenant IS NOT NULL;
-
--- current_setting(.., true) is NULL when the setting was never made and '' after a
--- transaction that set it locally ended: neither equals any tenant, so both see nothing.
-CREATE POLICY kernel_tenant ON kernel_namespaces
-    USING (tenant = current_setting('kernel.tenant', true))
-    WITH CHECK (tenant = current_setting('kernel.tenant', true));
-CREATE POLICY kernel_tenant ON kernel_documents
-    USING (tenant = current_setting('kernel.tenant', true))
-    WITH CHECK (tenant = current_setting('kernel.tenant', true));
-CREATE POLICY kernel_tenant ON kernel_operations
-    USING (tenant = current_setting('kernel.tenant', true))
-    WITH CHECK (tenant = current_setting('kernel.tenant', true));
-CREATE POLICY kernel_tenant ON kernel_events
-    USING (tenant = current_setting('kernel.tenant', true))
-    WITH CHECK (tenant = current_setting('kernel.tenant', true));
-CREATE POLICY kernel_tenant ON kernel_snapshots
-    USING (tenant = current_setting('kernel.tenant', true))
-    WITH CHECK (tenant = current_setting('kernel.tenant', true));
-CREATE POLICY kernel_tenant ON kernel_locks
-    USING (tenant = current_setting('kernel.tenant', true))
-    WITH CHECK (tenant = current_setting('kernel.tenant', true));
-CREATE POLICY kernel_tenant ON kernel_rate_limits
-    USING (tenant = current_setting('kernel.tenant', true))
-    WITH CHECK (tenant = current_setting('kernel.tenant', true));
 
 -- Maintenance (0006) repairs events of any tenant.
 DO $$
@@ -124,32 +114,29 @@ BEGIN
 END
 $$;
 
--- Row-level security on or off for every table above; needs the tables' owner. Idempotent.
+-- Row-level security on or off for every table of kernel_tenant_tables(); needs the tables'
+-- owner. Idempotent.
 CREATE FUNCTION kernel_enable_row_security()
 RETURNS void
 LANGUAGE plpgsql AS $$
+DECLARE
+    t record;
 BEGIN
-    ALTER TABLE kernel_namespaces ENABLE ROW LEVEL SECURITY;
-    ALTER TABLE kernel_documents ENABLE ROW LEVEL SECURITY;
-    ALTER TABLE kernel_operations ENABLE ROW LEVEL SECURITY;
-    ALTER TABLE kernel_events ENABLE ROW LEVEL SECURITY;
-    ALTER TABLE kernel_snapshots ENABLE ROW LEVEL SECURITY;
-    ALTER TABLE kernel_locks ENABLE ROW LEVEL SECURITY;
-    ALTER TABLE kernel_rate_limits ENABLE ROW LEVEL SECURITY;
+    FOR t IN SELECT * FROM kernel_tenant_tables() LOOP
+        EXECUTE format('ALTER TABLE %I ENABLE ROW LEVEL SECURITY', t.table_name);
+    END LOOP;
 END
 $$;
 
 CREATE FUNCTION kernel_disable_row_security()
 RETURNS void
 LANGUAGE plpgsql AS $$
+DECLARE
+    t record;
 BEGIN
-    ALTER TABLE kernel_namespaces DISABLE ROW LEVEL SECURITY;
-    ALTER TABLE kernel_documents DISABLE ROW LEVEL SECURITY;
-    ALTER TABLE kernel_operations DISABLE ROW LEVEL SECURITY;
-    ALTER TABLE kernel_events DISABLE ROW LEVEL SECURITY;
-    ALTER TABLE kernel_snapshots DISABLE ROW LEVEL SECURITY;
-    ALTER TABLE kernel_locks DISABLE ROW LEVEL SECURITY;
-    ALTER TABLE kernel_rate_limits DISABLE ROW LEVEL SECURITY;
+    FOR t IN SELECT * FROM kernel_tenant_tables() LOOP
+        EXECUTE format('ALTER TABLE %I DISABLE ROW LEVEL SECURITY', t.table_name);
+    END LOOP;
 END
 $$;
 
@@ -159,9 +146,7 @@ CREATE VIEW kernel_row_security AS
     FROM pg_class c
     WHERE c.relkind = 'r' AND c.relnamespace = (SELECT oid FROM pg_namespace
                                                  WHERE nspname = current_schema())
-      AND c.relname IN ('kernel_namespaces', 'kernel_documents', 'kernel_operations',
-                        'kernel_events', 'kernel_snapshots', 'kernel_locks',
-                        'kernel_rate_limits');
+      AND c.relname IN (SELECT table_name FROM kernel_tenant_tables());
 
 DO $$
 BEGIN

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::time::Instant;
 
 use async_trait::async_trait;
-use deadpool_postgres::Transaction as PgTx;
+use deadpool_postgres::{Object, Transaction as PgTx};
 use kernel_core::companion::{self, Companion};
 use kernel_core::document::already_exists;
 use kernel_core::glob::prefix_upper_bound;
@@ -14,6 +14,7 @@ use kernel_core::{
     ListOptions, ListPage, Metadata, MetadataMode, NamespaceInfo, OperationId, Outcome, PutOptions,
     Query, Result, Status, StorageDriver, Transaction, Value, Write,
 };
+use serde::Serialize;
 use tokio_postgres::Row;
 use tokio_postgres::types::{ToSql, Type};
 
@@ -23,6 +24,7 @@ use crate::error::{BACKEND, kernel_state, pg, pg_write};
 use crate::jsonb::Jsonb;
 use crate::rows::{self, ENTRY_COLUMNS, LIVE, entry, limit_i64, micros, to_i64};
 use crate::sql::SqlBuilder;
+use crate::statement::On;
 use crate::transaction::PgTransaction;
 
 /// One call of `kernel_put`: every put, single or batched, plain or with an operation id.
@@ -227,49 +229,55 @@ impl PostgresDriver {
     async fn put_batch(&self, namespace: &str, arrays: PutArrays) -> Result<Vec<Entry>> {
         let mut client = self.client().await?;
         let params = arrays.params(&namespace);
-        let rows = match companion::current() {
-            Some(c) => {
-                let tx = client.transaction().await.map_err(pg)?;
-                self.append_companion(&tx, &c).await?;
-                let rows = self
-                    .statements()
-                    .query(&tx, PUT, &params)
-                    .await
-                    .map_err(|e| write_error(e, namespace))?;
-                tx.commit().await.map_err(|e| write_error(e, namespace))?;
-                c.mark_written();
-                rows
-            }
-            None => self
-                .statements()
-                .query(&client, PUT, &params)
-                .await
-                .map_err(|e| write_error(e, namespace))?,
+        let companion = companion::current();
+        let mut tx = None;
+        let on = match &companion {
+            Some(c) => On::from(&*tx.insert(self.begin_with(&mut client, c).await?)),
+            None => On::from(&client),
         };
+        let rows = self
+            .statements()
+            .query(on, PUT, &params)
+            .await
+            .map_err(|e| write_error(e, namespace))?;
+        if let (Some(c), Some(tx)) = (companion, tx) {
+            tx.commit().await.map_err(|e| write_error(e, namespace))?;
+            c.mark_written();
+        }
         arrays.entries(namespace, &rows)
     }
 
-    /// Appends a layer's companion event ([`kernel_core::companion`], the audit record of this
-    /// write) as the first write of `tx`, with `kernel_append` (which takes the stream's lock,
-    /// is idempotent on the event id, and has the event numbered after commit).
-    async fn append_companion(&self, tx: &PgTx<'_>, c: &Companion) -> Result<()> {
+    /// A transaction on `client` whose first write is a layer's companion event
+    /// ([`kernel_core::companion`]: the audit record of the write that follows), appended with
+    /// `kernel_append` (which takes the stream's lock, is idempotent on the event id, and has
+    /// the event numbered after commit). The caller commits and marks the companion written.
+    async fn begin_with<'c>(&self, client: &'c mut Object, c: &Companion) -> Result<PgTx<'c>> {
+        #[derive(Serialize)]
+        struct AppendedEvent<'a> {
+            id: kernel_core::Uuid,
+            #[serde(rename = "type")]
+            event_type: &'a str,
+            payload: &'a Value,
+            metadata: &'a kernel_core::Metadata,
+            // kernel_append refuses a JSON null where a string may be: absent ones stay out.
+            #[serde(skip_serializing_if = "Option::is_none")]
+            correlation_id: Option<&'a str>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            causation_id: Option<&'a str>,
+        }
         let e = c.event();
-        let mut event = serde_json::Map::new();
-        event.insert("id".to_owned(), Value::String(e.id.to_string()));
-        event.insert("type".to_owned(), Value::String(e.event_type.clone()));
-        event.insert("payload".to_owned(), e.payload.clone());
-        event.insert("metadata".to_owned(), Value::Object(e.metadata.clone()));
-        // kernel_append refuses a JSON null where a string may be: leave absent ones out.
-        if let Some(id) = &e.correlation_id {
-            event.insert("correlation_id".to_owned(), Value::String(id.clone()));
-        }
-        if let Some(id) = &e.causation_id {
-            event.insert("causation_id".to_owned(), Value::String(id.clone()));
-        }
-        let events = Value::Array(vec![Value::Object(event)]);
+        let events = [AppendedEvent {
+            id: e.id,
+            event_type: &e.event_type,
+            payload: &e.payload,
+            metadata: &e.metadata,
+            correlation_id: e.correlation_id.as_deref(),
+            causation_id: e.causation_id.as_deref(),
+        }];
+        let tx = client.transaction().await.map_err(pg)?;
         self.statements()
             .query(
-                tx,
+                &tx,
                 "SELECT * FROM kernel_append($1, NULL, $2)",
                 &[&c.stream(), &Jsonb(&events)],
             )
@@ -279,31 +287,27 @@ impl PostgresDriver {
                     .with_context("stream", c.stream())
                     .with_context("event_id", e.id)
             })?;
-        Ok(())
+        Ok(tx)
     }
 
     async fn delete_batch(&self, namespace: &str, arrays: DeleteArrays) -> Result<u64> {
         let mut client = self.client().await?;
         let params = arrays.params(&namespace);
-        let row = match companion::current() {
-            Some(c) => {
-                let tx = client.transaction().await.map_err(pg)?;
-                self.append_companion(&tx, &c).await?;
-                let row = self
-                    .statements()
-                    .query_one(&tx, DELETE, &params)
-                    .await
-                    .map_err(|e| write_error(e, namespace))?;
-                tx.commit().await.map_err(|e| write_error(e, namespace))?;
-                c.mark_written();
-                row
-            }
-            None => self
-                .statements()
-                .query_one(&client, DELETE, &params)
-                .await
-                .map_err(|e| write_error(e, namespace))?,
+        let companion = companion::current();
+        let mut tx = None;
+        let on = match &companion {
+            Some(c) => On::from(&*tx.insert(self.begin_with(&mut client, c).await?)),
+            None => On::from(&client),
         };
+        let row = self
+            .statements()
+            .query_one(on, DELETE, &params)
+            .await
+            .map_err(|e| write_error(e, namespace))?;
+        if let (Some(c), Some(tx)) = (companion, tx) {
+            tx.commit().await.map_err(|e| write_error(e, namespace))?;
+            c.mark_written();
+        }
         DeleteArrays::count(&row)
     }
 

@@ -104,35 +104,24 @@ const CONCURRENCY: usize = 4;
 
 /// Every behaviour of the four suites through `Arc<dyn Trait>`, concurrently, each on its own
 /// database and bouncer (the per-behaviour `#[test]`s of `conformance.rs` already cover the
-/// concrete type; what differs here is the connection path). On a thread of its own with a
-/// large stack: building some 200 boxed behaviour futures in one function of a debug build
-/// overflows a test thread's default stack.
+/// concrete type; what differs here is the connection path).
 fn whole_suite<F, Fut>(name: &'static str, factory: F)
 where
     F: Fn() -> Fut + Copy + Send + 'static,
     Fut: std::future::Future<Output = (PostgresDriver, Guard)> + Send,
 {
-    let thread = std::thread::Builder::new()
-        .name(name.to_owned())
-        .stack_size(256 * 1024 * 1024)
-        .spawn(move || {
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(4)
-                .enable_all()
-                .build()
-                .unwrap_or_else(|e| panic!("{name}: cannot build the tokio runtime: {e}"));
-            runtime.block_on(async move {
-                let mut runs = kernel_testkit::suite_runs!(storage, factory());
-                runs.extend(kernel_testkit::suite_runs!(events, factory()));
-                runs.extend(kernel_testkit::suite_runs!(lock, factory()));
-                runs.extend(kernel_testkit::suite_runs!(rate_limit, factory()));
-                kernel_testkit::run_all(runs, CONCURRENCY).await;
-            });
-        })
-        .unwrap_or_else(|e| panic!("{name}: cannot start its thread: {e}"));
-    if let Err(panic) = thread.join() {
-        std::panic::resume_unwind(panic);
-    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .enable_all()
+        .build()
+        .unwrap_or_else(|e| panic!("{name}: cannot build the tokio runtime: {e}"));
+    runtime.block_on(async move {
+        let mut runs = kernel_testkit::suite_runs!(storage, factory());
+        runs.extend(kernel_testkit::suite_runs!(events, factory()));
+        runs.extend(kernel_testkit::suite_runs!(lock, factory()));
+        runs.extend(kernel_testkit::suite_runs!(rate_limit, factory()));
+        kernel_testkit::run_all(runs, CONCURRENCY).await;
+    });
 }
 
 #[test]

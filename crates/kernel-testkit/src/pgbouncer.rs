@@ -30,14 +30,16 @@
 
 use std::fmt::Write as _;
 use std::fs::File;
-use std::io::Read;
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
+
+use crate::private::postgres::{effective_uid, postgres_user};
+use crate::private::{free_port, log_tail, loopback};
 
 /// How long PgBouncer may take to accept connections after it is started.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(20);
@@ -107,7 +109,7 @@ impl PrivatePgBouncer {
             .map(str::to_owned)
             .or_else(|| std::env::var("USER").ok())
             .unwrap_or_else(|| "postgres".to_owned());
-        let run_as = (effective_uid() == Some(0)).then(postgres_user);
+        let run_as = (effective_uid() == Some(0)).then(|| postgres_user("PgBouncer"));
         let dir = tempfile::Builder::new()
             .prefix("kernel-pgbouncer-")
             .tempdir()
@@ -219,8 +221,8 @@ impl PrivatePgBouncer {
     pub fn log_tail(&self) -> String {
         format!(
             "{}{}",
-            tail(&self.log, 4000),
-            tail(&self.dir.path().join("stderr.log"), 2000)
+            log_tail(&self.log, 4000),
+            log_tail(&self.dir.path().join("stderr.log"), 2000)
         )
     }
 
@@ -342,72 +344,6 @@ fn percent(text: &str) -> String {
 fn write_file(path: &Path, text: &str) {
     std::fs::write(path, text)
         .unwrap_or_else(|e| panic!("kernel-testkit: cannot write {}: {e}", path.display()));
-}
-
-fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| {
-        panic!("kernel-testkit: cannot bind a loopback port to find a free one: {e}")
-    });
-    match listener.local_addr() {
-        Ok(addr) => addr.port(),
-        Err(e) => panic!("kernel-testkit: cannot read the address of a loopback listener: {e}"),
-    }
-}
-
-fn loopback(port: u16) -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], port))
-}
-
-/// The last `max` bytes of a file.
-fn tail(path: &Path, max: usize) -> String {
-    let mut text = String::new();
-    if let Ok(mut f) = File::open(path) {
-        let _ = f.read_to_string(&mut text);
-    }
-    let start = text.len().saturating_sub(max);
-    let start = (start..=text.len())
-        .find(|i| text.is_char_boundary(*i))
-        .unwrap_or(text.len());
-    text[start..].to_owned()
-}
-
-/// The effective uid of this process (`/proc/self/status`; elsewhere `id -u`).
-fn effective_uid() -> Option<u32> {
-    if let Ok(status) = std::fs::read_to_string("/proc/self/status") {
-        if let Some(uid) = status
-            .lines()
-            .find_map(|l| l.strip_prefix("Uid:"))
-            .and_then(|rest| rest.split_whitespace().nth(1))
-            .and_then(|euid| euid.parse().ok())
-        {
-            return Some(uid);
-        }
-    }
-    command_number("id", &["-u"])
-}
-
-fn command_number(program: &str, args: &[&str]) -> Option<u32> {
-    let out = Command::new(program).args(args).output().ok()?;
-    if !out.status.success() {
-        return None;
-    }
-    String::from_utf8_lossy(&out.stdout).trim().parse().ok()
-}
-
-/// The `postgres` system user's uid and gid: PgBouncer refuses to run as root.
-fn postgres_user() -> (u32, u32) {
-    match (
-        command_number("id", &["-u", "postgres"]),
-        command_number("id", &["-g", "postgres"]),
-    ) {
-        (Some(uid), Some(gid)) => (uid, gid),
-        _ => panic!(
-            "kernel-testkit: PrivatePgBouncer runs as root, and PgBouncer refuses to run as \
-             root, but there is no `postgres` system user to run it as. Create one (`useradd \
-             --system --user-group postgres`; `apt-get install -y postgresql` does it) or run \
-             the tests as another user."
-        ),
-    }
 }
 
 #[cfg(test)]

@@ -58,7 +58,7 @@ pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
 pub const GONE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A free TCP port on 127.0.0.1 (bound once, then released for the server to take).
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| {
         panic!("kernel-testkit: cannot bind a loopback port to find a free one: {e}")
     });
@@ -68,7 +68,7 @@ fn free_port() -> u16 {
     }
 }
 
-fn loopback(port: u16) -> SocketAddr {
+pub(crate) fn loopback(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))
 }
 
@@ -92,7 +92,7 @@ fn wait_port_closed(port: u16, what: &str) {
 }
 
 /// The last `max` bytes of a log file, for panic messages.
-fn log_tail(path: &Path, max: usize) -> String {
+pub(crate) fn log_tail(path: &Path, max: usize) -> String {
     let mut text = String::new();
     if let Ok(mut f) = File::open(path) {
         let _ = f.read_to_string(&mut text);
@@ -197,13 +197,13 @@ fn processes_of(parent: u32, cwd: &Path) -> Vec<u32> {
 pub use self::postgres::PrivatePostgres;
 
 #[cfg(feature = "postgres")]
-mod postgres {
+pub(crate) mod postgres {
     use std::os::unix::process::CommandExt;
 
     use super::*;
 
     /// The effective uid of this process (Linux: `/proc/self/status`; elsewhere `id -u`).
-    fn effective_uid() -> Option<u32> {
+    pub(crate) fn effective_uid() -> Option<u32> {
         if let Ok(status) = std::fs::read_to_string("/proc/self/status") {
             let uid = status
                 .lines()
@@ -237,19 +237,19 @@ mod postgres {
             .status();
     }
 
-    /// The `postgres` system user's uid and gid, to run the server as when this process is
-    /// root.
-    fn postgres_user() -> (u32, u32) {
+    /// The `postgres` system user's uid and gid, to run `server` (PostgreSQL, PgBouncer: both
+    /// refuse to run as root) as when this process is root.
+    pub(crate) fn postgres_user(server: &str) -> (u32, u32) {
         match (
             command_number("id", &["-u", "postgres"]),
             command_number("id", &["-g", "postgres"]),
         ) {
             (Some(uid), Some(gid)) => (uid, gid),
             _ => panic!(
-                "kernel-testkit: PrivatePostgres runs as root, and PostgreSQL refuses to run as \
-                 root, but there is no `postgres` system user to run it as. Create one \
-                 (`useradd --system --user-group --home-dir /var/lib/postgresql postgres`; \
-                 `apt-get install -y postgresql` does it) or run the tests as another user."
+                "kernel-testkit: the tests run as root, and {server} refuses to run as root, but \
+                 there is no `postgres` system user to run it as. Create one (`useradd --system \
+                 --user-group --home-dir /var/lib/postgresql postgres`; `apt-get install -y \
+                 postgresql` does it) or run the tests as another user."
             ),
         }
     }
@@ -341,7 +341,7 @@ mod postgres {
 
         async fn start_inner(ca: Option<&super::TestCa>) -> PrivatePostgres {
             let bindir = find_bindir();
-            let run_as = (effective_uid() == Some(0)).then(postgres_user);
+            let run_as = (effective_uid() == Some(0)).then(|| postgres_user("PostgreSQL"));
             let root = tempfile::Builder::new()
                 .prefix("kernel-pg-")
                 .tempdir()
@@ -881,7 +881,8 @@ impl Drop for PrivateRedis {
 }
 
 /// A throwaway certificate authority and a server certificate it signed for `127.0.0.1` and
-/// `localhost` (subject alternative names), made with the `openssl` program in a temporary
+/// `localhost` (subject alternative names; for server and client authentication, as a Redis
+/// Cluster node needs), made with the `openssl` program in a temporary
 /// directory removed on drop; plus a second, unrelated CA ([`TestCa::other_ca_cert`]) that
 /// signed nothing the servers use, for "unknown CA" tests. EC P-256 keys: fast to make.
 #[derive(Debug)]
@@ -904,7 +905,8 @@ impl TestCa {
         std::fs::write(
             d.join("server.ext"),
             "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=critical,CA:FALSE\n\
-             keyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n",
+             keyUsage=critical,digitalSignature,keyEncipherment\n\
+             extendedKeyUsage=serverAuth,clientAuth\n",
         )
         .unwrap_or_else(|e| panic!("kernel-testkit: cannot write server.ext: {e}"));
         for (name, cn) in [("ca", "kernel test CA"), ("other-ca", "kernel unknown CA")] {

@@ -437,7 +437,9 @@ impl PrivateRedisCluster {
         let dir = tempdir("kernel-redis-cluster-");
         let mut nodes = Vec::new();
         let mut tls_ports = Vec::new();
-        let node_cert = ca.map(|ca| node_certificate(ca, dir.path()));
+        // The CA's server certificate serves client authentication too, which the cluster bus
+        // and replication links (nodes connecting to nodes) require.
+        let node_cert = ca.map(|ca| (ca.server_cert(), ca.server_key()));
         for i in 0..6 {
             let port = free_port();
             let bus = free_port();
@@ -857,66 +859,6 @@ impl PrivateRedisCluster {
     pub fn logs(&self) -> String {
         node_logs(&lock(&self.nodes))
     }
-}
-
-/// A certificate for the TLS cluster's nodes, signed by `ca`: like the CA's server certificate
-/// (`127.0.0.1`, `localhost`) but valid for client authentication too, which the cluster bus
-/// and replication links (nodes connecting to nodes) require. Returns (certificate, key).
-fn node_certificate(ca: &super::TestCa, dir: &Path) -> (PathBuf, PathBuf) {
-    let tls = dir.join("tls");
-    if let Err(e) = std::fs::create_dir_all(&tls) {
-        panic!("kernel-testkit: cannot create {}: {e}", tls.display());
-    }
-    if let Err(e) = std::fs::write(
-        tls.join("node.ext"),
-        "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=critical,CA:FALSE\n\
-         keyUsage=critical,digitalSignature,keyEncipherment\n\
-         extendedKeyUsage=serverAuth,clientAuth\n",
-    ) {
-        panic!("kernel-testkit: cannot write node.ext: {e}");
-    }
-    super::openssl(
-        &tls,
-        &[
-            "req",
-            "-new",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-subj",
-            "/CN=localhost",
-            "-keyout",
-            "node.key",
-            "-out",
-            "node.csr",
-        ],
-    );
-    let ca_key = ca.dir.path().join("ca.key");
-    super::openssl(
-        &tls,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            "node.csr",
-            "-CA",
-            &ca.ca_cert().display().to_string(),
-            "-CAkey",
-            &ca_key.display().to_string(),
-            "-CAcreateserial",
-            "-CAserial",
-            "ca.srl",
-            "-days",
-            "2",
-            "-extfile",
-            "node.ext",
-            "-out",
-            "node.crt",
-        ],
-    );
-    (tls.join("node.crt"), tls.join("node.key"))
 }
 
 fn node_logs(nodes: &[Node]) -> String {

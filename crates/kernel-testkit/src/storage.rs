@@ -164,6 +164,51 @@ pub use operation_ids::*;
 /// The names of every storage behaviour, in suite order.
 pub const BEHAVIOURS: &[&str] = crate::__storage_behaviours!(__behaviour_names!());
 
+/// The storage suite for a store that keeps every name under a prefix of its own (a tenant
+/// scope: `users` is stored as `t_acme.users`), as `#[test]`s like [`storage_suite!`](crate::storage_suite): every
+/// behaviour but `rejects_long_namespace`, whose 128-byte namespace cannot fit beside the
+/// prefix. Test the prefixed limit beside it (a namespace of 128 bytes minus the prefix is
+/// accepted, one byte more refused).
+///
+/// ```text
+/// kernel_testkit::prefixed_storage_suite!(async { (TenantScope::new(driver, tenant), ()) });
+/// ```
+#[macro_export]
+macro_rules! prefixed_storage_suite {
+    ($factory:expr $(,)?) => {
+        mod storage_conformance {
+            #[allow(unused_imports)]
+            use super::*;
+
+            mod concrete {
+                #[allow(unused_imports)]
+                use super::*;
+                $crate::__storage_behaviours!(__prefixed_storage_tests!(concrete, { $factory }));
+            }
+
+            mod dyn_arc {
+                #[allow(unused_imports)]
+                use super::*;
+                $crate::__storage_behaviours!(__prefixed_storage_tests!(dyn_arc, { $factory }));
+            }
+        }
+    };
+}
+
+/// [`prefixed_storage_suite!`]'s tests: each behaviour on its own (no recursion over the
+/// list), the one a prefix rules out expanding to nothing.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __prefixed_storage_tests {
+    (($mode:ident, $factory:tt) $($name:ident)*) => {
+        $($crate::__prefixed_storage_tests!(@one $mode, $factory, $name);)*
+    };
+    (@one $mode:ident, $factory:tt, rejects_long_namespace) => {};
+    (@one $mode:ident, $factory:tt, $name:ident) => {
+        $crate::__conformance_tests!((storage, StorageDriver, $mode, $factory) $name);
+    };
+}
+
 /// Runs the whole storage suite against a driver, as `#[test]`s.
 ///
 /// The argument is an async expression, evaluated afresh for every test, that yields
