@@ -92,10 +92,13 @@ fn check_name(name: &str, what: &str) -> Result<()> {
             name.len()
         )));
     }
-    if let Some(c) = name
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')))
+    // Byte-wise: every allowed character is ASCII, so the first byte outside the set starts the
+    // offending character (decoded only for the message).
+    if let Some(at) = name
+        .bytes()
+        .position(|b| !(b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-')))
     {
+        let c = name[at..].chars().next().unwrap_or('\u{fffd}');
         return Err(Error::invalid_input(format!(
             "{what} may contain only A-Z, a-z, 0-9, '_', '.' and '-'; found {c:?}"
         )));
@@ -269,15 +272,28 @@ pub fn metadata(metadata: &Metadata, limits: &Limits) -> Result<()> {
         if i > 0 {
             size += 1;
         }
-        size += json_len_str(k) + 1;
-        let (d, negative_zero) = shape(v);
-        if d + 1 > limits.max_depth {
-            return Err(too_deep("metadata", limits));
+        size += string_len(k) + 1;
+        match Walk::run(v, limits.max_depth.saturating_sub(1)) {
+            Some(walk) => {
+                if walk.too_deep {
+                    return Err(too_deep("metadata", limits));
+                }
+                if walk.negative_zero {
+                    return Err(negative_zero_refused("metadata"));
+                }
+                size = size.saturating_add(walk.size);
+            }
+            None => {
+                let (d, negative_zero) = shape(v);
+                if d + 1 > limits.max_depth {
+                    return Err(too_deep("metadata", limits));
+                }
+                if negative_zero {
+                    return Err(negative_zero_refused("metadata"));
+                }
+                size = size.saturating_add(json_len(v)?);
+            }
         }
-        if negative_zero {
-            return Err(negative_zero_refused("metadata"));
-        }
-        size = size.saturating_add(json_len(v)?);
     }
     if size > limits.max_value_bytes {
         return Err(too_big("metadata", size, limits));
@@ -286,6 +302,25 @@ pub fn metadata(metadata: &Metadata, limits: &Limits) -> Result<()> {
 }
 
 fn check_json(v: &Value, limits: &Limits, what: &'static str) -> Result<()> {
+    // One walk for depth, `-0.0` and size: every put checks its value, and two walks plus a
+    // heap stack per call were a tenth of an in-process put.
+    let Some(walk) = Walk::run(v, limits.max_depth) else {
+        return check_json_deep(v, limits, what);
+    };
+    if walk.too_deep {
+        return Err(too_deep(what, limits));
+    }
+    if walk.negative_zero {
+        return Err(negative_zero_refused(what));
+    }
+    if walk.size > limits.max_value_bytes {
+        return Err(too_big(what, walk.size, limits));
+    }
+    Ok(())
+}
+
+/// The two-pass check without recursion, for values nested deeper than [`Walk`] recurses.
+fn check_json_deep(v: &Value, limits: &Limits, what: &'static str) -> Result<()> {
     // Depth first: it is cheap and guards the recursive size walk.
     let (d, negative_zero) = shape(v);
     if d > limits.max_depth {
@@ -299,6 +334,112 @@ fn check_json(v: &Value, limits: &Limits, what: &'static str) -> Result<()> {
         return Err(too_big(what, size, limits));
     }
     Ok(())
+}
+
+/// Depth, `-0.0` and compact JSON length of a value in one recursive walk.
+///
+/// The recursion stops at [`Walk::MAX_RECURSION`] levels (or one level past the depth limit,
+/// whichever comes first), so hostile nesting cannot overflow the stack.
+#[derive(Default)]
+struct Walk {
+    size: usize,
+    negative_zero: bool,
+    too_deep: bool,
+}
+
+impl Walk {
+    /// Deepest level walked recursively; deeper values (legal only under a raised
+    /// `max_depth`) take [`check_json_deep`].
+    const MAX_RECURSION: usize = 128;
+
+    /// `None` when the value is nested past [`Walk::MAX_RECURSION`] and still within the
+    /// depth limit.
+    fn run(v: &Value, max_depth: usize) -> Option<Walk> {
+        let mut walk = Walk::default();
+        walk.visit(v, 0, max_depth)?;
+        Some(walk)
+    }
+
+    /// Walks `v`, found at nesting level `level` (its container count above it). `None` when
+    /// the recursion cap is reached before the depth limit.
+    fn visit(&mut self, v: &Value, level: usize, max_depth: usize) -> Option<()> {
+        match v {
+            Value::Null => self.size += 4,
+            Value::Bool(b) => self.size += if *b { 4 } else { 5 },
+            Value::Number(n) => {
+                self.size += number_len(n);
+                self.negative_zero |= n
+                    .as_f64()
+                    .is_some_and(|f| f == 0.0 && f.is_sign_negative() && n.is_f64());
+            }
+            Value::String(s) => self.size += string_len(s),
+            Value::Array(_) | Value::Object(_) => {
+                if level + 1 > max_depth {
+                    self.too_deep = true;
+                    return Some(());
+                }
+                if level + 1 > Walk::MAX_RECURSION {
+                    return None;
+                }
+                match v {
+                    Value::Array(items) => {
+                        self.size += 2 + items.len().saturating_sub(1);
+                        for item in items {
+                            self.visit(item, level + 1, max_depth)?;
+                            if self.too_deep {
+                                return Some(());
+                            }
+                        }
+                    }
+                    Value::Object(map) => {
+                        self.size += 2 + map.len().saturating_sub(1);
+                        for (k, item) in map {
+                            self.size += string_len(k) + 1;
+                            self.visit(item, level + 1, max_depth)?;
+                            if self.too_deep {
+                                return Some(());
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        Some(())
+    }
+}
+
+/// Length of a number as serde_json writes it.
+fn number_len(n: &serde_json::Number) -> usize {
+    if let Some(u) = n.as_u64() {
+        return u.checked_ilog10().map_or(1, |d| d as usize + 1);
+    }
+    if let Some(i) = n.as_i64() {
+        return i
+            .unsigned_abs()
+            .checked_ilog10()
+            .map_or(1, |d| d as usize + 1)
+            + 1;
+    }
+    // Floats: as rare as they are varied; let serde_json count its own formatting.
+    json_len(&Value::Number(n.clone())).unwrap_or(0)
+}
+
+/// Length of a string as serde_json writes it: quoted, with `"`, `\\` and control characters
+/// escaped (`\n`-style where JSON has a short form, `\u00XX` otherwise).
+fn string_len(s: &str) -> usize {
+    let mut len = s.len() + 2;
+    for &b in s.as_bytes() {
+        if b < 0x20 {
+            len += match b {
+                b'\x08' | b'\t' | b'\n' | b'\x0c' | b'\r' => 1,
+                _ => 5,
+            };
+        } else if b == b'"' || b == b'\\' {
+            len += 1;
+        }
+    }
+    len
 }
 
 fn too_deep(what: &str, limits: &Limits) -> Error {
@@ -375,10 +516,6 @@ pub fn json_len(v: &Value) -> Result<usize> {
     Ok(c.0)
 }
 
-fn json_len_str(s: &str) -> usize {
-    json_len(&Value::String(s.to_owned())).unwrap_or(s.len() + 2)
-}
-
 /// Shortens and escapes user input for error messages so a hostile key cannot flood a log line.
 pub fn escape(input: &str) -> String {
     const MAX: usize = 100;
@@ -428,6 +565,73 @@ mod tests {
         assert!(key("a\0b").is_err());
         assert!(key(&"k".repeat(1024)).is_ok());
         assert!(key(&"k".repeat(1025)).is_err());
+    }
+
+    #[test]
+    fn one_pass_size_is_serde_json_length() {
+        let values = [
+            json!(null),
+            json!(true),
+            json!(false),
+            json!(0),
+            json!(-1),
+            json!(u64::MAX),
+            json!(i64::MIN),
+            json!(9),
+            json!(10),
+            json!(-10),
+            json!(1.5),
+            json!(1e300),
+            json!(-2.5e-8),
+            json!(0.1),
+            json!(""),
+            json!("plain"),
+            json!(
+                "quote \" backslash \\ nl \n tab \t cr \r bs \u{8} ff \u{c} nul \u{0} us \u{1f} del \u{7f}"
+            ),
+            json!("ünïcødé ✓ 😀"),
+            json!([]),
+            json!({}),
+            json!([1, [2, [3, {}]], "x"]),
+            json!({"a": {"b\n": [null, true, -0.5]}, "": 1, "k\"": "v"}),
+        ];
+        for v in values {
+            let walk = Walk::run(&v, 64).expect("shallow");
+            assert_eq!(walk.size, serde_json::to_vec(&v).unwrap().len(), "{v}");
+            assert!(!walk.too_deep && !walk.negative_zero, "{v}");
+        }
+    }
+
+    #[test]
+    fn deep_values_take_the_iterative_path() {
+        let mut deep = json!(1);
+        for _ in 0..300 {
+            deep = json!([deep]);
+        }
+        let limits = Limits {
+            max_value_bytes: 1 << 20,
+            max_depth: 1024,
+        };
+        assert!(Walk::run(&deep, limits.max_depth).is_none());
+        assert!(value(&deep, &limits).is_ok());
+        let tight = Limits {
+            max_depth: 299,
+            ..limits
+        };
+        assert_eq!(
+            value(&deep, &tight).unwrap_err().code(),
+            ErrorCode::InvalidInput
+        );
+        assert!(value(&json!([-0.0]), &limits).is_err());
+        let mut meta = Metadata::new();
+        meta.insert("z".into(), json!({"n": -0.0}));
+        assert!(metadata(&meta, &limits).is_err());
+    }
+
+    #[test]
+    fn names_report_the_offending_character() {
+        let e = namespace("abü").unwrap_err();
+        assert!(e.to_string().contains("'ü'"), "{e}");
     }
 
     #[test]
