@@ -12,12 +12,13 @@ use kernel_core::operation::{
 };
 use kernel_core::validate::{self, MAX_BATCH_SIZE, escape};
 use kernel_core::{
-    BatchDelete, BatchPut, Capabilities, DeleteCondition, Entry, Error, Filter, Isolation,
-    ListOptions, ListPage, Metadata, MetadataMode, NamespaceInfo, PutCondition, PutOptions, Query,
-    Result, Status, StorageDriver, Transaction, Value,
+    BatchDelete, BatchPut, Capabilities, DeleteCondition, Entry, Error, Filter, IndexInfo,
+    IndexSpec, Isolation, ListOptions, ListPage, Metadata, MetadataMode, NamespaceInfo,
+    PutCondition, PutOptions, Query, Result, Status, StorageDriver, Transaction, Value,
 };
 
 use crate::MemoryDriver;
+use crate::indexes::Indexes;
 use crate::transaction::MemoryTransaction;
 
 /// A stored document and the stamp of the write that produced it (transactions validate reads
@@ -59,6 +60,8 @@ pub(crate) struct DocState {
     /// When each operation record is forgotten, soonest first (swept as `expiries` is).
     operation_expiries: BinaryHeap<Due>,
     pub(crate) operation_window: Duration,
+    /// Declared field indexes by namespace (also of namespaces not created yet).
+    pub(crate) indexes: BTreeMap<String, Indexes>,
 }
 
 impl Default for DocState {
@@ -70,6 +73,7 @@ impl Default for DocState {
             operations: BTreeMap::new(),
             operation_expiries: BinaryHeap::new(),
             operation_window: DEFAULT_OPERATION_WINDOW,
+            indexes: BTreeMap::new(),
         }
     }
 }
@@ -175,9 +179,18 @@ impl DocState {
                     self.ensure_namespace(ns, now);
                 }
                 if let Some(state) = self.namespaces.get_mut(ns) {
+                    let indexes = self.indexes.get_mut(ns);
                     match state.entries.get_mut(key) {
-                        Some(slot) => *slot = Stored { entry, stamp },
+                        Some(slot) => {
+                            if let Some(ix) = indexes {
+                                ix.replace(key, Some(&slot.entry.value), Some(&entry.value));
+                            }
+                            *slot = Stored { entry, stamp };
+                        }
                         None => {
+                            if let Some(ix) = indexes {
+                                ix.replace(key, None, Some(&entry.value));
+                            }
                             state
                                 .entries
                                 .insert(key.to_owned(), Stored { entry, stamp });
@@ -187,7 +200,10 @@ impl DocState {
             }
             Planned::Delete => {
                 if let Some(state) = self.namespaces.get_mut(ns) {
-                    state.entries.remove(key);
+                    let old = state.entries.remove(key);
+                    if let (Some(old), Some(ix)) = (old, self.indexes.get_mut(ns)) {
+                        ix.replace(key, Some(&old.entry.value), None);
+                    }
                 }
             }
         }
@@ -208,7 +224,10 @@ impl DocState {
             };
             if let Some(state) = self.namespaces.get_mut(&ns) {
                 if state.entries.get(&key).is_some_and(|s| !s.live(now)) {
-                    state.entries.remove(&key);
+                    let old = state.entries.remove(&key);
+                    if let (Some(old), Some(ix)) = (old, self.indexes.get_mut(&ns)) {
+                        ix.replace(&key, Some(&old.entry.value), None);
+                    }
                     removed += 1;
                 }
             }
@@ -273,6 +292,9 @@ impl DocState {
             e.version = 1;
             e.created_at = now;
             e.metadata = options.metadata.unwrap_or_default();
+        }
+        if let Some(ix) = self.indexes.get_mut(ns) {
+            ix.replace(key, Some(&e.value), Some(&value));
         }
         e.value = value;
         e.updated_at = now;
@@ -359,6 +381,28 @@ impl DocState {
             .insert((ns.to_owned(), id.as_str().to_owned()), (record, until));
     }
 
+    /// The live entries that may match `filter`: the candidates of a declared index when one
+    /// applies ([`Indexes::candidates`]), else every live entry. Callers still apply the
+    /// filter.
+    fn filtered_entries<'a>(
+        &'a self,
+        ns: &str,
+        filter: Option<&Filter>,
+        now: SystemTime,
+    ) -> Box<dyn Iterator<Item = &'a Entry> + 'a> {
+        let candidates = filter.and_then(|f| self.indexes.get(ns)?.candidates(f));
+        match (candidates, self.namespaces.get(ns)) {
+            (Some(keys), Some(state)) => Box::new(
+                keys.into_iter()
+                    .filter_map(|k| state.entries.get(k))
+                    .filter(move |s| s.live(now))
+                    .map(|s| &s.entry),
+            ),
+            (Some(_), None) => Box::new(std::iter::empty()),
+            (None, _) => Box::new(self.live_entries(ns, now)),
+        }
+    }
+
     fn live_entries<'a>(
         &'a self,
         ns: &str,
@@ -405,6 +449,7 @@ impl StorageDriver for MemoryDriver {
         caps.max_depth = self.inner.limits.max_depth;
         caps.max_batch_size = MAX_BATCH_SIZE;
         caps.durable = false;
+        caps.field_indexes = true;
         caps
     }
 
@@ -538,8 +583,9 @@ impl StorageDriver for MemoryDriver {
             .map_err(|e| e.with_context("namespace", ns))?;
         let now = SystemTime::now();
         let docs = self.inner.docs_read()?;
+        let entries = docs.filtered_entries(ns, query.filter.as_ref(), now);
         Ok(query
-            .apply(docs.live_entries(ns, now), |e| &e.key, |e| &e.value)
+            .apply(entries, |e| &e.key, |e| &e.value)
             .into_iter()
             .cloned()
             .collect())
@@ -553,7 +599,7 @@ impl StorageDriver for MemoryDriver {
         let now = SystemTime::now();
         let docs = self.inner.docs_read()?;
         Ok(docs
-            .live_entries(ns, now)
+            .filtered_entries(ns, filter, now)
             .filter(|e| filter.is_none_or(|f| f.matches(&e.value)))
             .count() as u64)
     }
@@ -567,6 +613,9 @@ impl StorageDriver for MemoryDriver {
         };
         let live = state.entries.values().filter(|s| s.live(now)).count() as u64;
         state.entries.clear();
+        if let Some(ix) = docs.indexes.get_mut(ns) {
+            ix.clear();
+        }
         docs.stamp += 1;
         Ok(live)
     }
@@ -594,6 +643,8 @@ impl StorageDriver for MemoryDriver {
         let now = SystemTime::now();
         let mut docs = self.inner.docs_write()?;
         let Some(state) = docs.namespaces.get(ns) else {
+            // Indexes may be declared before the first write: they go too.
+            docs.indexes.remove(ns);
             return Ok(false);
         };
         let live = state.entries.values().filter(|s| s.live(now)).count();
@@ -604,6 +655,7 @@ impl StorageDriver for MemoryDriver {
             .with_context("namespace", ns));
         }
         docs.namespaces.remove(ns);
+        docs.indexes.remove(ns);
         docs.stamp += 1;
         Ok(true)
     }
@@ -681,6 +733,54 @@ impl StorageDriver for MemoryDriver {
         Ok(docs
             .operation(ns, id, SystemTime::now())
             .map(|r| r.outcome.clone()))
+    }
+
+    async fn create_index(&self, ns: &str, spec: &IndexSpec) -> Result<IndexInfo> {
+        spec.validate(ns)?;
+        let mut docs = self.inner.docs_write()?;
+        let DocState {
+            namespaces,
+            indexes,
+            ..
+        } = &mut *docs;
+        let stored = namespaces.get(ns).into_iter().flat_map(|state| {
+            state
+                .entries
+                .iter()
+                .map(|(k, s)| (k.as_str(), &s.entry.value))
+        });
+        indexes
+            .entry(ns.to_owned())
+            .or_default()
+            .declare(&spec.field, stored);
+        Ok(IndexInfo::new(
+            ns,
+            spec.field.clone(),
+            format!("memory:{}", spec.field),
+        ))
+    }
+
+    async fn drop_index(&self, ns: &str, field: &str) -> Result<bool> {
+        IndexSpec::new(field).validate(ns)?;
+        let mut docs = self.inner.docs_write()?;
+        let Some(ix) = docs.indexes.get_mut(ns) else {
+            return Ok(false);
+        };
+        let dropped = ix.remove_path(field);
+        if ix.is_empty() {
+            docs.indexes.remove(ns);
+        }
+        Ok(dropped)
+    }
+
+    async fn list_indexes(&self, ns: &str) -> Result<Vec<IndexInfo>> {
+        validate::namespace(ns)?;
+        let docs = self.inner.docs_read()?;
+        Ok(docs
+            .indexes
+            .get(ns)
+            .map(|ix| ix.infos(ns))
+            .unwrap_or_default())
     }
 }
 

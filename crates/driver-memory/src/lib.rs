@@ -28,6 +28,7 @@
 
 mod documents;
 mod events;
+mod indexes;
 mod leases;
 mod rate_limits;
 mod transaction;

@@ -42,6 +42,7 @@ mod config;
 mod error;
 mod events;
 mod generation;
+mod indexes;
 mod jsonb;
 mod listener;
 mod lock;
@@ -98,6 +99,10 @@ struct Inner {
     generation: Arc<generation::Generation>,
     /// Prepared and cached, or unnamed through a transaction pooler.
     statements: statement::Statements,
+    /// The declared field indexes, per namespace.
+    indexes: indexes::IndexCache,
+    /// Whether the connected role may create indexes on the kernel's tables (owns them).
+    can_index: bool,
 }
 
 impl Drop for Inner {
@@ -190,6 +195,7 @@ impl PostgresDriver {
         tenancy::check(&client, config.tenancy, config.migrate_on_boot)
             .await
             .map_err(|e| e.with_context("url", config.redacted_url()))?;
+        let can_index = indexes::may_create(&client).await?;
         let rls = config.tenancy == Tenancy::Rls;
         let generation = Arc::new(generation::Generation::default());
         if generation.adopt(&client).await?.is_none() {
@@ -242,6 +248,8 @@ impl PostgresDriver {
                 operations: AtomicU64::new(0),
                 generation,
                 statements,
+                indexes: indexes::IndexCache::default(),
+                can_index,
             }),
         })
     }

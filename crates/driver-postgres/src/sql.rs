@@ -13,8 +13,15 @@
 //! * Sorting uses the cross-type rank (missing < null < bool < number < string < array <
 //!   object), then the value within its type, then the key ascending.
 //!
-//! User input only ever travels as bound parameters; the SQL text holds only the builder's own
-//! fragments.
+//! User input travels as bound parameters, with one exception: the paths of the namespace's
+//! declared field indexes ([`SqlBuilder::indexed`]) and then the namespace itself are written
+//! as quoted literals ([`quote_literal`]), because an expression index matches only a query
+//! expression with the same constants (`value #> ARRAY['group']`), and a partial index's
+//! `namespace = '…'` only a query that names the namespace. An equality (`eq`, `in`) on such a
+//! path outside any `not` is written without its `coalesce(.., false)`: in a `WHERE` a NULL
+//! rejects the row as `false` does, and the bare comparison is what an index scan can use.
+
+use std::sync::Arc;
 
 use kernel_core::query::{Direction, Filter, Op, SortKey, parse_index};
 use kernel_core::{Error, Result, Value};
@@ -27,6 +34,8 @@ pub(crate) struct SqlBuilder {
     /// The SQL so far.
     pub sql: String,
     params: Vec<(Box<dyn ToSql + Sync + Send>, Type)>,
+    /// Paths with a declared index: written literally.
+    indexed: Option<Arc<[String]>>,
 }
 
 impl SqlBuilder {
@@ -35,7 +44,30 @@ impl SqlBuilder {
         SqlBuilder {
             sql: sql.to_owned(),
             params: Vec::new(),
+            indexed: None,
         }
+    }
+
+    /// Appends `d.namespace = … AND <live>`: the namespace as a literal when it has declared
+    /// indexes (`indexed`, whose paths are then written literally too), else bound.
+    pub(crate) fn namespace(
+        &mut self,
+        namespace: &str,
+        indexed: Option<Arc<[String]>>,
+        live: &str,
+    ) {
+        let ns = match &indexed {
+            Some(_) => quote_literal(namespace),
+            None => self.bind(namespace.to_owned(), Type::TEXT),
+        };
+        self.indexed = indexed;
+        self.push(&format!("d.namespace = {ns} AND {live}"));
+    }
+
+    fn is_indexed(&self, path: &str) -> bool {
+        self.indexed
+            .as_ref()
+            .is_some_and(|paths| paths.iter().any(|p| p == path))
     }
 
     /// Binds a parameter; returns its placeholder (`$n`).
@@ -60,28 +92,38 @@ impl SqlBuilder {
     /// Appends the SQL of a filter (a boolean expression); `Unsupported` for a filter or
     /// operator added to kernel-core after this driver was written.
     pub(crate) fn filter(&mut self, filter: &Filter) -> Result<()> {
+        self.filter_in(filter, true)
+    }
+
+    /// `positive`: not under any `not`, where NULL and `false` both reject the row.
+    fn filter_in(&mut self, filter: &Filter, positive: bool) -> Result<()> {
         match filter {
-            Filter::And(children) => self.join(children, " AND ", "true"),
-            Filter::Or(children) => self.join(children, " OR ", "false"),
+            Filter::And(children) => self.join(children, " AND ", "true", positive),
+            Filter::Or(children) => self.join(children, " OR ", "false", positive),
             Filter::Not(child) => {
                 self.push("(NOT ");
-                self.filter(child)?;
+                self.filter_in(child, false)?;
                 self.push(")");
                 Ok(())
             }
             Filter::Field { path, op } => {
                 let field = self.field(path);
                 let leaf = self.leaf(&field, op)?;
-                self.push("coalesce(");
-                self.push(&leaf);
-                self.push(", false)");
+                if positive && matches!(op, Op::Eq(_) | Op::In(_)) && self.is_indexed(path) {
+                    // Bare, so the planner can match it to the index.
+                    self.push(&leaf);
+                } else {
+                    self.push("coalesce(");
+                    self.push(&leaf);
+                    self.push(", false)");
+                }
                 Ok(())
             }
             other => Err(unsupported("filter", other)),
         }
     }
 
-    fn join(&mut self, children: &[Filter], sep: &str, empty: &str) -> Result<()> {
+    fn join(&mut self, children: &[Filter], sep: &str, empty: &str, positive: bool) -> Result<()> {
         if children.is_empty() {
             self.push(empty);
             return Ok(());
@@ -91,33 +133,21 @@ impl SqlBuilder {
             if i > 0 {
                 self.push(sep);
             }
-            self.filter(c)?;
+            self.filter_in(c, positive)?;
         }
         self.push(")");
         Ok(())
     }
 
-    /// The SQL expression of the field at a dotted path (SQL NULL when missing).
+    /// The SQL expression of the field at a dotted path (SQL NULL when missing): with its path
+    /// bound, or literal when the path has a declared index.
     fn field(&mut self, path: &str) -> String {
-        let segments: Vec<String> = path.split('.').map(str::to_owned).collect();
-        // Segments Postgres might read as an array index but the kernel does not.
-        let guarded: Vec<usize> = segments
-            .iter()
-            .enumerate()
-            .filter(|(_, s)| parse_index(s).is_none() && s.bytes().any(|b| b.is_ascii_digit()))
-            .map(|(i, _)| i)
-            .collect();
-        let full = self.bind(segments.clone(), Type::TEXT_ARRAY);
-        let lookup = format!("(d.value #> {full})");
-        if guarded.is_empty() {
-            return lookup;
+        if self.is_indexed(path) {
+            return field_expr("d.value", path, |segments| array_literal(&segments));
         }
-        let mut conditions = Vec::new();
-        for i in guarded {
-            let parent = self.bind(segments[..i].to_vec(), Type::TEXT_ARRAY);
-            conditions.push(format!("jsonb_typeof(d.value #> {parent}) = 'object'"));
-        }
-        format!("(CASE WHEN {} THEN {lookup} END)", conditions.join(" AND "))
+        field_expr("d.value", path, |segments| {
+            self.bind(segments, Type::TEXT_ARRAY)
+        })
     }
 
     fn leaf(&mut self, f: &str, op: &Op) -> Result<String> {
@@ -230,6 +260,58 @@ impl SqlBuilder {
     }
 }
 
+/// The expression of the field at `path` of the JSON column `column`, each path array written by
+/// `array` (a placeholder or a literal). Postgres reads segments like `01`, `-1` or `+1` as
+/// array indices where the kernel does not, so such a segment only resolves inside an object.
+pub(crate) fn field_expr(
+    column: &str,
+    path: &str,
+    mut array: impl FnMut(Vec<String>) -> String,
+) -> String {
+    let segments: Vec<String> = path.split('.').map(str::to_owned).collect();
+    // Segments Postgres might read as an array index but the kernel does not.
+    let guarded: Vec<usize> = segments
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| parse_index(s).is_none() && s.bytes().any(|b| b.is_ascii_digit()))
+        .map(|(i, _)| i)
+        .collect();
+    let full = array(segments.clone());
+    let lookup = format!("({column} #> {full})");
+    if guarded.is_empty() {
+        return lookup;
+    }
+    let mut conditions = Vec::new();
+    for i in guarded {
+        let parent = array(segments[..i].to_vec());
+        conditions.push(format!("jsonb_typeof({column} #> {parent}) = 'object'"));
+    }
+    format!("(CASE WHEN {} THEN {lookup} END)", conditions.join(" AND "))
+}
+
+/// A text literal that means `s` whatever `standard_conforming_strings` says: an escape string
+/// (`E'…'`) with backslashes and quotes doubled. `s` holds no NUL (paths and namespaces are
+/// validated).
+pub(crate) fn quote_literal(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 3);
+    out.push_str("E'");
+    for c in s.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\'' => out.push_str("''"),
+            c => out.push(c),
+        }
+    }
+    out.push('\'');
+    out
+}
+
+/// A `text[]` constant of literals.
+fn array_literal(segments: &[String]) -> String {
+    let items: Vec<String> = segments.iter().map(|s| quote_literal(s)).collect();
+    format!("ARRAY[{}]::text[]", items.join(", "))
+}
+
 fn unsupported(what: &'static str, value: &impl std::fmt::Debug) -> Error {
     Error::unsupported_variant(what, value).with_context("backend", BACKEND)
 }
@@ -275,6 +357,57 @@ mod tests {
         assert!(f.contains("jsonb_typeof(d.value #> $2) = 'object'"), "{f}");
         let mut b = SqlBuilder::new("");
         assert_eq!(b.field("a.2.b"), "(d.value #> $1)");
+    }
+
+    #[test]
+    fn literals_are_quoted() {
+        assert_eq!(quote_literal("a'b\\c"), "E'a''b\\\\c'");
+        assert_eq!(
+            array_literal(&strings(&["a", "b"])),
+            "ARRAY[E'a', E'b']::text[]"
+        );
+    }
+
+    fn strings(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    #[test]
+    fn indexed_paths_are_literal_and_bare_outside_not() {
+        let mut b = SqlBuilder::new("");
+        b.namespace("n's", Some(Arc::from(strings(&["g", "x.01"]))), "true");
+        let f = Filter::eq("g", 1)
+            .and(Filter::is_in("x.01", [json!(1)]))
+            .and(Filter::not(Filter::eq("g", 2)))
+            .and(Filter::eq("other", 3));
+        assert!(b.filter(&f).is_ok());
+        assert!(
+            b.sql.starts_with("d.namespace = E'n''s' AND true"),
+            "{}",
+            b.sql
+        );
+        assert!(
+            b.sql.contains("((d.value #> ARRAY[E'g']::text[]) = $1)"),
+            "{}",
+            b.sql
+        );
+        assert!(
+            b.sql
+                .contains("(NOT coalesce(((d.value #> ARRAY[E'g']::text[]) = $3), false))"),
+            "{}",
+            b.sql
+        );
+        assert!(
+            b.sql
+                .contains("jsonb_typeof(d.value #> ARRAY[E'x']::text[]) = 'object'"),
+            "{}",
+            b.sql
+        );
+        assert!(
+            b.sql.contains("coalesce(((d.value #> $4) = $5), false)"),
+            "{}",
+            b.sql
+        );
     }
 
     #[test]

@@ -10,9 +10,10 @@ use kernel_core::document::already_exists;
 use kernel_core::glob::prefix_upper_bound;
 use kernel_core::validate::{self, MAX_BATCH_SIZE};
 use kernel_core::{
-    Applied, BatchDelete, BatchPut, Capabilities, DeleteCondition, Entry, Error, Filter, Isolation,
-    ListOptions, ListPage, Metadata, MetadataMode, NamespaceInfo, OperationId, Outcome, PutOptions,
-    Query, Result, Status, StorageDriver, Transaction, Value, Write,
+    Applied, BatchDelete, BatchPut, Capabilities, DeleteCondition, Entry, Error, Filter, IndexInfo,
+    IndexSpec, Isolation, ListOptions, ListPage, Metadata, MetadataMode, NamespaceInfo,
+    OperationId, Outcome, PutOptions, Query, Result, Status, StorageDriver, Transaction, Value,
+    Write,
 };
 use serde::Serialize;
 use tokio_postgres::Row;
@@ -26,6 +27,33 @@ use crate::rows::{self, ENTRY_COLUMNS, LIVE, entry, limit_i64, micros, to_i64};
 use crate::sql::SqlBuilder;
 use crate::statement::On;
 use crate::transaction::PgTransaction;
+
+impl PostgresDriver {
+    /// The statement of [`StorageDriver::query`] (validated input): the namespace's declared
+    /// indexes decide how it is written (see `sql.rs`).
+    pub(crate) async fn query_sql(
+        &self,
+        client: &Object,
+        namespace: &str,
+        query: &Query,
+    ) -> Result<SqlBuilder> {
+        let indexed = self.indexed_fields(client, namespace).await;
+        let mut b = SqlBuilder::new(&format!(
+            "SELECT {ENTRY_COLUMNS} FROM kernel_documents d WHERE "
+        ));
+        b.namespace(namespace, indexed, LIVE);
+        if let Some(f) = &query.filter {
+            b.push(" AND ");
+            b.filter(f)
+                .map_err(|e| e.with_context("namespace", namespace))?;
+        }
+        b.order_by(&query.sort);
+        let offset = b.bind(limit_i64(query.offset), Type::INT8);
+        let limit = b.bind(query.limit.map(limit_i64), Type::INT8);
+        b.push(&format!(" OFFSET {offset} LIMIT {limit}"));
+        Ok(b)
+    }
+}
 
 /// One call of `kernel_put`: every put, single or batched, plain or with an operation id.
 pub(crate) const PUT: &str = "SELECT o_key, o_metadata, o_version, o_created_at, o_updated_at, o_expires_at \
@@ -345,6 +373,7 @@ impl StorageDriver for PostgresDriver {
         c.max_depth = limits.max_depth;
         c.max_batch_size = MAX_BATCH_SIZE;
         c.durable = true;
+        c.field_indexes = self.may_index();
         c
     }
 
@@ -567,21 +596,8 @@ impl StorageDriver for PostgresDriver {
         query
             .validate()
             .map_err(|e| e.with_context("namespace", namespace))?;
-        let mut b = SqlBuilder::new(&format!(
-            "SELECT {ENTRY_COLUMNS} FROM kernel_documents d WHERE "
-        ));
-        let ns = b.bind(namespace.to_owned(), Type::TEXT);
-        b.push(&format!("d.namespace = {ns} AND {LIVE}"));
-        if let Some(f) = &query.filter {
-            b.push(" AND ");
-            b.filter(f)
-                .map_err(|e| e.with_context("namespace", namespace))?;
-        }
-        b.order_by(&query.sort);
-        let offset = b.bind(limit_i64(query.offset), Type::INT8);
-        let limit = b.bind(query.limit.map(limit_i64), Type::INT8);
-        b.push(&format!(" OFFSET {offset} LIMIT {limit}"));
         let client = self.client().await?;
+        let b = self.query_sql(&client, namespace, query).await?;
         let rows = client
             .query_typed(&b.sql, &b.params())
             .await
@@ -595,15 +611,18 @@ impl StorageDriver for PostgresDriver {
             f.validate()
                 .map_err(|e| e.with_context("namespace", namespace))?;
         }
+        let client = self.client().await?;
+        let indexed = match filter {
+            Some(_) => self.indexed_fields(&client, namespace).await,
+            None => None,
+        };
         let mut b = SqlBuilder::new("SELECT count(*) FROM kernel_documents d WHERE ");
-        let ns = b.bind(namespace.to_owned(), Type::TEXT);
-        b.push(&format!("d.namespace = {ns} AND {LIVE}"));
+        b.namespace(namespace, indexed, LIVE);
         if let Some(f) = filter {
             b.push(" AND ");
             b.filter(f)
                 .map_err(|e| e.with_context("namespace", namespace))?;
         }
-        let client = self.client().await?;
         let rows = client
             .query_typed(&b.sql, &b.params())
             .await
@@ -675,7 +694,15 @@ impl StorageDriver for PostgresDriver {
                 .with_context("namespace", namespace),
                 _ => pg_write(e).with_context("namespace", namespace),
             })?;
-        row.try_get(0).map_err(pg)
+        let dropped = row.try_get(0).map_err(pg)?;
+        // Also when it did not exist: indexes may be declared before the first write.
+        self.drop_namespace_indexes(&client, namespace)
+            .await
+            .map_err(|e| {
+                e.with_context("namespace", namespace)
+                    .with_context("step", "dropping the namespace's field indexes")
+            })?;
+        Ok(dropped)
     }
 
     async fn list_namespaces(&self) -> Result<Vec<NamespaceInfo>> {
@@ -768,6 +795,18 @@ impl StorageDriver for PostgresDriver {
 
     async fn operation(&self, namespace: &str, id: &OperationId) -> Result<Option<Outcome>> {
         self.recorded_operation(namespace, id).await
+    }
+
+    async fn create_index(&self, namespace: &str, spec: &IndexSpec) -> Result<IndexInfo> {
+        self.create_field_index(namespace, spec).await
+    }
+
+    async fn drop_index(&self, namespace: &str, field: &str) -> Result<bool> {
+        self.drop_field_index(namespace, field).await
+    }
+
+    async fn list_indexes(&self, namespace: &str) -> Result<Vec<IndexInfo>> {
+        self.list_field_indexes(namespace).await
     }
 }
 

@@ -222,6 +222,8 @@ pub struct KernelConfig {
     pub storage_mode: BackendKind,
     /// Per-role overrides.
     pub backends: RoleBackends,
+    /// Document settings of the kernel (`[storage]`): field indexes declared at boot.
+    pub storage: StorageSettings,
     /// Value limits, given to every driver.
     pub limits: Limits,
     /// PostgreSQL (the driver's own settings type).
@@ -241,6 +243,66 @@ pub struct KernelConfig {
     pub circuit_breaker: CircuitBreakerConfig,
     /// Change pipeline.
     pub pipeline: PipelineConfig,
+}
+
+/// Document settings of the kernel (`[storage]`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct StorageSettings {
+    /// Field indexes the kernel declares when it boots (`storage.indexes`,
+    /// `KERNEL_STORAGE_INDEXES`): see [`IndexDeclarations`]. Declaring is idempotent, so every
+    /// boot declares them; a storage backend without field indexes fails the boot.
+    pub indexes: IndexDeclarations,
+}
+
+/// Field indexes to declare, as `(namespace, field path)` pairs: in TOML an array of
+/// `{ namespace = "orders", field = "customer.id" }` tables, or (also in the environment) one
+/// string `"orders:customer.id,users:email"` — a namespace holds no `:`, so each item splits at
+/// its first one (a path holding `,` needs the table form).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct IndexDeclarations(pub Vec<(String, String)>);
+
+impl Serialize for IndexDeclarations {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        let items: Vec<String> = self.0.iter().map(|(ns, f)| format!("{ns}:{f}")).collect();
+        s.serialize_str(&items.join(","))
+    }
+}
+
+impl<'de> Deserialize<'de> for IndexDeclarations {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Declared {
+            namespace: String,
+            field: String,
+        }
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Repr {
+            Text(String),
+            Tables(Vec<Declared>),
+        }
+        match Repr::deserialize(d)? {
+            Repr::Tables(list) => Ok(IndexDeclarations(
+                list.into_iter().map(|i| (i.namespace, i.field)).collect(),
+            )),
+            Repr::Text(text) => text
+                .split(',')
+                .map(str::trim)
+                .filter(|item| !item.is_empty())
+                .map(|item| match item.split_once(':') {
+                    Some((ns, field)) => Ok((ns.trim().to_owned(), field.trim().to_owned())),
+                    None => Err(serde::de::Error::custom(format!(
+                        "index {:?} is not `namespace:field`",
+                        kernel_core::validate::escape(item)
+                    ))),
+                })
+                .collect::<std::result::Result<Vec<_>, _>>()
+                .map(IndexDeclarations),
+        }
+    }
 }
 
 /// Names a TOML file to read before the environment.
@@ -444,6 +506,11 @@ impl KernelConfig {
 
     fn validate_inner(&self) -> Result<()> {
         self.limits.validate()?;
+        for (namespace, field) in &self.storage.indexes.0 {
+            kernel_core::IndexSpec::new(field.clone())
+                .validate(namespace)
+                .map_err(|e| Error::config("storage.indexes", e.to_string()))?;
+        }
         for role in Role::ALL {
             let kind = self.backend(role);
             if !kind.is_built_in() {

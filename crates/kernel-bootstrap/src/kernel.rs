@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
-use kernel_core::{Error, EventStore, Lock, RateLimiter, Result, StorageDriver};
+use kernel_core::{Error, EventStore, IndexSpec, Lock, RateLimiter, Result, StorageDriver};
 use serde::Serialize;
 
 use crate::config::{BackendKind, KernelConfig, Role};
@@ -271,6 +271,8 @@ pub struct KernelBuilder {
     layers: LayerSettings,
     pipeline: PipelineConfig,
     config: Option<KernelConfig>,
+    /// Field indexes declared once the kernel is built.
+    indexes: Vec<(String, IndexSpec)>,
 }
 
 impl KernelBuilder {
@@ -302,6 +304,16 @@ impl KernelBuilder {
     #[must_use]
     pub fn pipeline(mut self, pipeline: PipelineConfig) -> KernelBuilder {
         self.pipeline = pipeline;
+        self
+    }
+
+    /// Declares a field index on `namespace` when the kernel is built
+    /// ([`StorageDriver::create_index`], through the layers; idempotent, so every boot may
+    /// declare it). A storage backend without field indexes fails the build with
+    /// `Unsupported`; so does an invalid namespace or path, with `InvalidInput`.
+    #[must_use]
+    pub fn index(mut self, namespace: impl Into<String>, spec: IndexSpec) -> KernelBuilder {
+        self.indexes.push((namespace.into(), spec));
         self
     }
 
@@ -424,7 +436,7 @@ impl KernelBuilder {
         let locks = layered(Role::Locks).locks(locks);
         let rate_limiter = layered(Role::RateLimits).rate_limiter(rate_limiter);
         let pipeline = ChangePipeline::new(storage.clone(), events.clone(), self.pipeline);
-        Ok(Kernel {
+        let kernel = Kernel {
             config: self.config,
             backends: managed,
             roles,
@@ -434,7 +446,17 @@ impl KernelBuilder {
             rate_limiter,
             pipeline,
             shut_down: AtomicBool::new(false),
-        })
+        };
+        for (namespace, spec) in &self.indexes {
+            if let Err(e) = kernel.storage.create_index(namespace, spec).await {
+                // Nothing will own the kernel: close its backends before failing.
+                kernel.shutdown().await;
+                return Err(e
+                    .with_context("namespace", namespace)
+                    .with_context("field", kernel_core::validate::escape(&spec.field)));
+            }
+        }
+        Ok(kernel)
     }
 }
 
@@ -525,6 +547,9 @@ impl Kernel {
         let mut builder = KernelBuilder::new()
             .layers(LayerSettings::from_config(&config))
             .pipeline(config.pipeline);
+        for (namespace, field) in &config.storage.indexes.0 {
+            builder = builder.index(namespace.clone(), IndexSpec::new(field.clone()));
+        }
         let mut connected = Vec::new();
         for role in Role::ALL {
             let kind = config.backend(role);

@@ -33,7 +33,7 @@ mod kernel;
 pub mod layers;
 pub mod pipeline;
 
-pub use config::{BackendKind, KernelConfig, Role, Setting};
+pub use config::{BackendKind, IndexDeclarations, KernelConfig, Role, Setting, StorageSettings};
 pub use kernel::{
     BOOT_PROBE_TIMEOUT, Backend, ComponentHealth, HEALTH_PROBE_TIMEOUT, HealthReport, Kernel,
     KernelBuilder,

@@ -424,6 +424,9 @@ pub struct Capabilities {
     pub max_batch_size: usize,
     /// Data outlives the process.
     pub durable: bool,
+    /// [`crate::StorageDriver::create_index`] and its companions work (declared field
+    /// indexes); otherwise they return `Unsupported`.
+    pub field_indexes: bool,
 }
 
 /// Health and size of a backend.

@@ -24,6 +24,7 @@ pub mod error;
 pub mod event;
 pub mod ext;
 pub mod glob;
+pub mod index;
 pub mod lock;
 pub mod operation;
 pub mod query;
@@ -46,6 +47,7 @@ pub use event::{
 };
 pub use ext::{AggregateHistory, EventStoreExt, LockExt, StorageExt};
 pub use glob::Glob;
+pub use index::{IndexInfo, IndexSpec};
 pub use lock::{Lease, Lock};
 pub use operation::{Applied, OperationId, Outcome, Write};
 pub use query::{Direction, Filter, Op, Query, SortKey};

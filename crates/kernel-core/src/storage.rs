@@ -8,7 +8,8 @@ use crate::document::{
     BatchDelete, BatchPut, Capabilities, DeleteCondition, Entry, ListOptions, ListPage,
     MetadataMode, NamespaceInfo, PutOptions, Status,
 };
-use crate::error::Result;
+use crate::error::{Error, Result};
+use crate::index::{IndexInfo, IndexSpec};
 use crate::operation::{Applied, OperationId, Outcome, Write};
 use crate::query::{Filter, Query};
 
@@ -140,6 +141,39 @@ pub trait StorageDriver: Send + Sync + std::fmt::Debug {
     /// id succeeded there within the operation window. Lets a caller ask before repeating a
     /// whole transaction.
     async fn operation(&self, namespace: &str, id: &OperationId) -> Result<Option<Outcome>>;
+
+    /// Declares an index on a field of `namespace`'s documents (see [`crate::index`]) and
+    /// returns it once it is built. Idempotent: declaring an index that exists is `Ok`. The
+    /// namespace need not exist yet; dropping the namespace drops its indexes. Queries return
+    /// the same entries with or without it. `Unsupported` when
+    /// [`Capabilities::field_indexes`] is false.
+    async fn create_index(&self, namespace: &str, spec: &IndexSpec) -> Result<IndexInfo> {
+        spec.validate(namespace)?;
+        Err(unsupported_index("create_index", namespace))
+    }
+
+    /// Removes the index on `field` of `namespace`; `false` if there was none. `Unsupported`
+    /// when [`Capabilities::field_indexes`] is false.
+    async fn drop_index(&self, namespace: &str, field: &str) -> Result<bool> {
+        IndexSpec::new(field).validate(namespace)?;
+        Err(unsupported_index("drop_index", namespace))
+    }
+
+    /// The indexes declared on `namespace`, by field. `Unsupported` when
+    /// [`Capabilities::field_indexes`] is false.
+    async fn list_indexes(&self, namespace: &str) -> Result<Vec<IndexInfo>> {
+        crate::validate::namespace(namespace)?;
+        Err(unsupported_index("list_indexes", namespace))
+    }
+}
+
+/// The `Unsupported` of the index methods' default implementations.
+fn unsupported_index(operation: &str, namespace: &str) -> Error {
+    Error::unsupported(format!(
+        "this driver has no field indexes ({operation}); queries scan the namespace"
+    ))
+    .with_context("operation", operation)
+    .with_context("namespace", namespace)
 }
 
 /// A transaction over documents: reads see its own writes; writes take effect at `commit`.

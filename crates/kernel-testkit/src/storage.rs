@@ -154,11 +154,18 @@ macro_rules! __storage_behaviours {
             tx_commit_once_commits_then_replays
             race_write_once_same_id_applies_once
             race_compare_and_set_with_operation_ids
+            index_queries_match_unindexed
+            index_create_is_idempotent_and_listed
+            index_follows_every_write
+            index_dropped_with_namespace
+            index_rejects_invalid_input
         }
     };
 }
 
+mod indexes;
 mod operation_ids;
+pub use indexes::*;
 pub use operation_ids::*;
 
 /// The names of every storage behaviour, in suite order.

@@ -10,10 +10,10 @@ use async_trait::async_trait;
 use futures::future::BoxFuture;
 use kernel_core::{
     AppendResult, BatchDelete, BatchPut, Capabilities, DeleteCondition, Entry, Error, EventFilter,
-    EventStore, EventSubscription, ExpectedVersion, Filter, Lease, ListOptions, ListPage, Lock,
-    Metadata, MetadataMode, NamespaceInfo, NewEvent, PutOptions, Query, Quota, RateDecision,
-    RateLimiter, ReadStream, RecordedEvent, Result, Snapshot, Status, StorageDriver, Transaction,
-    Value,
+    EventStore, EventSubscription, ExpectedVersion, Filter, IndexInfo, IndexSpec, Lease,
+    ListOptions, ListPage, Lock, Metadata, MetadataMode, NamespaceInfo, NewEvent, PutOptions,
+    Query, Quota, RateDecision, RateLimiter, ReadStream, RecordedEvent, Result, Snapshot, Status,
+    StorageDriver, Transaction, Value,
 };
 use kernel_core::{Applied, OperationId, Outcome, Write as WriteOp};
 
@@ -277,6 +277,24 @@ impl<I: Around, T: StorageDriver + ?Sized> StorageDriver for Layered<I, T> {
     async fn operation(&self, namespace: &str, id: &OperationId) -> Result<Option<Outcome>> {
         let op = ops::operation(namespace);
         self.around(op, move |_| self.inner.operation(namespace, id))
+            .await
+    }
+
+    async fn create_index(&self, namespace: &str, spec: &IndexSpec) -> Result<IndexInfo> {
+        let op = ops::create_index(namespace);
+        self.around(op, move |_| self.inner.create_index(namespace, spec))
+            .await
+    }
+
+    async fn drop_index(&self, namespace: &str, field: &str) -> Result<bool> {
+        let op = ops::drop_index(namespace);
+        self.around(op, move |_| self.inner.drop_index(namespace, field))
+            .await
+    }
+
+    async fn list_indexes(&self, namespace: &str) -> Result<Vec<IndexInfo>> {
+        let op = ops::list_indexes(namespace);
+        self.around(op, move |_| self.inner.list_indexes(namespace))
             .await
     }
 }

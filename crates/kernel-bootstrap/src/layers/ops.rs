@@ -17,6 +17,8 @@
 //! | storage | `delete`, `delete_many` | write | only when every delete is `DeleteCondition::Always` |
 //! | storage | `clear`, `drop_namespace`, `set_metadata` | write | yes |
 //! | storage | `create_namespace` | write | no |
+//! | storage | `create_index`, `drop_index` | write | yes: both are idempotent |
+//! | storage | `list_indexes` | read | yes |
 //! | storage | `tx.get` | read | no |
 //! | storage | `tx.put`, `tx.delete`, `tx.commit`, `tx.commit_once`, `tx.rollback` | write | no |
 //! | events | `read_stream`, `read_all`, `head_position`, `subscribe`, `load_snapshot` | read | yes |
@@ -52,7 +54,7 @@ use crate::config::Role;
 
 /// Every operation of the table by role and name: what the observability layer builds its
 /// metric keys from, once (a test checks it against the constructors below).
-pub(crate) const NAMES: [(Role, &str); 39] = [
+pub(crate) const NAMES: [(Role, &str); 42] = [
     (Role::Storage, "status"),
     (Role::Storage, "get"),
     (Role::Storage, "put"),
@@ -73,6 +75,9 @@ pub(crate) const NAMES: [(Role, &str); 39] = [
     (Role::Storage, "begin"),
     (Role::Storage, "write_once"),
     (Role::Storage, "operation"),
+    (Role::Storage, "create_index"),
+    (Role::Storage, "drop_index"),
+    (Role::Storage, "list_indexes"),
     (Role::Storage, "tx.get"),
     (Role::Storage, "tx.put"),
     (Role::Storage, "tx.delete"),
@@ -230,6 +235,29 @@ pub fn write_once<'a>(namespace: &'a str, key: Option<&'a str>) -> Op<'a> {
 /// `StorageDriver::operation`.
 pub fn operation(namespace: &str) -> Op<'_> {
     storage("operation", Read, true).namespace(namespace)
+}
+
+/// How long building an index may take beyond the per-call deadline: a backend builds it over
+/// every document of the namespace (minutes at millions of documents), and a timeout would
+/// abandon a build the backend goes on with.
+pub const INDEX_BUILD_ALLOWANCE: Duration = Duration::from_secs(3600);
+
+/// `StorageDriver::create_index`: repeatable (declaring an existing index is `Ok`), with
+/// [`INDEX_BUILD_ALLOWANCE`].
+pub fn create_index(namespace: &str) -> Op<'_> {
+    storage("create_index", Write, true)
+        .namespace(namespace)
+        .allowance(INDEX_BUILD_ALLOWANCE)
+}
+
+/// `StorageDriver::drop_index`: repeatable (dropping a missing index is `Ok(false)`).
+pub fn drop_index(namespace: &str) -> Op<'_> {
+    storage("drop_index", Write, true).namespace(namespace)
+}
+
+/// `StorageDriver::list_indexes`.
+pub fn list_indexes(namespace: &str) -> Op<'_> {
+    storage("list_indexes", Read, true).namespace(namespace)
 }
 
 /// `Transaction::get`. Transaction steps are never repeated: a transaction is retried as a
@@ -396,6 +424,9 @@ pub(crate) mod tests {
             super::write_once("n", put_once.key()),
             super::write_once("n", batch_once.key()),
             super::operation("n"),
+            super::create_index("n"),
+            super::drop_index("n"),
+            super::list_indexes("n"),
             super::begin(),
             super::tx_get("n", "k"),
             super::tx_put("n", "k"),
@@ -463,6 +494,9 @@ pub(crate) mod tests {
             (S, "write_once", W, true),
             (S, "write_once", W, true),
             (S, "operation", R, true),
+            (S, "create_index", W, true),
+            (S, "drop_index", W, true),
+            (S, "list_indexes", R, true),
             (S, "begin", R, true),
             (S, "tx.get", R, false),
             (S, "tx.put", W, false),

@@ -59,10 +59,10 @@ use async_trait::async_trait;
 use futures::StreamExt;
 use kernel_core::{
     AppendResult, BatchDelete, BatchPut, Capabilities, DeleteCondition, Entry, Error, EventFilter,
-    EventStore, EventSubscription, ExpectedVersion, Filter, Lease, ListOptions, ListPage, Lock,
-    Metadata, MetadataMode, NamespaceInfo, NewEvent, PutOptions, Query, Quota, RateDecision,
-    RateLimiter, ReadStream, RecordedEvent, Result, Snapshot, Status, StorageDriver, Transaction,
-    Value,
+    EventStore, EventSubscription, ExpectedVersion, Filter, IndexInfo, IndexSpec, Lease,
+    ListOptions, ListPage, Lock, Metadata, MetadataMode, NamespaceInfo, NewEvent, PutOptions,
+    Query, Quota, RateDecision, RateLimiter, ReadStream, RecordedEvent, Result, Snapshot, Status,
+    StorageDriver, Transaction, Value,
 };
 use kernel_core::{Applied, OperationId, Outcome, Write as WriteOp};
 
@@ -494,6 +494,39 @@ impl<P: ScopePolicy, T: StorageDriver + ?Sized> StorageDriver for Scoped<P, T> {
             within(&*self.policy, self.inner.operation(&ns, id)).await,
         )?;
         Ok(found.map(|o| outcome_named(o, namespace)))
+    }
+
+    async fn create_index(&self, namespace: &str, spec: &IndexSpec) -> Result<IndexInfo> {
+        let op = ops::create_index(namespace);
+        let ns = enter(&*self.policy, &op)?;
+        let mut info = inner_err(
+            &op,
+            within(&*self.policy, self.inner.create_index(&ns, spec)).await,
+        )?;
+        namespace.clone_into(&mut info.namespace);
+        Ok(info)
+    }
+
+    async fn drop_index(&self, namespace: &str, field: &str) -> Result<bool> {
+        let op = ops::drop_index(namespace);
+        let ns = enter(&*self.policy, &op)?;
+        inner_err(
+            &op,
+            within(&*self.policy, self.inner.drop_index(&ns, field)).await,
+        )
+    }
+
+    async fn list_indexes(&self, namespace: &str) -> Result<Vec<IndexInfo>> {
+        let op = ops::list_indexes(namespace);
+        let ns = enter(&*self.policy, &op)?;
+        let mut all = inner_err(
+            &op,
+            within(&*self.policy, self.inner.list_indexes(&ns)).await,
+        )?;
+        for info in &mut all {
+            namespace.clone_into(&mut info.namespace);
+        }
+        Ok(all)
     }
 }
 
