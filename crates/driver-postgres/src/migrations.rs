@@ -174,6 +174,12 @@ pub const MIGRATIONS: &[Migration] = &[
         include_str!("../migrations/0007_tenancy.up.sql"),
         include_str!("../migrations/0007_tenancy.down.sql"),
     ),
+    Migration::new(
+        8,
+        "set_based_put",
+        include_str!("../migrations/0008_set_based_put.up.sql"),
+        include_str!("../migrations/0008_set_based_put.down.sql"),
+    ),
 ];
 
 /// Where one migration stands on a database.
