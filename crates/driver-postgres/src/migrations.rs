@@ -175,6 +175,12 @@ pub const MIGRATIONS: &[Migration] = &[
         include_str!("../migrations/0007_tenancy.down.sql"),
     ),
     Migration::new(
+        8,
+        "set_based_put",
+        include_str!("../migrations/0008_set_based_put.up.sql"),
+        include_str!("../migrations/0008_set_based_put.down.sql"),
+    ),
+    Migration::new(
         10,
         "field_indexes",
         include_str!("../migrations/0010_field_indexes.up.sql"),

@@ -10,7 +10,7 @@
 //!    inserts its own. An expired record is taken over as if absent.
 //! 2. A live record is replayed ([`Record::replay`]) and the transaction rolled back: nothing
 //!    is written.
-//! 3. Otherwise the write runs with the plain method's SQL (`kernel_put`, `kernel_delete`,
+//! 3. Otherwise the write runs with the plain method's SQL (the put statements, `kernel_delete`,
 //!    `kernel_tx_commit`), [`RECORD`] stores its outcome in the placeholder, and the transaction
 //!    commits: write and record are one atomic unit. A failed write rolls the placeholder back
 //!    with it, so a failure records nothing.
@@ -31,7 +31,7 @@ use crate::error::{BACKEND, pg, pg_write};
 use crate::jsonb::Jsonb;
 use crate::rows::micros;
 use crate::statement::Statements;
-use crate::storage::{DELETE, DeleteArrays, PUT, PutArrays, write_error_with};
+use crate::storage::{DELETE, DeleteArrays, PutArrays, write_error_with};
 use crate::transaction::{COMMIT, CommitArrays, commit_error};
 
 /// Claims `($1 namespace, $2 id)` for this transaction with fingerprint `$3` and a window of
@@ -136,12 +136,8 @@ async fn put(
     namespace: &str,
     arrays: PutArrays,
 ) -> Result<Vec<Entry>> {
-    let rows = st
-        .query(tx, PUT, &arrays.params(&namespace))
-        .await
-        // Not committed yet: a broken connection rolls it back, so nothing was applied.
-        .map_err(|e| write_error_with(e, namespace, pg))?;
-    arrays.entries(namespace, &rows)
+    // Not committed yet: a broken connection rolls it back, so nothing was applied.
+    arrays.write(st, tx.into(), namespace, pg).await
 }
 
 async fn delete(

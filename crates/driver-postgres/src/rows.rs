@@ -7,12 +7,28 @@ use tokio_postgres::Row;
 
 use crate::error::{corrupted, pg};
 
+/// [`ENTRY_COLUMNS`] as a literal, for statements built with `concat!` at compile time (the
+/// hot reads send a `&'static str`, not a string formatted on every call).
+macro_rules! entry_columns {
+    () => {
+        "d.key, d.value, d.metadata, d.version, d.created_at, d.updated_at, d.expires_at"
+    };
+}
+pub(crate) use entry_columns;
+
+/// [`LIVE`] as a literal, for `concat!`.
+macro_rules! live {
+    () => {
+        "(d.expires_at IS NULL OR d.expires_at > clock_timestamp())"
+    };
+}
+pub(crate) use live;
+
 /// The columns every entry read selects, in this order.
-pub(crate) const ENTRY_COLUMNS: &str =
-    "d.key, d.value, d.metadata, d.version, d.created_at, d.updated_at, d.expires_at";
+pub(crate) const ENTRY_COLUMNS: &str = entry_columns!();
 
 /// The live-row condition on `kernel_documents d`.
-pub(crate) const LIVE: &str = "(d.expires_at IS NULL OR d.expires_at > clock_timestamp())";
+pub(crate) const LIVE: &str = live!();
 
 /// An entry from a row selected with [`ENTRY_COLUMNS`].
 pub(crate) fn entry(namespace: &str, row: &Row) -> Result<Entry> {

@@ -23,9 +23,11 @@ use crate::PostgresDriver;
 use crate::codes::{KernelSqlState, PutCode};
 use crate::error::{BACKEND, kernel_state, pg, pg_write};
 use crate::jsonb::Jsonb;
-use crate::rows::{self, ENTRY_COLUMNS, LIVE, entry, limit_i64, micros, to_i64};
+use crate::rows::{
+    self, ENTRY_COLUMNS, LIVE, entry, entry_columns, limit_i64, live, micros, to_i64,
+};
 use crate::sql::SqlBuilder;
-use crate::statement::On;
+use crate::statement::{On, Statements};
 use crate::transaction::PgTransaction;
 
 impl PostgresDriver {
@@ -55,9 +57,90 @@ impl PostgresDriver {
     }
 }
 
-/// One call of `kernel_put`: every put, single or batched, plain or with an operation id.
+/// One call of `kernel_put` (migration 0008: one set-based statement for the whole batch):
+/// every batched put, plain or with an operation id.
 pub(crate) const PUT: &str = "SELECT o_key, o_metadata, o_version, o_created_at, o_updated_at, o_expires_at \
      FROM kernel_put($1, $2, $3, $4, $5, $6, $7)";
+
+/// The live-row condition on the row an upsert or update found, at the statement's clock (one
+/// value for the whole statement, so `created_at`, `updated_at` and the expiry agree).
+macro_rules! live_at_statement {
+    () => {
+        "(d.expires_at IS NULL OR d.expires_at > statement_timestamp())"
+    };
+}
+
+/// A single put that may create the key (`Always`, `IfAbsent` when `$6`): one upsert, the
+/// semantics of `kernel_put` for one row without its PL/pgSQL call, flag lookups and joins.
+/// The namespace row is created on the way (a `WITH` clause: same statement, same atomicity).
+/// The conflict arm works on the locked newest version of the row: an expired row counts as
+/// absent (version 1, fresh `created_at`, metadata `{}` unless given); `IfAbsent` over a live
+/// row writes and returns nothing, and the caller raises `AlreadyExists`.
+/// `$1` namespace, `$2` key, `$3` value, `$4` metadata (NULL: keep), `$5` TTL in µs (NULL:
+/// none), `$6` only if absent.
+const PUT_ONE: &str = concat!(
+    "WITH ns AS (INSERT INTO kernel_namespaces (name) VALUES ($1) ON CONFLICT DO NOTHING) \
+     INSERT INTO kernel_documents AS d \
+     (namespace, key, value, metadata, version, created_at, updated_at, expires_at) \
+     VALUES ($1, $2, $3, coalesce($4::jsonb, '{}'::jsonb), 1, statement_timestamp(), \
+     statement_timestamp(), statement_timestamp() + $5::bigint * interval '1 microsecond') \
+     ON CONFLICT (namespace, key) DO UPDATE SET value = EXCLUDED.value, \
+     metadata = CASE WHEN $4::jsonb IS NULL AND ",
+    live_at_statement!(),
+    " THEN d.metadata ELSE EXCLUDED.metadata END, \
+     version = CASE WHEN ",
+    live_at_statement!(),
+    " THEN d.version + 1 ELSE 1 END, \
+     created_at = CASE WHEN ",
+    live_at_statement!(),
+    " THEN d.created_at ELSE EXCLUDED.created_at END, \
+     updated_at = EXCLUDED.updated_at, expires_at = EXCLUDED.expires_at \
+     WHERE NOT ($6::boolean AND ",
+    live_at_statement!(),
+    ") RETURNING d.key, d.metadata, d.version, d.created_at, d.updated_at, d.expires_at"
+);
+
+/// A single `IfVersion` put: the compare-and-set `UPDATE`. READ COMMITTED re-checks the
+/// version on the newest row if a concurrent writer changed it; an absent or expired key
+/// matches nothing (and its namespace is not created: the key must be live). Nothing
+/// returned means a conflict. `$1`..`$5` as [`PUT_ONE`], `$6` the expected version.
+const CAS_ONE: &str = concat!(
+    "UPDATE kernel_documents d SET value = $3, metadata = coalesce($4::jsonb, d.metadata), \
+     version = d.version + 1, updated_at = statement_timestamp(), \
+     expires_at = statement_timestamp() + $5::bigint * interval '1 microsecond' \
+     WHERE d.namespace = $1 AND d.key = $2 AND d.version = $6::bigint AND ",
+    live_at_statement!(),
+    " RETURNING d.key, d.metadata, d.version, d.created_at, d.updated_at, d.expires_at"
+);
+
+/// The live entry `($1, $2)`.
+const GET: &str = concat!(
+    "SELECT ",
+    entry_columns!(),
+    " FROM kernel_documents d WHERE d.namespace = $1 AND d.key = $2 AND ",
+    live!()
+);
+
+/// The live entries of namespace `$1` among keys `$2` (any order).
+const FETCH: &str = concat!(
+    "SELECT ",
+    entry_columns!(),
+    " FROM kernel_documents d WHERE d.namespace = $1 AND d.key = ANY ($2) AND ",
+    live!()
+);
+
+/// Whether `($1, $2)` is live.
+const EXISTS: &str = concat!(
+    "SELECT EXISTS (SELECT 1 FROM kernel_documents d WHERE d.namespace = $1 AND d.key = $2 AND ",
+    live!(),
+    ")"
+);
+
+/// The live version of `($1, $2)`: the current version a refused `IfVersion` reports.
+const CURRENT_VERSION: &str = concat!(
+    "SELECT d.version FROM kernel_documents d WHERE d.namespace = $1 AND d.key = $2 AND ",
+    live!()
+);
 
 /// One call of `kernel_delete`: every delete, single or batched, plain or with an operation id.
 pub(crate) const DELETE: &str = "SELECT kernel_delete($1, $2, $3)";
@@ -132,6 +215,71 @@ impl PutArrays {
             &self.cond,
             &self.cond_version,
         ]
+    }
+
+    /// Writes the puts on `on` and returns the entries as written. One key goes as
+    /// [`PUT_ONE`] or [`CAS_ONE`], more as one call of [`PUT`]. `other` maps every error that
+    /// is not the kernel's own (see [`write_error_with`]).
+    pub(crate) async fn write(
+        self,
+        st: Statements,
+        on: On<'_>,
+        namespace: &str,
+        other: fn(tokio_postgres::Error) -> Error,
+    ) -> Result<Vec<Entry>> {
+        if self.keys.len() != 1 {
+            let rows = st
+                .query(on, PUT, &self.params(&namespace))
+                .await
+                .map_err(|e| write_error_with(e, namespace, other))?;
+            return self.entries(namespace, &rows);
+        }
+        let cas = self.cond[0] == PutCode::IfVersion.code();
+        let if_absent = self.cond[0] == PutCode::IfAbsent.code();
+        let last: &(dyn ToSql + Sync) = if cas {
+            &self.cond_version[0]
+        } else {
+            &if_absent
+        };
+        let params: [&(dyn ToSql + Sync); 6] = [
+            &namespace,
+            &self.keys[0],
+            &self.values[0],
+            &self.metadata[0],
+            &self.ttl_us[0],
+            last,
+        ];
+        let rows = st
+            .query(on, if cas { CAS_ONE } else { PUT_ONE }, &params)
+            .await
+            .map_err(|e| write_error_with(e, namespace, other))?;
+        if rows.is_empty() {
+            let key = &self.keys[0];
+            return Err(if if_absent {
+                already_exists(namespace, key).with_context("backend", BACKEND)
+            } else if cas {
+                // Read after the refusal, on the same connection (and transaction): the
+                // version that made the condition fail, or a newer one.
+                let row = st
+                    .query_opt(on, CURRENT_VERSION, &[&namespace, key])
+                    .await
+                    .map_err(|e| {
+                        other(e)
+                            .with_context("namespace", namespace)
+                            .with_context("key", validate::escape(key))
+                    })?;
+                let current = match row {
+                    Some(r) => Some(rows::version(r.try_get(0).map_err(pg)?)?),
+                    None => None,
+                };
+                version_conflict(namespace, key, current)
+            } else {
+                Error::internal("an unconditional put wrote no row")
+                    .with_context("namespace", namespace)
+                    .with_context("key", validate::escape(key))
+            });
+        }
+        self.entries(namespace, &rows)
     }
 
     /// The entries [`PUT`] wrote, from its rows (one per key, in order).
@@ -243,36 +391,39 @@ pub(crate) fn write_error_with(
             already_exists(namespace, &s.detail).with_context("backend", BACKEND)
         }
         Some(s) if s.state == KernelSqlState::VersionConflict => {
-            Error::conflict("the key is not at the expected version")
-                .with_context("namespace", namespace)
-                .with_context("key", validate::escape(&s.detail))
-                .with_context("backend", BACKEND)
-                .with_current_version(s.current_version())
+            version_conflict(namespace, &s.detail, s.current_version())
         }
         _ => other(err).with_context("namespace", namespace),
     }
 }
 
+/// The `Conflict` of a refused `IfVersion` put of `key`, carrying the live version (`None`:
+/// absent).
+fn version_conflict(namespace: &str, key: &str, current: Option<u64>) -> Error {
+    Error::conflict("the key is not at the expected version")
+        .with_context("namespace", namespace)
+        .with_context("key", validate::escape(key))
+        .with_context("backend", BACKEND)
+        .with_current_version(current)
+}
+
 impl PostgresDriver {
     async fn put_batch(&self, namespace: &str, arrays: PutArrays) -> Result<Vec<Entry>> {
         let mut client = self.client().await?;
-        let params = arrays.params(&namespace);
         let companion = companion::current();
         let mut tx = None;
         let on = match &companion {
             Some(c) => On::from(&*tx.insert(self.begin_with(&mut client, c).await?)),
             None => On::from(&client),
         };
-        let rows = self
-            .statements()
-            .query(on, PUT, &params)
-            .await
-            .map_err(|e| write_error(e, namespace))?;
+        let entries = arrays
+            .write(self.statements(), on, namespace, pg_write)
+            .await?;
         if let (Some(c), Some(tx)) = (companion, tx) {
             tx.commit().await.map_err(|e| write_error(e, namespace))?;
             c.mark_written();
         }
-        arrays.entries(namespace, &rows)
+        Ok(entries)
     }
 
     /// A transaction on `client` whose first write is a layer's companion event
@@ -344,14 +495,7 @@ impl PostgresDriver {
         let client = self.client().await?;
         let rows = self
             .statements()
-            .query(
-                &client,
-                &format!(
-                    "SELECT {ENTRY_COLUMNS} FROM kernel_documents d \
-                 WHERE d.namespace = $1 AND d.key = ANY ($2) AND {LIVE}"
-                ),
-                &[&namespace, &keys],
-            )
+            .query(&client, FETCH, &[&namespace, &keys])
             .await
             .map_err(|e| pg(e).with_context("namespace", namespace))?;
         rows.iter().map(|r| entry(namespace, r)).collect()
@@ -437,14 +581,7 @@ impl StorageDriver for PostgresDriver {
         let client = self.client().await?;
         let row = self
             .statements()
-            .query_opt(
-                &client,
-                &format!(
-                    "SELECT {ENTRY_COLUMNS} FROM kernel_documents d \
-                 WHERE d.namespace = $1 AND d.key = $2 AND {LIVE}"
-                ),
-                &[&namespace, &key],
-            )
+            .query_opt(&client, GET, &[&namespace, &key])
             .await
             .map_err(|e| {
                 pg(e)
@@ -478,14 +615,7 @@ impl StorageDriver for PostgresDriver {
         let client = self.client().await?;
         let row = self
             .statements()
-            .query_one(
-                &client,
-                &format!(
-                    "SELECT EXISTS (SELECT 1 FROM kernel_documents d \
-                 WHERE d.namespace = $1 AND d.key = $2 AND {LIVE})"
-                ),
-                &[&namespace, &key],
-            )
+            .query_one(&client, EXISTS, &[&namespace, &key])
             .await
             .map_err(|e| {
                 pg(e)
