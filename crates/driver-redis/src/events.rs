@@ -46,14 +46,18 @@ impl RedisDriver {
         }
         let log = self.inner.keys.log();
         let unfiltered = *filter == EventFilter::default();
-        // The newest head a notification announced: the first HMGET asks for the positions up
-        // to it (at least FIRST_BATCH, as more may have landed since) instead of a whole batch
-        // of mostly missing ones, the usual case of a subscription woken for one event. A
-        // full batch reads on, so an under-estimate costs a round trip, never an event.
+        // The newest head a notification announced: when it is past `after`, the first HMGET
+        // asks for the positions up to it (at least FIRST_BATCH, as more may have landed
+        // since) instead of a whole batch of mostly missing ones, the usual case of a
+        // subscription woken for one event. A full batch reads on, so an under-estimate costs
+        // a round trip, never an event. Without such a hint (no subscription on this driver,
+        // a poll) the first batch is what the caller wants, as before.
         let announced = self.inner.head.borrow().position;
-        let mut first_batch = announced
-            .saturating_sub(after)
-            .clamp(FIRST_BATCH, LOG_BATCH);
+        let mut first_batch = if announced > after {
+            (announced - after).clamp(FIRST_BATCH, LOG_BATCH)
+        } else {
+            LOG_BATCH
+        };
         loop {
             let want = if unfiltered {
                 (limit - out.len()) as u64

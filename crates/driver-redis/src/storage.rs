@@ -167,7 +167,7 @@ impl RedisDriver {
             .run(
                 &self.inner.scripts.scan,
                 "list",
-                vec![nk.data, nk.idx],
+                vec![nk.data, nk.idx, nk.ttl],
                 args,
             )
             .await

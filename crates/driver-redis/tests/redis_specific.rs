@@ -348,8 +348,28 @@ async fn undecodable_stored_data_is_corrupted_naming_the_key() {
         .unwrap();
     let e = expect_err(d.get(&ns, "bad").await, ErrorCode::Corrupted, "get");
     assert!(e.to_string().contains("bad"), "{e}");
-    // A key of the wrong Redis type under a kernel name.
+    // Listed too, in a namespace without TTLs (the scan script hands entries over unparsed)
+    // and in one with a TTL (the script parses each header).
     let idx = format!("{}{{d:{ns}}}:idx", server.prefix());
+    let _: i64 = raw
+        .zadd(idx.as_str(), None, None, false, false, (0.0, "bad"))
+        .await
+        .unwrap();
+    let e = expect_err(
+        d.list(&ns, &ListOptions::new()).await,
+        ErrorCode::Corrupted,
+        "list without TTLs",
+    );
+    assert!(e.to_string().contains("bad"), "{e}");
+    let ttl = PutOptions::new().ttl(Duration::from_secs(60));
+    d.put(&ns, "expiring", json!(1), ttl).await.unwrap();
+    let e = expect_err(
+        d.list(&ns, &ListOptions::new()).await,
+        ErrorCode::Corrupted,
+        "list with a TTL",
+    );
+    assert!(e.to_string().contains("bad"), "{e}");
+    // A key of the wrong Redis type under a kernel name.
     let _: () = raw.del(idx.as_str()).await.unwrap();
     let _: () = raw.set(idx.as_str(), "x", None, None, false).await.unwrap();
     let e = expect_err(
