@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
@@ -43,6 +43,8 @@ pub(crate) struct Inner {
     closed: AtomicBool,
     connection: Mutex<Option<ConnectHandle>>,
     pub(crate) generation: GenerationState,
+    /// Puts sent, to purge expired entries on one in `storage::PURGE_EVERY`.
+    pub(crate) puts: AtomicU64,
 }
 
 /// The dedicated pub/sub connection that turns append notifications into wake-ups.
@@ -152,6 +154,7 @@ impl RedisDriver {
                 closed: AtomicBool::new(false),
                 connection: Mutex::new(Some(handle)),
                 generation: GenerationState::default(),
+                puts: AtomicU64::new(0),
             }),
         };
         // Loading every script now fails fast on a server without scripting, and spares the

@@ -26,6 +26,8 @@ use crate::error::map_err;
 
 /// Positions read per `HMGET` when walking the global log.
 const LOG_BATCH: u64 = 256;
+/// Positions the first `HMGET` of a log walk asks for at least (see `read_log`).
+const FIRST_BATCH: u64 = 16;
 
 impl RedisDriver {
     /// Events after `after` matching `filter`, at most `limit`, and the last position examined
@@ -44,13 +46,26 @@ impl RedisDriver {
         }
         let log = self.inner.keys.log();
         let unfiltered = *filter == EventFilter::default();
+        // The newest head a notification announced: when it is past `after`, the first HMGET
+        // asks for the positions up to it (at least FIRST_BATCH, as more may have landed
+        // since) instead of a whole batch of mostly missing ones, the usual case of a
+        // subscription woken for one event. A full batch reads on, so an under-estimate costs
+        // a round trip, never an event. Without such a hint (no subscription on this driver,
+        // a poll) the first batch is what the caller wants, as before.
+        let announced = self.inner.head.borrow().position;
+        let mut first_batch = if announced > after {
+            (announced - after).clamp(FIRST_BATCH, LOG_BATCH)
+        } else {
+            LOG_BATCH
+        };
         loop {
             let want = if unfiltered {
                 (limit - out.len()) as u64
             } else {
                 LOG_BATCH
             };
-            let count = want.clamp(1, LOG_BATCH);
+            let count = want.clamp(1, LOG_BATCH).min(first_batch);
+            first_batch = LOG_BATCH;
             let Some(first) = at.checked_add(1) else {
                 return Ok((out, at));
             };

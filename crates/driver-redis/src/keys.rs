@@ -84,6 +84,11 @@ impl KeySpace {
         }
     }
 
+    /// The data hash of a namespace alone (`P{d:NS}:data`), for the plain-command reads.
+    pub(crate) fn data(&self, ns: &str) -> String {
+        format!("{}{{d:{ns}}}:data", self.prefix)
+    }
+
     /// The record of operation `id` in namespace `ns`: in the namespace's slot, so the script
     /// that writes the namespace checks and writes the record too. An id may hold braces, but
     /// the tag is the first `{...}`, which is the namespace's.
@@ -173,6 +178,7 @@ mod tests {
         for k in ns.all() {
             assert_eq!(redis_keyslot(k.as_bytes()), slot, "{k}");
         }
+        assert_eq!(ks.data("users"), ns.data);
         for id in ["op-1", "a}b", "{x}", "x}:meta"] {
             let record = ks.operation("users", id);
             assert_eq!(redis_keyslot(record.as_bytes()), slot, "{record}");

@@ -154,8 +154,9 @@ impl RedisDriver {
                 options,
             } => {
                 let items = vec![BatchPut::new(key, value).with_options(options)];
-                let args = put_args(ns, &items)?;
-                let kept = args.len();
+                let args = put_args(ns, &items, self.purge_due())?;
+                // The record keeps the request, not the trailing purge flag.
+                let kept = args.len() - 1;
                 match self.run_once(call(&scripts.put_once, args, kept)).await? {
                     Once::Replay(raw) => return replay(raw),
                     Once::Fresh(reply) => Outcome::Put(
@@ -166,8 +167,9 @@ impl RedisDriver {
                 }
             }
             Write::PutMany(items) => {
-                let args = put_args(ns, &items)?;
-                let kept = args.len();
+                let args = put_args(ns, &items, self.purge_due())?;
+                // The record keeps the request, not the trailing purge flag.
+                let kept = args.len() - 1;
                 match self.run_once(call(&scripts.put_once, args, kept)).await? {
                     Once::Replay(raw) => return replay(raw),
                     Once::Fresh(reply) => Outcome::PutMany(put_outcome(ns, items, reply)?),

@@ -6,14 +6,35 @@
 
 use fred::types::scripts::Script;
 
-/// Prepends the shared helpers to a script file.
+/// Prepends the clock and the document helpers to a document script file.
 macro_rules! lua {
     ($file:literal) => {
         concat!(
+            include_str!("lua/clock.lua"),
+            "\n",
             include_str!("lua/common.lua"),
             "\n",
             include_str!(concat!("lua/", $file))
         )
+    };
+}
+
+/// Prepends only the clock helpers: event, lock and rate-limit scripts use no document helper,
+/// and Redis runs a script's whole text (defining every helper) on each call.
+macro_rules! lua_clock {
+    ($file:literal) => {
+        concat!(
+            include_str!("lua/clock.lua"),
+            "\n",
+            include_str!(concat!("lua/", $file))
+        )
+    };
+}
+
+/// A script file alone, for scripts that need no helper.
+macro_rules! lua_bare {
+    ($file:literal) => {
+        include_str!(concat!("lua/", $file))
     };
 }
 
@@ -23,6 +44,8 @@ macro_rules! lua {
 macro_rules! lua_once {
     ($file:literal) => {
         concat!(
+            include_str!("lua/clock.lua"),
+            "\n",
             include_str!("lua/common.lua"),
             "\nlocal function apply()\n",
             include_str!(concat!("lua/", $file)),
@@ -95,14 +118,14 @@ impl Scripts {
             put_once: Lua::writes(lua_once!("put.lua")),
             delete_once: Lua::writes(lua_once!("delete.lua")),
             commit_once: Lua::writes(lua_once!("commit.lua")),
-            append: Lua::writes(lua!("append.lua")),
-            read_stream: Lua::reads(lua!("read_stream.lua")),
-            snapshot_save: Lua::writes(lua!("snapshot_save.lua")),
-            lock_acquire: Lua::writes(lua!("lock_acquire.lua")),
-            lock_release: Lua::writes(lua!("lock_release.lua")),
-            lock_extend: Lua::writes(lua!("lock_extend.lua")),
+            append: Lua::writes(lua_clock!("append.lua")),
+            read_stream: Lua::reads(lua_bare!("read_stream.lua")),
+            snapshot_save: Lua::writes(lua_clock!("snapshot_save.lua")),
+            lock_acquire: Lua::writes(lua_clock!("lock_acquire.lua")),
+            lock_release: Lua::writes(lua_bare!("lock_release.lua")),
+            lock_extend: Lua::writes(lua_clock!("lock_extend.lua")),
             // A check spends the quota: repeating it after a lost answer could spend it twice.
-            gcra: Lua::writes(lua!("gcra.lua")),
+            gcra: Lua::writes(lua_clock!("gcra.lua")),
         }
     }
 

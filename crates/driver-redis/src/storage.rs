@@ -1,6 +1,7 @@
 //! `StorageDriver` on Redis: one hash of encoded entries per namespace, a sorted set for
 //! byte-wise ordered listing, a sorted set of expiries, all changed by Lua scripts.
 
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -26,6 +27,11 @@ use crate::transaction::RedisTransaction;
 const SCAN_BATCH: usize = 1000;
 /// How often a metadata merge is retried when the entry changes under it.
 const MERGE_ATTEMPTS: usize = 32;
+/// One put in this many (per driver) asks `put.lua` to purge expired entries of its namespace;
+/// the others skip that ZRANGEBYSCORE unless they set a TTL themselves. Expired entries are
+/// invisible either way: the purge only gives their memory back, and a write that adds
+/// expiries always purges (up to 100), so purging keeps pace with whatever expires.
+const PURGE_EVERY: u64 = 16;
 
 fn ttl_arg(ttl: Option<Duration>) -> String {
     ttl.map(|t| micros(t).max(1).to_string())
@@ -40,7 +46,18 @@ struct ScanPage {
 }
 
 impl RedisDriver {
+    /// Whether this put should purge expired entries (one in [`PURGE_EVERY`]).
+    pub(crate) fn purge_due(&self) -> bool {
+        self.inner.puts.fetch_add(1, Ordering::Relaxed) % PURGE_EVERY == 0
+    }
+
     /// Reads the live entries at `keys` (in order).
+    ///
+    /// One plain `HMGET` of the encoded entries: an absent field is an absent document, and an
+    /// entry without a TTL is live whatever the clock says, so neither needs the server's time.
+    /// Only when an entry read carries an expiry is the answer taken again from the get script,
+    /// which compares it with `TIME` atomically (a client-side clock, or a `TIME` read beside
+    /// the `HMGET`, could be off by the gap between them); the TTL stays exact.
     pub(crate) async fn fetch(
         &self,
         ns: &str,
@@ -49,10 +66,52 @@ impl RedisDriver {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
-        let nk = self.inner.keys.namespace(ns);
+        self.ensure_open("get")?;
+        let data = self.inner.keys.data(ns);
+        let reply: RedisValue = self
+            .inner
+            .pool
+            .next_connected()
+            .hmget(data.as_str(), keys.to_vec())
+            .await
+            .map_err(|e| map_err(e, "get").with_context("namespace", ns))?;
+        let mut reply = Reply::new(reply, "get");
+        if reply.remaining() != keys.len() {
+            return Err(crate::error::bad_reply(
+                "get",
+                format!(
+                    "HMGET returned {} values for {} fields",
+                    reply.remaining(),
+                    keys.len()
+                ),
+            )
+            .with_context("namespace", ns));
+        }
+        let mut out = Vec::with_capacity(keys.len());
+        for key in keys {
+            let found = match reply.opt_bytes()? {
+                Some(raw) => Some(decode_entry(ns, key, &raw)?),
+                None => None,
+            };
+            if found.as_ref().is_some_and(|s| s.entry.expires_at.is_some()) {
+                return self.fetch_by_script(ns, data, keys).await;
+            }
+            out.push(found);
+        }
+        Ok(out)
+    }
+
+    /// [`RedisDriver::fetch`] through the get script: expiry checked against the server clock
+    /// in the same atomic step as the read.
+    async fn fetch_by_script(
+        &self,
+        ns: &str,
+        data: String,
+        keys: &[String],
+    ) -> Result<Vec<Option<StoredEntry>>> {
         let args = keys.iter().map(|k| RedisValue::from(k.as_str())).collect();
         let reply = self
-            .run(&self.inner.scripts.get, "get", vec![nk.data], args)
+            .run(&self.inner.scripts.get, "get", vec![data], args)
             .await
             .map_err(|e| e.with_context("namespace", ns))?;
         let mut reply = Reply::new(reply, "get");
@@ -69,7 +128,7 @@ impl RedisDriver {
     /// Puts a batch in one script call; returns the entries as written.
     async fn put_batch(&self, ns: &str, items: Vec<BatchPut>) -> Result<Vec<Entry>> {
         let nk = self.inner.keys.namespace(ns);
-        let args = put_args(ns, &items)?;
+        let args = put_args(ns, &items, self.purge_due())?;
         let reply = self
             .run(&self.inner.scripts.put, "put", nk.all(), args)
             .await
@@ -108,7 +167,7 @@ impl RedisDriver {
             .run(
                 &self.inner.scripts.scan,
                 "list",
-                vec![nk.data, nk.idx],
+                vec![nk.data, nk.idx, nk.ttl],
                 args,
             )
             .await
@@ -209,9 +268,10 @@ impl RedisDriver {
     }
 }
 
-/// The arguments of `put.lua` for a batch.
-pub(crate) fn put_args(ns: &str, items: &[BatchPut]) -> Result<Vec<RedisValue>> {
-    let mut args: Vec<RedisValue> = Vec::with_capacity(1 + items.len() * 7);
+/// The arguments of `put.lua` for a batch: the count, seven per item, then the purge flag
+/// (last, so an operation record keeps all but the last argument; see `operation.rs`).
+pub(crate) fn put_args(ns: &str, items: &[BatchPut], purge: bool) -> Result<Vec<RedisValue>> {
+    let mut args: Vec<RedisValue> = Vec::with_capacity(2 + items.len() * 7);
     args.push(RedisValue::from(items.len() as i64));
     for item in items {
         let (cond, version) = match item.options.condition {
@@ -240,6 +300,7 @@ pub(crate) fn put_args(ns: &str, items: &[BatchPut]) -> Result<Vec<RedisValue>> 
         }
         args.push(to_json(&item.value)?.into());
     }
+    args.push(if purge { "1" } else { "0" }.into());
     Ok(args)
 }
 

@@ -6,7 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use driver_redis::{RedisConfig, RedisDriver};
-use fred::interfaces::{ClientLike, HashesInterface, KeysInterface, LuaInterface};
+use fred::interfaces::{
+    ClientLike, HashesInterface, KeysInterface, LuaInterface, SortedSetsInterface,
+};
 use futures::StreamExt;
 use kernel_core::{
     ErrorCode, EventFilter, EventStore, ExpectedVersion, ListOptions, Lock, NewEvent, PutOptions,
@@ -124,6 +126,12 @@ async fn scripts_are_reloaded_after_script_flush() {
     );
     assert_eq!(e.version, 2);
     assert_eq!(d.get(&ns, "a").await.unwrap().unwrap().value, json!(2));
+    // A read of a document with a TTL goes through the get script (plain reads do not).
+    let ttl = PutOptions::new().ttl(Duration::from_secs(60));
+    expect_ok(d.put(&ns, "t", json!(3), ttl).await, "put with a TTL");
+    let _: () = raw.script_flush(false).await.unwrap();
+    let t = d.get(&ns, "t").await.unwrap().unwrap();
+    assert_eq!((t.value, t.expires_at.is_some()), (json!(3), true));
     raw.quit().await.unwrap();
     d.shutdown().await.unwrap();
 }
@@ -167,6 +175,75 @@ async fn a_namespace_lives_under_the_prefix_in_one_slot() {
     d.shutdown().await.unwrap();
 }
 
+/// `put.lua` skips the index writes a stored key does not need; whatever was stored before, the
+/// key must end in `idx`, and in `ttl` exactly when the new entry expires, or a later purge would
+/// delete a live entry (or leave an expired one listed).
+#[tokio::test]
+async fn overwrites_keep_the_index_and_expiry_sets_exact() {
+    let server = RedisTestServer::start().await;
+    let d = driver(&server).await;
+    let raw = server.raw_client().await;
+    let ns = unique("ns");
+    let idx = format!("{}{{d:{ns}}}:idx", server.prefix());
+    let ttl = format!("{}{{d:{ns}}}:ttl", server.prefix());
+    let sets = |key: &'static str| {
+        let (raw, idx, ttl) = (raw.clone(), idx.clone(), ttl.clone());
+        async move {
+            let i: Option<f64> = raw.zscore(idx.as_str(), key).await.unwrap();
+            let t: Option<f64> = raw.zscore(ttl.as_str(), key).await.unwrap();
+            (i.is_some(), t.is_some())
+        }
+    };
+    let short = || PutOptions::new().ttl(Duration::from_millis(50));
+    // live TTL entry -> no TTL
+    d.put(&ns, "a", json!(1), short()).await.unwrap();
+    assert_eq!(sets("a").await, (true, true));
+    d.put(&ns, "a", json!(2), PutOptions::new()).await.unwrap();
+    assert_eq!(sets("a").await, (true, false));
+    // expired (unpurged) entry -> no TTL
+    d.put(&ns, "b", json!(1), short()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(120)).await;
+    d.put(&ns, "b", json!(2), PutOptions::new()).await.unwrap();
+    assert_eq!(sets("b").await, (true, false));
+    // no TTL -> TTL -> no TTL, and a fresh key with a TTL
+    d.put(&ns, "c", json!(1), PutOptions::new()).await.unwrap();
+    assert_eq!(sets("c").await, (true, false));
+    d.put(
+        &ns,
+        "c",
+        json!(2),
+        PutOptions::new().ttl(Duration::from_secs(60)),
+    )
+    .await
+    .unwrap();
+    assert_eq!(sets("c").await, (true, true));
+    d.put(&ns, "c", json!(3), PutOptions::new()).await.unwrap();
+    assert_eq!(sets("c").await, (true, false));
+    // A put with a TTL purges: the entries that lost their TTL survive it.
+    d.put(&ns, "d", json!(1), short()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(120)).await;
+    d.put(
+        &ns,
+        "e",
+        json!(1),
+        PutOptions::new().ttl(Duration::from_secs(60)),
+    )
+    .await
+    .unwrap();
+    assert_eq!(sets("d").await, (false, false));
+    for (key, value) in [("a", 2), ("b", 2), ("c", 3)] {
+        let e = d.get(&ns, key).await.unwrap().expect(key);
+        assert_eq!((e.value, e.expires_at), (json!(value), None), "{key}");
+    }
+    assert_eq!(
+        d.list_keys(&ns, &ListOptions::new()).await.unwrap(),
+        vec!["a", "b", "c", "e"]
+    );
+    assert_eq!(d.count(&ns, None).await.unwrap(), 4);
+    raw.quit().await.unwrap();
+    d.shutdown().await.unwrap();
+}
+
 #[tokio::test]
 async fn expired_entries_are_invisible_before_clean_up_and_purged_by_a_later_write() {
     let server = RedisTestServer::start().await;
@@ -199,12 +276,58 @@ async fn expired_entries_are_invisible_before_clean_up_and_purged_by_a_later_wri
         vec!["long"]
     );
     assert_eq!(d.query(&ns, &Query::new()).await.unwrap().len(), 1);
-    // A write to the namespace gives the memory back.
-    d.put(&ns, "other", json!(3), PutOptions::new())
-        .await
-        .unwrap();
-    let still: bool = raw.hexists(data.as_str(), "short").await.unwrap();
-    assert!(!still, "the write purged the expired entry");
+    // Later writes give the memory back: one put in 16 (per driver) purges, and so does any
+    // put that sets a TTL. Sixteen plain puts must have purged it; until then it stays
+    // invisible.
+    let mut purged_after = None;
+    for i in 0..16 {
+        d.put(&ns, &format!("other{i}"), json!(3), PutOptions::new())
+            .await
+            .unwrap();
+        assert_eq!(d.get(&ns, "short").await.unwrap(), None);
+        if !raw
+            .hexists::<bool, _, _>(data.as_str(), "short")
+            .await
+            .unwrap()
+        {
+            purged_after = Some(i + 1);
+            break;
+        }
+    }
+    assert!(
+        purged_after.is_some(),
+        "sixteen writes did not purge the expired entry"
+    );
+    let idx = format!("{}{{d:{ns}}}:idx", server.prefix());
+    let ttl = format!("{}{{d:{ns}}}:ttl", server.prefix());
+    let indexed: Option<f64> = raw.zscore(idx.as_str(), "short").await.unwrap();
+    let expiring: Option<f64> = raw.zscore(ttl.as_str(), "short").await.unwrap();
+    assert_eq!((indexed, expiring), (None, None), "purged from both sets");
+    // A put with a TTL purges at once.
+    d.put(
+        &ns,
+        "short2",
+        json!(1),
+        PutOptions::new().ttl(Duration::from_millis(50)),
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(120)).await;
+    assert!(
+        raw.hexists::<bool, _, _>(data.as_str(), "short2")
+            .await
+            .unwrap()
+    );
+    d.put(
+        &ns,
+        "short3",
+        json!(1),
+        PutOptions::new().ttl(Duration::from_secs(60)),
+    )
+    .await
+    .unwrap();
+    let still: bool = raw.hexists(data.as_str(), "short2").await.unwrap();
+    assert!(!still, "a put with a TTL purged the expired entry");
     raw.quit().await.unwrap();
     d.shutdown().await.unwrap();
 }
@@ -225,8 +348,28 @@ async fn undecodable_stored_data_is_corrupted_naming_the_key() {
         .unwrap();
     let e = expect_err(d.get(&ns, "bad").await, ErrorCode::Corrupted, "get");
     assert!(e.to_string().contains("bad"), "{e}");
-    // A key of the wrong Redis type under a kernel name.
+    // Listed too, in a namespace without TTLs (the scan script hands entries over unparsed)
+    // and in one with a TTL (the script parses each header).
     let idx = format!("{}{{d:{ns}}}:idx", server.prefix());
+    let _: i64 = raw
+        .zadd(idx.as_str(), None, None, false, false, (0.0, "bad"))
+        .await
+        .unwrap();
+    let e = expect_err(
+        d.list(&ns, &ListOptions::new()).await,
+        ErrorCode::Corrupted,
+        "list without TTLs",
+    );
+    assert!(e.to_string().contains("bad"), "{e}");
+    let ttl = PutOptions::new().ttl(Duration::from_secs(60));
+    d.put(&ns, "expiring", json!(1), ttl).await.unwrap();
+    let e = expect_err(
+        d.list(&ns, &ListOptions::new()).await,
+        ErrorCode::Corrupted,
+        "list with a TTL",
+    );
+    assert!(e.to_string().contains("bad"), "{e}");
+    // A key of the wrong Redis type under a kernel name.
     let _: () = raw.del(idx.as_str()).await.unwrap();
     let _: () = raw.set(idx.as_str(), "x", None, None, false).await.unwrap();
     let e = expect_err(

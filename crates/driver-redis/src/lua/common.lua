@@ -1,18 +1,9 @@
--- Shared helpers, prepended to every document script.
+-- Shared helpers of the document scripts (after clock.lua).
 --
 -- An entry is stored as one string in the namespace's data hash:
 --   VERSION:CREATED:UPDATED:EXPIRES:REV:METALEN:<metadata JSON><value JSON>
 -- (times in microseconds of the server clock, EXPIRES empty without TTL, METALEN in bytes), so
 -- scripts read the header without ever decoding (and so re-encoding) user JSON.
-
-local function now_us()
-  local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000000 + tonumber(t[2])
-end
-
-local function fmt(n)
-  return string.format('%.0f', n)
-end
 
 -- Parses an entry's header; nil for a missing entry, false for an undecodable one.
 local function parse(raw)

@@ -11,10 +11,13 @@ if redis.call('EXISTS', KEYS[1]) == 1 then
   return false
 end
 local now = now_us()
-if redis.call('EXISTS', KEYS[2]) == 0 then
-  local ms = math.floor(now / 1000)
-  redis.call('SET', KEYS[2], fmt(math.max(0, ms - 1577836800000) * 1024))
-end
+-- INCR answers 1 only for a missing counter (a stored one is at least its seed + 1), so the
+-- counter is seeded only then, without an EXISTS on every acquire.
 local fence = redis.call('INCR', KEYS[2])
+if fence == 1 then
+  local ms = math.floor(now / 1000)
+  fence = math.max(0, ms - 1577836800000) * 1024 + 1
+  redis.call('SET', KEYS[2], fmt(fence))
+end
 redis.call('SET', KEYS[1], ARGV[1] .. ':' .. fmt(fence), 'PX', ARGV[2])
 return { fence, fmt(now) }
