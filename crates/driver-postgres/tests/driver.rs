@@ -417,3 +417,103 @@ async fn status_reads_estimates_not_counts() {
         "{status:?}"
     );
 }
+
+/// One batch mixing every per-row choice of migration 0008's `kernel_put`: the first row's
+/// flags are the batch default, the other rows reach the upsert's conflict arm through the
+/// key -> flags object. Metadata kept (none given) or replaced (even by `{}`), `IfAbsent` over
+/// an expired row (version restarts, metadata starts afresh), `IfVersion` in the same call;
+/// then a refused `IfAbsent` behind a writable row leaves everything as it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_mixing_conditions_and_metadata_keeps_each_rows_semantics() {
+    use kernel_core::BatchPut;
+    let (driver, _db) = common::driver().await;
+    let ns = unique("mixed");
+    let meta = |k: &str| {
+        let mut m = kernel_core::Metadata::new();
+        m.insert(k.to_owned(), json!(1));
+        m
+    };
+    for (key, ttl) in [
+        ("keep", None),
+        ("empty", None),
+        ("cas", None),
+        ("gone", Some(20)),
+    ] {
+        let mut options = PutOptions::new().metadata(meta(key));
+        if let Some(ms) = ttl {
+            options = options.ttl(Duration::from_millis(ms));
+        }
+        expect_ok(driver.put(&ns, key, json!(0), options).await, "seed");
+    }
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    let written = expect_ok(
+        driver
+            .put_many(
+                &ns,
+                vec![
+                    BatchPut::new("keep", json!(1)),
+                    BatchPut::new("empty", json!(2))
+                        .with_options(PutOptions::new().metadata(kernel_core::Metadata::new())),
+                    BatchPut::new("gone", json!(3)).with_options(PutOptions::new().if_absent()),
+                    BatchPut::new("cas", json!(4)).with_options(PutOptions::new().if_version(1)),
+                    BatchPut::new("new", json!(5)).with_options(PutOptions::new().if_absent()),
+                ],
+            )
+            .await,
+        "mixed batch",
+    );
+    let seen: Vec<(&str, u64, Value)> = written
+        .iter()
+        .map(|e| (e.key.as_str(), e.version, Value::Object(e.metadata.clone())))
+        .collect();
+    assert_eq!(
+        seen,
+        vec![
+            ("keep", 2, json!({"keep": 1})),
+            ("empty", 2, json!({})),
+            ("gone", 1, json!({})),
+            ("cas", 2, json!({"cas": 1})),
+            ("new", 1, json!({})),
+        ],
+        "entries in input order, each with its own row's semantics"
+    );
+    assert!(written.iter().all(|e| e.expires_at.is_none()));
+    assert_eq!(written[0].value, json!(1));
+
+    let err = expect_err(
+        driver
+            .put_many(
+                &ns,
+                vec![
+                    BatchPut::new("keep", json!(9)),
+                    BatchPut::new("other", json!(9)),
+                    BatchPut::new("new", json!(9)).with_options(PutOptions::new().if_absent()),
+                    BatchPut::new("cas", json!(9)).with_options(PutOptions::new().if_version(1)),
+                ],
+            )
+            .await,
+        ErrorCode::AlreadyExists,
+        "the first refused row decides",
+    );
+    assert!(err.to_string().contains("new"), "{err}");
+    let keep = expect_ok(driver.get(&ns, "keep").await, "get").expect("keep is live");
+    assert_eq!((keep.version, keep.value), (2, json!(1)), "nothing written");
+    assert!(expect_ok(driver.get(&ns, "other").await, "get").is_none());
+
+    let err = expect_err(
+        driver
+            .put(&ns, "cas", json!(9), PutOptions::new().if_version(1))
+            .await,
+        ErrorCode::Conflict,
+        "a single refused compare-and-set",
+    );
+    assert_eq!(err.current_version(), Some(2), "{err}");
+    let err = expect_err(
+        driver
+            .put(&ns, "absent", json!(9), PutOptions::new().if_version(1))
+            .await,
+        ErrorCode::Conflict,
+        "a compare-and-set on an absent key",
+    );
+    assert_eq!(err.current_version(), None, "{err}");
+}
