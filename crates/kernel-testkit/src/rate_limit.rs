@@ -156,8 +156,9 @@ pub async fn denied_has_retry_after_within_period<R: RateLimiter + ?Sized + 'sta
 pub async fn refills_over_time<R: RateLimiter + ?Sized + 'static>(limiter: Arc<R>) {
     let r = &*limiter;
     let key = unique("rl");
-    // One unit every 200 ms.
-    let quota = Quota::new(5, Duration::from_secs(1));
+    // One unit a second: the exhausting checks must all land before a refill, also over TLS on
+    // a loaded machine (one unit every 200 ms flaked there).
+    let quota = Quota::new(5, Duration::from_secs(5));
     exhaust(r, &key, &quota).await;
     let denied = check(r, &key, &quota, 1).await;
     assert!(!denied.allowed, "denied once exhausted: {denied:?}");
@@ -200,7 +201,9 @@ pub async fn denied_check_consumes_nothing<R: RateLimiter + ?Sized + 'static>(li
 pub async fn cost_consumes_several<R: RateLimiter + ?Sized + 'static>(limiter: Arc<R>) {
     let r = &*limiter;
     let key = unique("rl");
-    let quota = Quota::new(10, Duration::from_secs(10));
+    // One unit every 10 s: no refill between the checks however slow the machine (one unit a
+    // second refilled during a loaded run and left 3 where 2 were expected).
+    let quota = Quota::new(10, Duration::from_secs(100));
     let d = check(r, &key, &quota, 4).await;
     assert_eq!((d.allowed, d.remaining), (true, 6), "{d:?}");
     let d = check(r, &key, &quota, 4).await;
@@ -372,7 +375,8 @@ pub async fn reset_of_unknown_key_is_ok<R: RateLimiter + ?Sized + 'static>(limit
 /// 20 concurrent checks against a quota of 10: exactly 10 are allowed.
 pub async fn race_exactly_limit_allowed<R: RateLimiter + ?Sized + 'static>(limiter: Arc<R>) {
     let key = unique("rl");
-    let quota = Quota::new(10, Duration::from_secs(10));
+    // One unit every 10 s, so no refill lands among the 20 checks on a slow machine.
+    let quota = Quota::new(10, Duration::from_secs(100));
     let tasks: Vec<_> = (0..20)
         .map(|_| {
             let limiter = limiter.clone();
