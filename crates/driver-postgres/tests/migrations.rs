@@ -65,13 +65,14 @@ async fn up_status_rollback_round_trip() {
             (4, "generation".to_owned(), 64, true),
             (5, "event_recorded_at".to_owned(), 64, true),
             (6, "console_sql".to_owned(), 64, true),
-            (7, "tenancy".to_owned(), 64, true)
+            (7, "tenancy".to_owned(), 64, true),
+            (9, "event_appends".to_owned(), 64, true)
         ],
         "version, name, sha-256 hex, time"
     );
 
-    let reverted = expect_ok(m.rollback(&client, 5).await, "rollback 5");
-    assert_eq!(reverted, vec![7, 6, 5, 4, 3]);
+    let reverted = expect_ok(m.rollback(&client, 6).await, "rollback 6");
+    assert_eq!(reverted, vec![9, 7, 6, 5, 4, 3]);
     assert_eq!(tables(&client).await, 7, "0002's tables");
     let reverted = expect_ok(m.rollback(&client, 1).await, "rollback 1 more");
     assert_eq!(reverted, vec![2]);
@@ -86,7 +87,7 @@ async fn up_status_rollback_round_trip() {
     assert!(expect_ok(m.rollback(&client, 1).await, "rollback of nothing").is_empty());
     assert_eq!(
         expect_ok(m.up(&client).await, "up again"),
-        vec![1, 2, 3, 4, 5, 6, 7]
+        vec![1, 2, 3, 4, 5, 6, 7, 9]
     );
 }
 
@@ -144,7 +145,7 @@ async fn concurrent_migrators_are_serialised() {
     applied.sort_unstable();
     assert_eq!(
         applied,
-        vec![1, 2, 3, 4, 5, 6, 7],
+        vec![1, 2, 3, 4, 5, 6, 7, 9],
         "exactly one runner applied each migration"
     );
     let client = common::raw_client(db.url()).await;
@@ -153,7 +154,7 @@ async fn concurrent_migrators_are_serialised() {
         .await
         .unwrap_or_else(|e| panic!("count: {e}"))
         .get(0);
-    assert_eq!(n, 7);
+    assert_eq!(n, MIGRATIONS.len() as i64);
 }
 
 /// `connect` migrates on boot by default; with it off, a missing schema shows up as a `Config`
@@ -194,8 +195,8 @@ async fn event_txid_migration_carries_waiting_events_both_ways() {
     let m = Migrator::new();
     expect_ok(m.up(&client).await, "up");
     assert_eq!(
-        expect_ok(m.rollback(&client, 6).await, "down to 0001"),
-        vec![7, 6, 5, 4, 3, 2]
+        expect_ok(m.rollback(&client, 7).await, "down to 0001"),
+        vec![9, 7, 6, 5, 4, 3, 2]
     );
 
     let append = |stream: &'static str, ty: &'static str| {
@@ -269,7 +270,7 @@ async fn event_txid_migration_carries_waiting_events_both_ways() {
     // Up to 0002: the waiting two are numbered next, then new appends after them.
     assert_eq!(
         expect_ok(m.up(&client).await, "up to 0002"),
-        vec![2, 3, 4, 5, 6, 7]
+        vec![2, 3, 4, 5, 6, 7, 9]
     );
     let waiting: i64 = client
         .query_one("SELECT kernel_events_unpositioned()", &[])
@@ -285,8 +286,8 @@ async fn event_txid_migration_carries_waiting_events_both_ways() {
     // Down again with one waiting: 0001's sequencer numbers it next.
     append("order-4", "F").await;
     assert_eq!(
-        expect_ok(m.rollback(&client, 6).await, "down again"),
-        vec![7, 6, 5, 4, 3, 2]
+        expect_ok(m.rollback(&client, 7).await, "down again"),
+        vec![9, 7, 6, 5, 4, 3, 2]
     );
     sequence().await;
     append("order-4", "G").await;
@@ -399,7 +400,8 @@ async fn the_kernels_old_record_table_is_adopted() {
             record("kernel", 4, "generation", true),
             record("kernel", 5, "event_recorded_at", true),
             record("kernel", 6, "console_sql", true),
-            record("kernel", 7, "tenancy", true)
+            record("kernel", 7, "tenancy", true),
+            record("kernel", 9, "event_appends", true)
         ],
         "rows moved with their original times"
     );
@@ -426,7 +428,7 @@ async fn the_kernels_old_record_table_is_adopted() {
     assert!(!table_exists(&client, "schema_migrations").await);
     assert_eq!(
         expect_ok(m.up(&client).await, "kernel up"),
-        vec![2, 3, 4, 5, 6, 7]
+        vec![2, 3, 4, 5, 6, 7, 9]
     );
     assert_eq!(
         records(&client).await,
@@ -438,7 +440,8 @@ async fn the_kernels_old_record_table_is_adopted() {
             record("kernel", 4, "generation", false),
             record("kernel", 5, "event_recorded_at", false),
             record("kernel", 6, "console_sql", false),
-            record("kernel", 7, "tenancy", false)
+            record("kernel", 7, "tenancy", false),
+            record("kernel", 9, "event_appends", false)
         ]
     );
 }
@@ -514,7 +517,7 @@ async fn a_foreign_schema_migrations_is_left_alone() {
         );
         assert_eq!(
             expect_ok(m.up(&client).await, case),
-            vec![1, 2, 3, 4, 5, 6, 7],
+            vec![1, 2, 3, 4, 5, 6, 7, 9],
             "{case}"
         );
         assert_eq!(snapshot().await, before, "{case}: untouched");
@@ -527,7 +530,8 @@ async fn a_foreign_schema_migrations_is_left_alone() {
                 record("kernel", 4, "generation", false),
                 record("kernel", 5, "event_recorded_at", false),
                 record("kernel", 6, "console_sql", false),
-                record("kernel", 7, "tenancy", false)
+                record("kernel", 7, "tenancy", false),
+                record("kernel", 9, "event_appends", false)
             ],
             "{case}"
         );
@@ -649,7 +653,7 @@ async fn app_migrations_run_in_their_own_space() {
     );
     assert_eq!(
         expect_ok(Migrator::new().up(&client).await, "kernel up"),
-        vec![1, 2, 3, 4, 5, 6, 7]
+        vec![1, 2, 3, 4, 5, 6, 7, 9]
     );
     static REPORTS: &[Migration] = &[Migration::new(
         1,
@@ -671,6 +675,7 @@ async fn app_migrations_run_in_their_own_space() {
             record("kernel", 5, "event_recorded_at", false),
             record("kernel", 6, "console_sql", false),
             record("kernel", 7, "tenancy", false),
+            record("kernel", 9, "event_appends", false),
             record("reports", 1, "reports", false),
         ]
     );
@@ -815,7 +820,8 @@ async fn runners_of_several_spaces_are_serialised() {
             ("kernel".to_owned(), 4),
             ("kernel".to_owned(), 5),
             ("kernel".to_owned(), 6),
-            ("kernel".to_owned(), 7)
+            ("kernel".to_owned(), 7),
+            ("kernel".to_owned(), 9)
         ]
     );
 }
