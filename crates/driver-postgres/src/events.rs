@@ -118,10 +118,20 @@ impl LogReader {
 }
 
 impl PostgresDriver {
-    /// Remembers the highest of `positions` for the data-loss check.
+    /// Remembers the highest of `positions` for the data-loss check, and wakes this driver's
+    /// subscriptions: they need not wait for the pass's `NOTIFY kernel_events` to come back
+    /// through the listener's connection. A subscription woken before the pass's commit is
+    /// visible reads nothing new and waits for the notification as before.
     fn note_positions(&self, positions: &[u64]) {
-        if let Some(max) = positions.iter().max() {
-            self.inner.generation.saw(*max);
+        if let Some(&max) = positions.iter().max() {
+            self.inner.generation.saw(max);
+            self.inner.head.send_if_modified(|h| {
+                let newer = max > h.position;
+                if newer {
+                    h.position = max;
+                }
+                newer
+            });
         }
     }
 

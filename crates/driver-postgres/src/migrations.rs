@@ -181,6 +181,12 @@ pub const MIGRATIONS: &[Migration] = &[
         include_str!("../migrations/0008_set_based_put.down.sql"),
     ),
     Migration::new(
+        9,
+        "event_appends",
+        include_str!("../migrations/0009_event_appends.up.sql"),
+        include_str!("../migrations/0009_event_appends.down.sql"),
+    ),
+    Migration::new(
         10,
         "field_indexes",
         include_str!("../migrations/0010_field_indexes.up.sql"),
@@ -954,9 +960,8 @@ mod tests {
 
     #[test]
     fn kernel_migrations_are_numbered_in_order_and_paired() {
-        // Strictly increasing from 1. Numbers may be skipped: a number is reserved for a
-        // migration when work on it starts (0008 and 0009 are taken by branches merged apart
-        // from 0010's), and the runner applies whatever is pending in order.
+        // Strictly increasing from 1. Numbers may be skipped (a branch takes its number when
+        // work on it starts); the runner applies whatever is pending, in order.
         let mut previous = 0;
         for m in MIGRATIONS {
             assert!(m.version > previous, "{} after {previous}", m.label());

@@ -6,7 +6,8 @@
 //! task per driver, which keeps one batch on the wire ([`BATCHES_IN_FLIGHT`]) and starts the
 //! next batch with everything that queued meanwhile. Under light load a batch holds one append
 //! and goes out at once (no added wait); under load the batches grow and the per-append cost
-//! falls towards the cost of its rows.
+//! falls towards the cost of its rows. A batch smaller than the one before it waits up to
+//! [`GATHER_WAIT`] for the appenders still on their way back from the last batch's pass.
 //!
 //! Each append in a batch is checked and written on its own: a failed expected version writes
 //! nothing of that append and does not affect the others. The batch takes every stream's lock
@@ -18,10 +19,12 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use deadpool_postgres::Pool;
 use kernel_core::{Error, ErrorStatus, NewEvent, Result, Uuid, Value};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+use tokio::time::Instant;
 use tokio_postgres::types::ToSql;
 
 use crate::codes::{AppendStatus, ExpectedKind};
@@ -45,6 +48,15 @@ const MAX_EVENTS: usize = 1000;
 /// driver hold each other's events back from numbering (the sequencer numbers only below the
 /// oldest running transaction), and split the queue into smaller batches.
 const BATCHES_IN_FLIGHT: usize = 1;
+
+/// The longest a batch waits for appends to make it as large as the one before it. Under steady
+/// load each batch's appenders come back with their next append only after the pass behind
+/// their batch has answered, while the next batch leaves at the previous one's commit, before
+/// that pass: without a wait, concurrent appenders split into two alternating half-size
+/// batches, each paying a whole commit (measured: 16 appenders, batches of about 8). The wait
+/// ends as soon as the batch is as large as the last one, so a single appender never waits,
+/// and a shrinking load costs one wait before the batches shrink with it.
+const GATHER_WAIT: Duration = Duration::from_millis(2);
 
 /// One append, as the writer needs it.
 pub(crate) struct AppendRequest {
@@ -145,6 +157,9 @@ fn stopped() -> Error {
 
 async fn run(target: Target, mut rx: mpsc::UnboundedReceiver<Pending>) {
     let in_flight = Arc::new(Semaphore::new(BATCHES_IN_FLIGHT));
+    // How many appends the last batch held: under steady load about as many appenders come
+    // back for the next one (see `GATHER_WAIT`).
+    let mut last_len = 1;
     let mut carried: Option<Pending> = None;
     loop {
         let first = match carried.take() {
@@ -161,8 +176,22 @@ async fn run(target: Target, mut rx: mpsc::UnboundedReceiver<Pending>) {
         };
         let mut events = first.request.events.len();
         let mut batch = vec![first];
+        let mut deadline = None;
         while batch.len() < MAX_APPENDS {
-            let Ok(next) = rx.try_recv() else { break };
+            let next = match rx.try_recv() {
+                Ok(next) => next,
+                // Fewer than last time: the rest are likely on their way back from the pass
+                // behind the last batch. Wait for them a moment rather than send a batch of
+                // half of them now and the other half right behind it.
+                Err(_) if batch.len() < last_len => {
+                    let until = *deadline.get_or_insert_with(|| Instant::now() + GATHER_WAIT);
+                    match tokio::time::timeout_at(until, rx.recv()).await {
+                        Ok(Some(next)) => next,
+                        _ => break,
+                    }
+                }
+                Err(_) => break,
+            };
             if events + next.request.events.len() > MAX_EVENTS
                 || next.request.tenant != batch[0].request.tenant
             {
@@ -172,6 +201,7 @@ async fn run(target: Target, mut rx: mpsc::UnboundedReceiver<Pending>) {
             events += next.request.events.len();
             batch.push(next);
         }
+        last_len = batch.len();
         // An appender that gave up before its append left is not written for.
         batch.retain(|p| !p.reply.is_closed());
         if batch.is_empty() {

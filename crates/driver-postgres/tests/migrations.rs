@@ -210,7 +210,7 @@ async fn event_txid_migration_carries_waiting_events_both_ways() {
     expect_ok(m.up(&client).await, "up");
     assert_eq!(
         expect_ok(m.rollback(&client, 7).await, "down to 0001"),
-        vec![10, 8, 7, 6, 5, 4, 3, 2]
+        vec![10, 9, 8, 7, 6, 5, 4, 3, 2]
     );
 
     let append = |stream: &'static str, ty: &'static str| {
@@ -284,7 +284,7 @@ async fn event_txid_migration_carries_waiting_events_both_ways() {
     // Up to 0002: the waiting two are numbered next, then new appends after them.
     assert_eq!(
         expect_ok(m.up(&client).await, "up to 0002"),
-        vec![2, 3, 4, 5, 6, 7, 8, 10]
+        vec![2, 3, 4, 5, 6, 7, 8, 9, 10]
     );
     let waiting: i64 = client
         .query_one("SELECT kernel_events_unpositioned()", &[])
@@ -301,7 +301,7 @@ async fn event_txid_migration_carries_waiting_events_both_ways() {
     append("order-4", "F").await;
     assert_eq!(
         expect_ok(m.rollback(&client, 7).await, "down again"),
-        vec![10, 8, 7, 6, 5, 4, 3, 2]
+        vec![10, 9, 8, 7, 6, 5, 4, 3, 2]
     );
     sequence().await;
     append("order-4", "G").await;
@@ -416,6 +416,7 @@ async fn the_kernels_old_record_table_is_adopted() {
             record("kernel", 6, "console_sql", true),
             record("kernel", 7, "tenancy", true),
             record("kernel", 8, "set_based_put", true),
+            record("kernel", 9, "event_appends", true),
             record("kernel", 10, "field_indexes", true)
         ],
         "rows moved with their original times"
@@ -443,7 +444,7 @@ async fn the_kernels_old_record_table_is_adopted() {
     assert!(!table_exists(&client, "schema_migrations").await);
     assert_eq!(
         expect_ok(m.up(&client).await, "kernel up"),
-        vec![2, 3, 4, 5, 6, 7, 8, 10]
+        vec![2, 3, 4, 5, 6, 7, 8, 9, 10]
     );
     assert_eq!(
         records(&client).await,
@@ -457,6 +458,7 @@ async fn the_kernels_old_record_table_is_adopted() {
             record("kernel", 6, "console_sql", false),
             record("kernel", 7, "tenancy", false),
             record("kernel", 8, "set_based_put", false),
+            record("kernel", 9, "event_appends", false),
             record("kernel", 10, "field_indexes", false)
         ]
     );
@@ -533,7 +535,7 @@ async fn a_foreign_schema_migrations_is_left_alone() {
         );
         assert_eq!(
             expect_ok(m.up(&client).await, case),
-            vec![1, 2, 3, 4, 5, 6, 7, 8, 10],
+            vec![1, 2, 3, 4, 5, 6, 7, 8, 9, 10],
             "{case}"
         );
         assert_eq!(snapshot().await, before, "{case}: untouched");
@@ -548,6 +550,7 @@ async fn a_foreign_schema_migrations_is_left_alone() {
                 record("kernel", 6, "console_sql", false),
                 record("kernel", 7, "tenancy", false),
                 record("kernel", 8, "set_based_put", false),
+                record("kernel", 9, "event_appends", false),
                 record("kernel", 10, "field_indexes", false)
             ],
             "{case}"
@@ -670,7 +673,7 @@ async fn app_migrations_run_in_their_own_space() {
     );
     assert_eq!(
         expect_ok(Migrator::new().up(&client).await, "kernel up"),
-        vec![1, 2, 3, 4, 5, 6, 7, 8, 10]
+        vec![1, 2, 3, 4, 5, 6, 7, 8, 9, 10]
     );
     static REPORTS: &[Migration] = &[Migration::new(
         1,
@@ -693,6 +696,7 @@ async fn app_migrations_run_in_their_own_space() {
             record("kernel", 6, "console_sql", false),
             record("kernel", 7, "tenancy", false),
             record("kernel", 8, "set_based_put", false),
+            record("kernel", 9, "event_appends", false),
             record("kernel", 10, "field_indexes", false),
             record("reports", 1, "reports", false),
         ]
