@@ -861,6 +861,14 @@ mod tests {
         let batch_once = kernel_core::Write::PutMany(vec![BatchPut::new("k", json!(1))]);
         s.write_once("n", &id, batch_once).await.unwrap();
         s.operation("n", &id).await.unwrap().unwrap();
+        let info = s
+            .create_index("n", &kernel_core::IndexSpec::new("a.b"))
+            .await
+            .unwrap();
+        assert_eq!(info.namespace, "n", "the caller's namespace");
+        let listed = s.list_indexes("n").await.unwrap();
+        assert_eq!(listed[0].namespace, "n", "the caller's namespace");
+        assert!(s.drop_index("n", "a.b").await.unwrap());
         let tx = s.begin().await.unwrap();
         tx.commit_once("n", &kernel_core::OperationId::new("tx").unwrap())
             .await
@@ -921,6 +929,9 @@ mod tests {
                 "write_once",
                 "write_once",
                 "operation",
+                "create_index",
+                "list_indexes",
+                "drop_index",
                 "begin",
                 "tx.commit_once",
                 "append",
