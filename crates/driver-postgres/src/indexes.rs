@@ -2,14 +2,16 @@
 //! partial expression index on `kernel_documents` per declared (namespace, field),
 //!
 //! ```sql
-//! CREATE INDEX CONCURRENTLY kernel_fidx_<hash> ON kernel_documents
+//! CREATE INDEX CONCURRENTLY kernel_fidx_<hash> ON kernel_documents USING hash
 //!     ((value #> ARRAY[E'group']::text[])) WHERE namespace = E'orders'
 //! ```
 //!
 //! recorded in `kernel_field_indexes` (migration 0010) so that every process on the database
-//! knows it. A B-tree on the field's `jsonb` value: `jsonb` equality is the kernel's (numbers
-//! numerically, containers member by member), so `eq` and `in` keep their exact semantics and
-//! only the plan changes. The query builder writes the literal path and namespace for a
+//! knows it. A hash index on the field's `jsonb` value: `jsonb` equality is the kernel's
+//! (numbers numerically, containers member by member), so `eq` and `in` keep their exact
+//! semantics and only the plan changes. Hash, not B-tree: the index serves equality only, and a
+//! B-tree entry must fit a third of a page (~2.7 kB), so a document with a larger value at the
+//! indexed path could not be written; a hash index stores 4 bytes per row, whatever the value. The query builder writes the literal path and namespace for a
 //! namespace with indexes ([`crate::sql::SqlBuilder::namespace`]); the planner matches neither
 //! an expression nor a partial-index predicate through a bound parameter.
 //!
@@ -111,7 +113,7 @@ fn create_statement(namespace: &str, field: &str, name: &str) -> String {
         format!("ARRAY[{}]::text[]", items.join(", "))
     });
     format!(
-        "CREATE INDEX CONCURRENTLY IF NOT EXISTS \"{name}\" ON kernel_documents ({expr}) \
+        "CREATE INDEX CONCURRENTLY IF NOT EXISTS \"{name}\" ON kernel_documents USING hash ({expr}) \
          WHERE namespace = {}",
         quote_literal(namespace)
     )

@@ -134,3 +134,48 @@ async fn declarations_are_shared_and_dropped() {
     assert_eq!(left, 0, "drop_namespace dropped the index and its record");
     second.shutdown().await;
 }
+
+/// A value far larger than a B-tree entry may be (about 2.7 kB) at an indexed path is written,
+/// found and counted like any other: the index is a hash of the value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_values_at_an_indexed_path_are_written_and_found() {
+    let (driver, _db) = common::driver().await;
+    let ns = unique("big");
+    expect_ok(
+        driver.create_index(&ns, &IndexSpec::new("blob")).await,
+        "create_index",
+    );
+    let big = "x".repeat(64 * 1024);
+    let nested = json!({"text": big.clone(), "list": (0..2_000).collect::<Vec<u32>>()});
+    expect_ok(
+        driver
+            .put(&ns, "s", json!({"blob": big.clone()}), Default::default())
+            .await,
+        "put a 64 kB string",
+    );
+    expect_ok(
+        driver
+            .put(
+                &ns,
+                "o",
+                json!({"blob": nested.clone()}),
+                Default::default(),
+            )
+            .await,
+        "put a large object",
+    );
+    expect_ok(
+        driver
+            .put(&ns, "small", json!({"blob": "x"}), Default::default())
+            .await,
+        "put a small one",
+    );
+    for (value, key) in [(json!(big), "s"), (nested, "o")] {
+        let q = Query::new().filter(Filter::eq("blob", value));
+        let found = expect_ok(driver.query(&ns, &q).await, "query");
+        let keys: Vec<&str> = found.iter().map(|e| e.key.as_str()).collect();
+        assert_eq!(keys, [key]);
+        let n = expect_ok(driver.count(&ns, q.filter.as_ref()).await, "count");
+        assert_eq!(n, 1);
+    }
+}
